@@ -1,0 +1,44 @@
+from setuptools import setup
+
+# `kernels/` and `parallel/` live at the top level of the repository but install under
+# `wan_engine.` so they cannot collide with Hugging Face's unrelated `kernels` package.
+PACKAGES = {
+    "wan_engine": "wan_engine",
+    "wan_engine.reference": "wan_engine/reference",
+    "wan_engine.loading": "wan_engine/loading",
+    "wan_engine.pipelines": "wan_engine/pipelines",
+    "wan_engine.executor": "wan_engine/executor",
+    "wan_engine.kernels": "kernels",
+    "wan_engine.parallel": "parallel",
+    "wan_engine.bench": "bench",
+}
+
+setup(
+    name="wan_engine",
+    version="0.1.0",
+    description="Performance-first inference engine for the Wan video diffusion models",
+    python_requires=">=3.10",
+    packages=list(PACKAGES),
+    package_dir=PACKAGES,
+    install_requires=[
+        "torch>=2.4",
+        "numpy",
+        "safetensors",
+        "transformers>=4.45",
+        "tokenizers",
+        "sentencepiece",
+        "protobuf",
+        "tqdm",
+        "imageio",
+        "imageio-ffmpeg",
+    ],
+    extras_require={
+        "triton": ["triton>=3.6"],
+        "test": ["pytest", "pytest-timeout", "diffusers>=0.33", "triton>=3.6", "onnx", "onnxruntime"],
+        "bench": ["pytest-benchmark", "matplotlib", "nvidia-ml-py"],
+        "flash": ["flash-attn"],
+        "trt": ["tensorrt", "onnx", "polygraphy"],
+        "serve": [],
+    },
+    entry_points={"console_scripts": ["wan-engine=wan_engine.cli:main"]},
+)

@@ -1,0 +1,155 @@
+"""Typed model configs and the named presets.
+
+Every config is a frozen dataclass so it can key caches and be shared between threads. Dimensions
+the checkpoints carry are inferred at load time (see `wan_engine.loading`); these presets hold the
+published values and the toy-sized `tiny` preset that runs anywhere.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+# Per-channel statistics of the Wan2.1 VAE latent space (from the official release).
+WAN21_LATENT_MEAN = (
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+)
+WAN21_LATENT_STD = (
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+)
+
+# The official default negative prompt (Wan2.1 shared_config.sample_neg_prompt).
+WAN21_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
+    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """The Wan diffusion transformer (`WanModel`)."""
+
+    model_type: str = "t2v"  # "t2v" | "i2v" | "flf2v"
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    in_dim: int = 16
+    dim: int = 1536
+    ffn_dim: int = 8960
+    freq_dim: int = 256
+    text_dim: int = 4096
+    out_dim: int = 16
+    num_heads: int = 12
+    num_layers: int = 30
+    text_len: int = 512
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+    eps: float = 1e-6
+
+    def __post_init__(self):
+        if self.model_type not in ("t2v", "i2v", "flf2v"):
+            raise ValueError(f"model_type must be one of t2v, i2v, flf2v; got {self.model_type!r}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim ({self.head_dim}) must be even for RoPE")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """The Wan2.1 3D causal VAE (`WanVAE_`)."""
+
+    base_dim: int = 96
+    z_dim: int = 16
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    attn_scales: tuple[float, ...] = ()
+    temporal_downsample: tuple[bool, ...] = (False, True, True)
+    latent_mean: tuple[float, ...] = WAN21_LATENT_MEAN
+    latent_std: tuple[float, ...] = WAN21_LATENT_STD
+
+    def __post_init__(self):
+        if len(self.latent_mean) != self.z_dim or len(self.latent_std) != self.z_dim:
+            raise ValueError(f"latent_mean/latent_std need z_dim={self.z_dim} entries")
+        if len(self.temporal_downsample) != len(self.dim_mult) - 1:
+            raise ValueError("temporal_downsample needs len(dim_mult) - 1 entries")
+
+    @property
+    def temporal_stride(self) -> int:
+        return 2 ** sum(self.temporal_downsample)
+
+    @property
+    def spatial_stride(self) -> int:
+        return 2 ** (len(self.dim_mult) - 1)
+
+
+@dataclass(frozen=True)
+class T5Config:
+    """The umT5 encoder (maps onto transformers' `UMT5Config`)."""
+
+    vocab_size: int = 256384
+    d_model: int = 4096
+    d_kv: int = 64
+    d_ff: int = 10240
+    num_layers: int = 24
+    num_heads: int = 64
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    text_len: int = 512
+    eps: float = 1e-6
+
+
+@dataclass(frozen=True)
+class SampleDefaults:
+    steps: int = 50
+    shift: float = 5.0
+    guidance: float = 5.0
+    size: tuple[int, int] = (832, 480)  # (width, height)
+    num_frames: int = 81
+    solver: str = "unipc"
+    negative_prompt: str = WAN21_NEGATIVE_PROMPT
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A whole model: DiT, VAE, text encoder and sampling defaults."""
+
+    name: str
+    dit: DiTConfig
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    t5: T5Config = field(default_factory=T5Config)
+    sample: SampleDefaults = field(default_factory=SampleDefaults)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+_T2V_1_3B = DiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)
+_T2V_14B = DiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+
+# Toy-sized but architecturally complete: every code path of the real model runs.
+# head_dim 16 keeps the attention backends that need a multiple of 8 usable.
+TINY_T5 = T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+TINY_DIT = DiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=32, freq_dim=256)
+TINY_VAE = VAEConfig(base_dim=8)
+
+PRESETS: dict[str, ModelConfig] = {
+    # Official generate.py defaults (shift 5, guidance 5); its README suggests shift 8 / guide 6 for 1.3B.
+    "t2v-1.3B": ModelConfig("t2v-1.3B", _T2V_1_3B),
+    "t2v-14B": ModelConfig("t2v-14B", _T2V_14B),
+    "tiny": ModelConfig(
+        "tiny", TINY_DIT, TINY_VAE, TINY_T5,
+        SampleDefaults(steps=8, size=(64, 64), num_frames=9),
+    ),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
