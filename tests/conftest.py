@@ -1,0 +1,40 @@
+import os
+
+import pytest
+
+# Must happen before any Triton kernel module is imported: without a GPU, Triton can only run
+# kernels through its interpreter, and setting this later fails with "0 active drivers".
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+if not _has_cuda():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_configure(config):
+    for name, why in [
+        ("gpu", "needs a CUDA GPU"),
+        ("multigpu", "needs two or more CUDA GPUs"),
+        ("trt", "needs TensorRT"),
+        ("slow", "slow on CPU; deselect with -m 'not slow'"),
+    ]:
+        config.addinivalue_line("markers", f"{name}: {why}")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    skip_gpu = pytest.mark.skip(reason="no CUDA GPU on this machine")
+    skip_multi = pytest.mark.skip(reason=f"needs >= 2 CUDA GPUs, found {n}")
+    for item in items:
+        if "gpu" in item.keywords and n == 0:
+            item.add_marker(skip_gpu)
+        if "multigpu" in item.keywords and n < 2:
+            item.add_marker(skip_multi)

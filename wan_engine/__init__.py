@@ -1,0 +1,1 @@
+"""wan_engine: a performance-first inference engine for the Wan video diffusion models."""
