@@ -1,0 +1,166 @@
+"""Text-to-video: prompt -> text embeddings -> denoising loop with CFG -> VAE decode -> uint8 frames."""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .. import validation
+from ..configs import ModelConfig
+from ..device import synchronize
+from ..reference.schedulers import make_solver
+from ..runner import cfg_denoise
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationResult:
+    frames: np.ndarray  # uint8 [F, H, W, 3]
+    seed: int
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    num_frames: int
+    steps: int
+    guidance: float
+    shift: float
+    seed: int
+    solver: str
+
+
+def frames_to_uint8(video: torch.Tensor) -> np.ndarray:
+    """`[3, F, H, W]` in [-1, 1] -> uint8 `[F, H, W, 3]`, truncating like the official writer."""
+    video = (video.float().clamp(-1, 1) + 1) / 2
+    return (video * 255).to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+
+
+class WanPipeline:
+    """Wan2.1 text-to-video over a text encoder, a DiT (reference or executor) and the VAE.
+
+    Build it with `WanPipeline.from_pretrained(path_or_preset)`; call `generate(prompt, ...)`.
+    """
+
+    def __init__(self, config: ModelConfig, text_encoder, dit, vae, *, device: torch.device,
+                 dtype: torch.dtype, text_device: torch.device | None = None, offload: bool = False):
+        self.config = config
+        self.text_encoder = text_encoder
+        self.dit = dit
+        self.vae = vae
+        self.device = device
+        self.dtype = dtype
+        self.text_device = text_device or device
+        self.offload = offload
+
+    @classmethod
+    def from_pretrained(cls, path_or_preset: str, device=None, dtype=None, **options) -> "WanPipeline":
+        """Load a model directory (original or diffusers layout) or build a preset with seeded weights.
+
+        Options: `t5_cpu` (keep the text encoder on the CPU), `offload` (move the text encoder off
+        the GPU after encoding and the DiT off before VAE decode), `engine` ("reference").
+        """
+        from ..loading.pipeline_loader import load_pipeline_components
+
+        return cls(**load_pipeline_components(path_or_preset, device=device, dtype=dtype, **options))
+
+    # -- public API -------------------------------------------------------------------------------
+
+    def generate(self, prompt: str, negative_prompt: str | None = None, size=None, num_frames=None,
+                 steps=None, guidance=None, shift=None, seed=None, solver=None, progress=False) -> np.ndarray:
+        """Return uint8 frames `[F, H, W, 3]`. Unset options take the model's official defaults."""
+        return self.run(prompt, negative_prompt, size, num_frames, steps, guidance, shift, seed, solver,
+                        progress).frames
+
+    def make_request(self, prompt, negative_prompt=None, size=None, num_frames=None, steps=None,
+                     guidance=None, shift=None, seed=None, solver=None) -> Request:
+        d = self.config.sample
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("prompt must be a non-empty string")
+        width, height = validation.check_size(d.size if size is None else size)
+        if seed is None:
+            seed = random.randrange(2**63)
+        elif not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        return Request(
+            prompt=prompt,
+            negative_prompt=d.negative_prompt if negative_prompt is None else negative_prompt,
+            width=width,
+            height=height,
+            num_frames=validation.check_num_frames(d.num_frames if num_frames is None else num_frames),
+            steps=validation.check_steps(d.steps if steps is None else steps),
+            guidance=validation.check_guidance(d.guidance if guidance is None else guidance),
+            shift=validation.check_shift(d.shift if shift is None else shift),
+            seed=seed,
+            solver=validation.check_solver(d.solver if solver is None else solver),
+        )
+
+    def run(self, prompt, negative_prompt=None, size=None, num_frames=None, steps=None, guidance=None,
+            shift=None, seed=None, solver=None, progress=False) -> GenerationResult:
+        req = self.make_request(prompt, negative_prompt, size, num_frames, steps, guidance, shift, seed, solver)
+        timings: dict[str, float] = {}
+        with torch.inference_mode():
+            with self._timed(timings, "text_encoding"):
+                context, context_null = self.encode_prompts(req.prompt, req.negative_prompt)
+            with self._timed(timings, "denoising"):
+                latents = self.denoise(req, context, context_null, progress)
+            with self._timed(timings, "vae_decode"):
+                if self.offload:
+                    self._move(self.dit, torch.device("cpu"))
+                video = self.vae.decode(latents.float())[0]
+        return GenerationResult(frames_to_uint8(video), req.seed, timings)
+
+    # -- stages -----------------------------------------------------------------------------------
+
+    def encode_prompts(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both prompts -> `[1, text_len, text_dim]` each, zero beyond each prompt's real length."""
+        if self.offload:
+            self._move(self.text_encoder, self.device)
+        embeds = self.text_encoder.encode([prompt, negative_prompt])
+        if self.offload and self.text_device.type != "cpu":
+            self._move(self.text_encoder, torch.device("cpu"))
+        text_len = self.config.dit.text_len
+        padded = torch.zeros(2, text_len, embeds[0].shape[-1], device=self.device, dtype=self.dtype)
+        for row, emb in zip(padded, embeds):
+            row[: emb.shape[0]] = emb.to(device=self.device, dtype=self.dtype)
+        return padded[:1], padded[1:]
+
+    def initial_noise(self, req: Request) -> torch.Tensor:
+        vae = self.config.vae
+        shape = (1, vae.z_dim, (req.num_frames - 1) // vae.temporal_stride + 1,
+                 req.height // vae.spatial_stride, req.width // vae.spatial_stride)
+        generator = torch.Generator(device=self.device).manual_seed(req.seed)
+        return torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
+
+    def denoise(self, req: Request, context, context_null, progress=False) -> torch.Tensor:
+        if self.offload:
+            self._move(self.dit, self.device)
+        solver = make_solver(req.solver, req.steps, req.shift)
+        return cfg_denoise(self.dit, self.initial_noise(req), context, context_null, solver,
+                           req.guidance, progress=progress)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def _timed(self, timings: dict, name: str):
+        synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        synchronize(self.device)
+        timings[name] = time.perf_counter() - start
+
+    def _move(self, module, device: torch.device) -> None:
+        if device.type == "cuda" or self.device.type == "cuda":
+            module.to(device)
+            if device.type == "cpu":
+                torch.cuda.empty_cache()

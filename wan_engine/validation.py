@@ -1,0 +1,49 @@
+"""Request validation shared by the Python API and the CLI: every message names the parameter."""
+from __future__ import annotations
+
+SOLVERS = ("unipc", "dpm++", "euler")
+
+
+def check_size(size) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"size must be (width, height), got {size!r}") from None
+    if width <= 0 or height <= 0 or width % 16 or height % 16:
+        raise ValueError(
+            f"size must be positive multiples of 16 (VAE stride 8 x patch 2), got {width}x{height}; "
+            f"e.g. 832x480 or 1280x720"
+        )
+    return width, height
+
+
+def check_num_frames(num_frames: int) -> int:
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % 4:
+        raise ValueError(f"num_frames must be 4n+1 (1, 5, 9, ..., 81), got {num_frames!r}")
+    return num_frames
+
+
+def check_steps(steps: int) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    return steps
+
+
+def check_guidance(guidance: float) -> float:
+    guidance = float(guidance)
+    if not guidance >= 0.0:  # also rejects NaN
+        raise ValueError(f"guidance must be >= 0, got {guidance}")
+    return guidance
+
+
+def check_shift(shift: float) -> float:
+    shift = float(shift)
+    if not shift > 0.0:
+        raise ValueError(f"shift must be > 0, got {shift}")
+    return shift
+
+
+def check_solver(solver: str) -> str:
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    return solver
