@@ -1,0 +1,103 @@
+"""`wan-engine` command line: generate, info, bench."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size must look like 832x480 (WIDTHxHEIGHT), got {text!r}") from None
+    return width, height
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="text -> MP4")
+    p.add_argument("--model", default="tiny", help="model directory (original or diffusers layout) or preset")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default=None, help="default: the official Wan2.1 negative prompt")
+    p.add_argument("--output", default="out.mp4")
+    p.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT, multiples of 16 (default: preset's)")
+    p.add_argument("--frames", type=int, default=None, help="4n+1 frames (default: preset's)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--shift", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--solver", default=None, help="unipc (default), dpm++ or euler")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--t5-cpu", action="store_true", help="keep the text encoder on the CPU")
+    p.add_argument("--offload", action="store_true",
+                   help="move the text encoder off the GPU after encoding and the DiT off before VAE decode")
+    p.add_argument("--fps", type=int, default=16)
+    p.set_defaults(func=cmd_generate)
+
+
+def _check_given(args) -> None:
+    from . import validation
+
+    checks = [(args.size, validation.check_size), (args.frames, validation.check_num_frames),
+              (args.steps, validation.check_steps), (args.guidance, validation.check_guidance),
+              (args.shift, validation.check_shift), (args.solver, validation.check_solver)]
+    for value, check in checks:
+        if value is not None:
+            check(value)
+    if args.seed is not None and args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+
+
+def cmd_generate(args) -> int:
+    from .pipelines.t2v import WanPipeline
+    from .video import save_video
+
+    _check_given(args)  # refuse bad options before the (possibly long) model load
+    start = time.perf_counter()
+    pipe = WanPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                       t5_cpu=args.t5_cpu, offload=args.offload)
+    load_s = time.perf_counter() - start
+    result = pipe.run(args.prompt, args.negative_prompt, args.size, args.frames, args.steps, args.guidance,
+                      args.shift, args.seed, args.solver, progress=True)
+    path = save_video(result.frames, args.output, fps=args.fps)
+    f, h, w, _ = result.frames.shape
+    print(f"wrote {path} ({f} frames, {w}x{h}, seed {result.seed})")
+    print(f"  load           {load_s:8.2f} s")
+    for stage, seconds in result.timings.items():
+        print(f"  {stage:<14} {seconds:8.2f} s")
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="print a model directory's layout, type and config")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args) -> int:
+    from .loading.info import describe_model
+
+    print(describe_model(args.path))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wan-engine", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    _add_info(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"wan-engine: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
