@@ -1,0 +1,190 @@
+"""The umT5 text encoder: transformers' `UMT5EncoderModel` behind Wan2.1's calling convention.
+
+`UMT5EncoderModel` computes the official `wan/modules/t5.py` encoder: per-layer relative position
+bias (bidirectional buckets), RMS norm without mean subtraction, unscaled attention logits, and a
+gated tanh-GELU feed-forward. As in the official `T5EncoderModel.__call__`, prompts are padded to
+`text_len`, encoded with the padding masked out of attention, and each output is trimmed to the
+prompt's true token count (EOS included).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+from transformers import UMT5Config, UMT5EncoderModel
+
+from ..configs import T5Config
+from ..loading.checkpoint import load_into
+from ..loading.random_init import random_state_dict
+from ..loading.t5_format import HF_EMBEDDING_KEYS, infer_t5_config, load_t5_state_dict, to_hf_t5
+from .tokenizer import Tokenizer, load_tokenizer, tiny_tokenizer
+
+
+def umt5_config(config: T5Config, attn_implementation: str = "sdpa") -> UMT5Config:
+    """The transformers config for `config`: gated tanh-GELU FFN, no dropout, tied embedding."""
+    return UMT5Config(
+        vocab_size=config.vocab_size,
+        d_model=config.d_model,
+        d_kv=config.d_kv,
+        d_ff=config.d_ff,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        relative_attention_num_buckets=config.relative_attention_num_buckets,
+        relative_attention_max_distance=config.relative_attention_max_distance,
+        layer_norm_epsilon=config.eps,
+        feed_forward_proj="gated-gelu",  # transformers maps this to the tanh approximation ("gelu_new")
+        dropout_rate=0.0,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        eos_token_id=1,
+        attn_implementation=attn_implementation,
+    )
+
+
+def build_umt5_encoder(
+    config: T5Config,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    attn_implementation: str = "sdpa",
+) -> UMT5EncoderModel:
+    """A `UMT5EncoderModel` holding `state_dict` (Wan or HF names), in eval mode without grads.
+
+    The module is built on the meta device and the weights are assigned, so an XXL model never
+    exists twice in memory. Unlike `from_pretrained`, nothing is kept in fp32 behind the caller's
+    back: the official encoder runs its last FFN projection in the model dtype too.
+    """
+    with torch.device("meta"):
+        model = UMT5EncoderModel(umt5_config(config, attn_implementation))
+    load_into(model, to_hf_t5(state_dict), dtype=dtype, device=device, source="umT5 encoder weights")
+    # Assignment gives each embedding name its own Parameter; share one again, as the tie intends.
+    model.set_input_embeddings(model.shared)
+    return model.eval().requires_grad_(False)
+
+
+class TextEncoder:
+    """Prompts -> umT5 hidden states, the DiT's text context.
+
+    `encode` returns one `[L_i, d_model]` tensor per prompt (L_i = its token count incl. EOS,
+    at most `text_len`); `encode_padded` returns `[B, text_len, d_model]` with zero rows past
+    each L_i, the layout the DiT consumes. Outputs are in the model's dtype and on its device.
+    """
+
+    def __init__(
+        self,
+        model: UMT5EncoderModel,
+        tokenizer: Tokenizer,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise ValueError(
+                f"tokenizer emits ids up to {tokenizer.vocab_size - 1} but the model's vocab_size is "
+                f"{model.config.vocab_size}"
+            )
+        if device is not None or dtype is not None:
+            model = model.to(device=device, dtype=dtype)
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_config(
+        cls,
+        config: T5Config,
+        tokenizer: Tokenizer | None = None,
+        *,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        attn_implementation: str = "sdpa",
+    ) -> "TextEncoder":
+        """Seeded random weights (`random_state_dict`); the tiny byte tokenizer unless one is given."""
+        with torch.device("meta"):
+            shape_model = UMT5EncoderModel(umt5_config(config))
+        weights = random_state_dict(shape_model, seed)
+        # random_state_dict draws the two tied names independently; one table must serve both.
+        weights[HF_EMBEDDING_KEYS[1]] = weights[HF_EMBEDDING_KEYS[0]]
+        if tokenizer is None:
+            tokenizer = tiny_tokenizer(config.vocab_size, config.text_len)
+        model = build_umt5_encoder(config, weights, dtype=dtype, device=device, attn_implementation=attn_implementation)
+        return cls(model, tokenizer)
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state_dict: Mapping[str, torch.Tensor],
+        tokenizer: Tokenizer,
+        *,
+        config: T5Config | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        attn_implementation: str = "sdpa",
+    ) -> "TextEncoder":
+        """Weights in Wan or HF names; the config is read from their shapes unless given."""
+        config = config or infer_t5_config(state_dict, text_len=tokenizer.text_len)
+        model = build_umt5_encoder(config, state_dict, dtype=dtype, device=device, attn_implementation=attn_implementation)
+        return cls(model, tokenizer)
+
+    @classmethod
+    def from_files(
+        cls,
+        weights: str | Path,
+        tokenizer: str | Path,
+        *,
+        text_len: int = 512,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        attn_implementation: str = "sdpa",
+    ) -> "TextEncoder":
+        """From the official `.pth` / a diffusers `text_encoder/` folder and a local tokenizer folder."""
+        return cls.from_state_dict(
+            load_t5_state_dict(weights),
+            load_tokenizer(tokenizer, text_len),
+            dtype=dtype,
+            device=device,
+            attn_implementation=attn_implementation,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.shared.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.shared.weight.dtype
+
+    @property
+    def text_len(self) -> int:
+        return self.tokenizer.text_len
+
+    @property
+    def d_model(self) -> int:
+        return self.model.config.d_model
+
+    @torch.no_grad()
+    def hidden_states(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """ids, mask: int `[B, L]` -> `[B, L, d_model]`; rows where mask is 0 are computed but meaningless."""
+        if ids.ndim != 2 or ids.shape != mask.shape:
+            raise ValueError(f"ids and mask must both be [B, L]; got {tuple(ids.shape)} and {tuple(mask.shape)}")
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+        return out.last_hidden_state
+
+    def _run(self, prompts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = self.tokenizer(prompts)
+        return self.hidden_states(ids, mask), mask.to(self.device)
+
+    @torch.no_grad()
+    def encode(self, prompts: str | Sequence[str]) -> list[torch.Tensor]:
+        """One `[L_i, d_model]` tensor per prompt, trimmed to its token count (EOS included)."""
+        hidden, mask = self._run(prompts)
+        lengths = mask.sum(dim=1).tolist()
+        return [row[:n] for row, n in zip(hidden, lengths)]
+
+    @torch.no_grad()
+    def encode_padded(self, prompts: str | Sequence[str]) -> torch.Tensor:
+        """`[B, text_len, d_model]`: each prompt's rows, then zeros up to text_len."""
+        hidden, mask = self._run(prompts)
+        return hidden.masked_fill(mask[..., None] == 0, 0.0)
