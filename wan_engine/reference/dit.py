@@ -136,7 +136,7 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, compute_dtype:
     """q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H*D] in q's dtype; keys >= key_len masked."""
     mask = None
     if key_len is not None and key_len < k.shape[1]:
-        mask = torch.arange(k.shape[1], device=k.device) < key_len
+        mask = (torch.arange(k.shape[1], device=k.device) < key_len)[None, :]  # [1, Lk] broadcast
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2).to(compute_dtype), k.transpose(1, 2).to(compute_dtype),
         v.transpose(1, 2).to(compute_dtype), attn_mask=mask)
