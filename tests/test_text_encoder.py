@@ -195,6 +195,8 @@ def test_infer_config_xxl_from_shapes_and_meta():
         hf_meta = UMT5EncoderModel(umt5_config(xxl)).state_dict()
     assert infer_t5_config(hf_meta) == xxl
     assert infer_t5_config(shapes, text_len=77).text_len == 77
+    with pytest.raises(ValueError, match="text_len"):
+        infer_t5_config(shapes, text_len=0)
 
 
 def test_infer_config_rejects_gapped_blocks():
@@ -375,8 +377,8 @@ def test_bad_inputs_raise_clear_errors(tiny_encoder, tmp_path):
     with pytest.raises(ValueError, match="prompts"):
         tiny_encoder.encode(["ok", 3])
     with pytest.raises(ValueError, match="vocab_size"):
-        TextEncoder.from_config(T5Config(vocab_size=200, d_model=8, d_kv=4, d_ff=8, num_layers=1, num_heads=2),
-                                tokenizer=tiny_tokenizer())
+        small_vocab = T5Config(vocab_size=200, d_model=8, d_kv=4, d_ff=8, num_layers=1, num_heads=2)
+        TextEncoder.from_config(small_vocab, tokenizer=tiny_tokenizer())
     with pytest.raises(FileNotFoundError, match="no tokenizer"):
         load_tokenizer(tmp_path / "missing")
 

@@ -155,6 +155,8 @@ def infer_t5_config(sd: Mapping, *, text_len: int = 512) -> T5Config:
     Values may be tensors (meta is fine) or plain shapes. Only `relative_attention_max_distance`
     and `eps` are not recorded in the weights; they keep the umT5 defaults (128, 1e-6).
     """
+    if not isinstance(text_len, int) or text_len < 2:
+        raise ValueError(f"text_len must be an int >= 2 (room for a token and EOS); got {text_len!r}")
     hf = to_hf_t5(sd)
     vocab_size, d_model = _shape(hf["shared.weight"])
     layers = sorted({int(m.group(1)) for k in hf if (m := _HF_BLOCK_KEY.match(k))})

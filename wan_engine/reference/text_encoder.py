@@ -21,8 +21,14 @@ from ..loading.t5_format import HF_EMBEDDING_KEYS, infer_t5_config, load_t5_stat
 from .tokenizer import Tokenizer, load_tokenizer, tiny_tokenizer
 
 
-def umt5_config(config: T5Config, attn_implementation: str = "sdpa") -> UMT5Config:
-    """The transformers config for `config`: gated tanh-GELU FFN, no dropout, tied embedding."""
+def umt5_config(config: T5Config, attn_implementation: str | None = None) -> UMT5Config:
+    """The transformers config for `config`: gated tanh-GELU FFN, no dropout, tied embedding.
+
+    `attn_implementation` None lets transformers choose: SDPA in 5.x (its fused GPU kernels keep the
+    softmax in fp32, like the official `softmax(attn.float())`, where eager would run it in bf16),
+    eager in 4.x, where UMT5 has no SDPA path.
+    """
+    extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     return UMT5Config(
         vocab_size=config.vocab_size,
         d_model=config.d_model,
@@ -38,7 +44,7 @@ def umt5_config(config: T5Config, attn_implementation: str = "sdpa") -> UMT5Conf
         tie_word_embeddings=True,
         pad_token_id=0,
         eos_token_id=1,
-        attn_implementation=attn_implementation,
+        **extra,
     )
 
 
@@ -48,7 +54,7 @@ def build_umt5_encoder(
     *,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
-    attn_implementation: str = "sdpa",
+    attn_implementation: str | None = None,
 ) -> UMT5EncoderModel:
     """A `UMT5EncoderModel` holding `state_dict` (Wan or HF names), in eval mode without grads.
 
@@ -99,7 +105,7 @@ class TextEncoder:
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
-        attn_implementation: str = "sdpa",
+        attn_implementation: str | None = None,
     ) -> "TextEncoder":
         """Seeded random weights (`random_state_dict`); the tiny byte tokenizer unless one is given."""
         with torch.device("meta"):
@@ -109,7 +115,9 @@ class TextEncoder:
         weights[HF_EMBEDDING_KEYS[1]] = weights[HF_EMBEDDING_KEYS[0]]
         if tokenizer is None:
             tokenizer = tiny_tokenizer(config.vocab_size, config.text_len)
-        model = build_umt5_encoder(config, weights, dtype=dtype, device=device, attn_implementation=attn_implementation)
+        model = build_umt5_encoder(
+            config, weights, dtype=dtype, device=device, attn_implementation=attn_implementation
+        )
         return cls(model, tokenizer)
 
     @classmethod
@@ -121,11 +129,13 @@ class TextEncoder:
         config: T5Config | None = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
-        attn_implementation: str = "sdpa",
+        attn_implementation: str | None = None,
     ) -> "TextEncoder":
         """Weights in Wan or HF names; the config is read from their shapes unless given."""
         config = config or infer_t5_config(state_dict, text_len=tokenizer.text_len)
-        model = build_umt5_encoder(config, state_dict, dtype=dtype, device=device, attn_implementation=attn_implementation)
+        model = build_umt5_encoder(
+            config, state_dict, dtype=dtype, device=device, attn_implementation=attn_implementation
+        )
         return cls(model, tokenizer)
 
     @classmethod
@@ -137,7 +147,7 @@ class TextEncoder:
         text_len: int = 512,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
-        attn_implementation: str = "sdpa",
+        attn_implementation: str | None = None,
     ) -> "TextEncoder":
         """From the official `.pth` / a diffusers `text_encoder/` folder and a local tokenizer folder."""
         return cls.from_state_dict(
@@ -168,7 +178,9 @@ class TextEncoder:
     def hidden_states(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids, mask: int `[B, L]` -> `[B, L, d_model]`; rows where mask is 0 are computed but meaningless."""
         if ids.ndim != 2 or ids.shape != mask.shape:
-            raise ValueError(f"ids and mask must both be [B, L]; got {tuple(ids.shape)} and {tuple(mask.shape)}")
+            raise ValueError(
+                f"ids and mask must both be [B, L]; got {tuple(ids.shape)} and {tuple(mask.shape)}"
+            )
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
         return out.last_hidden_state
 

@@ -67,12 +67,14 @@ class Tokenizer:
         if isinstance(prompts, str):
             prompts = [prompts]
         if not isinstance(prompts, Sequence) or not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f"prompts must be a str or a non-empty list of str; got {type(prompts).__name__}")
+            raise ValueError(
+                f"prompts must be a str or a non-empty list of str; got {type(prompts).__name__}"
+            )
         return [clean_prompt(p) for p in prompts] if self.clean else list(prompts)
 
     def _count(self, texts: list[str]) -> list[int]:
-        ids = self.hf(texts, add_special_tokens=True, truncation=False, padding=False, verbose=False)["input_ids"]
-        return [len(row) for row in ids]
+        enc = self.hf(texts, add_special_tokens=True, truncation=False, padding=False, verbose=False)
+        return [len(row) for row in enc["input_ids"]]
 
     def token_counts(self, prompts: str | Sequence[str]) -> list[int]:
         """Untruncated token count of each prompt after cleaning, EOS included."""
@@ -120,7 +122,9 @@ def load_tokenizer(path: str | Path, text_len: int = 512) -> Tokenizer:
 
 def _byte_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map, which the ByteLevel pre-tokenizer emits."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)
+    ]
     mapping = {b: chr(b) for b in printable}
     spare = 256
     for b in range(256):
