@@ -124,11 +124,12 @@ class WanPipeline:
 
     def encode_prompts(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Both prompts -> `[1, text_len, text_dim]` each, zero beyond each prompt's real length."""
-        if self.offload:
-            self._move(self.text_encoder, self.device)
+        swap = self.offload and self.text_device.type == "cuda"
+        if swap:
+            self._move(self.text_encoder.model, self.text_device)
         embeds = self.text_encoder.encode([prompt, negative_prompt])
-        if self.offload and self.text_device.type != "cpu":
-            self._move(self.text_encoder, torch.device("cpu"))
+        if swap:
+            self._move(self.text_encoder.model, torch.device("cpu"))
         text_len = self.config.dit.text_len
         padded = torch.zeros(2, text_len, embeds[0].shape[-1], device=self.device, dtype=self.dtype)
         for row, emb in zip(padded, embeds):
