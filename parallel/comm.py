@@ -90,6 +90,8 @@ def split_sequence(
     size, then take the rank-th of P equal chunks. `[B, S, ...]` -> `[B, ceil(S/P), ...]`.
     No communication: every rank is expected to hold the same full tensor."""
     world = group_size(group)
+    if world == 1:
+        return x
     padded = pad_to_multiple(x, world, seq_dim)
     return padded.chunk(world, dim=seq_dim)[group_rank(group)]
 
