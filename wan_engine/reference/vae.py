@@ -8,7 +8,8 @@ undoes the normalization, conv2 -> decoder -> clamp to [-1, 1].
 Chunked execution (default) is the official schedule: encode frame 0 alone, then 4 frames at a
 time; decode one latent frame at a time; a `FeatureCache` carries the causal history between
 chunks. `chunked=False` runs the whole clip in one pass and computes the same function (see
-`vae_blocks` for how temporal resampling is defined on the whole clip).
+`vae_blocks` for how temporal resampling is defined on the whole clip); it holds every frame's
+activations at once, so it is meant for tests and short clips, not 81 frames at 720p.
 """
 from __future__ import annotations
 
