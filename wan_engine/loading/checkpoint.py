@@ -132,6 +132,11 @@ def load_into(
         target = expected[key].dtype if not tensor.is_floating_point() else dtype or tensor.dtype
         if any(tag in key for tag in keep_fp32):
             target = torch.float32
-        converted[key] = tensor.to(device=device, dtype=target)
+        moved = tensor.to(device=device, dtype=target)
+        if moved.data_ptr() == tensor.data_ptr():
+            # Own the memory: drops the file mapping, and gives the same alignment (hence the same
+            # SIMD kernels and bitwise results) whichever file layout the tensor came from.
+            moved = moved.clone(memory_format=torch.contiguous_format)
+        converted[key] = moved
     module.load_state_dict(converted, strict=True, assign=True)
     return module.to(device)
