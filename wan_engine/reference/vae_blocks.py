@@ -77,7 +77,7 @@ class CausalConv3d(nn.Conv3d):
 
 
 class RMSNorm(nn.Module):
-    """Official RMS_norm: F.normalize over channels (dim 1) * sqrt(C) * gamma; no eps, no bias.
+    """Official RMS_norm: F.normalize over channels (dim 1, 1e-12 norm floor) * sqrt(C) * gamma; no bias.
 
     `images=True` gives gamma the shape [C,1,1] for [N,C,H,W] input, else [C,1,1,1] for 5-D input
     (the shapes stored in the checkpoint).
