@@ -6,6 +6,7 @@ group means a single rank and no communication.
 from .comm import (
     LocalAttention,
     all_to_all,
+    all_to_all_many,
     gather_heads_scatter_sequence,
     gather_sequence,
     pad_to_multiple,
@@ -25,6 +26,7 @@ __all__ = [
     "ParallelConfig",
     "ParallelMesh",
     "all_to_all",
+    "all_to_all_many",
     "gather_heads_scatter_sequence",
     "gather_sequence",
     "group_rank_lists",

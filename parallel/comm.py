@@ -51,12 +51,28 @@ def all_to_all(
     """Cut `x` into P equal chunks along `scatter_dim`, send chunk i to rank i, and concatenate
     the chunks received from ranks 0..P-1 along `gather_dim`.
 
-    The shape changes by x.shape[scatter_dim] / P and x.shape[gather_dim] * P. One collective,
-    whatever the number of leading dims, so q, k and v stacked on a new dim move together.
+    The shape changes by x.shape[scatter_dim] / P and x.shape[gather_dim] * P.
+    """
+    return all_to_all_many([x], group, scatter_dim, gather_dim)[0]
+
+
+def all_to_all_many(
+    tensors: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    group: dist.ProcessGroup | None,
+    scatter_dim: int,
+    gather_dim: int,
+) -> list[torch.Tensor]:
+    """`all_to_all` of several tensors of one shape in a single collective (e.g. q, k, v).
+
+    Packing writes straight into the send layout and unpacking is one copy, so the inputs are
+    read once and the outputs written once; each output is contiguous.
     """
     world = group_size(group)
     if world == 1:
-        return x
+        return list(tensors)
+    x = tensors[0]
+    if any(t.shape != x.shape for t in tensors):
+        raise ValueError(f"tensors must share one shape, got {[tuple(t.shape) for t in tensors]}")
     scatter_dim, gather_dim = scatter_dim % x.ndim, gather_dim % x.ndim
     if scatter_dim == gather_dim:
         raise ValueError(f"scatter_dim and gather_dim must differ, both are {scatter_dim}")
@@ -65,12 +81,16 @@ def all_to_all(
             f"dim {scatter_dim} of size {x.shape[scatter_dim]} cannot be scattered over "
             f"{world} ranks: it must be a multiple of {world}"
         )
-    # all_to_all_single exchanges equal slices of dim 0: bring the destination-rank axis there.
-    send = x.unflatten(scatter_dim, (world, -1)).movedim(scatter_dim, 0).contiguous()
+    # all_to_all_single exchanges equal slices of dim 0: the destination rank goes there, then
+    # the tensor index: send is [P, N, *chunk shape], contiguous by construction of stack.
+    send = torch.stack(
+        [t.unflatten(scatter_dim, (world, -1)).movedim(scatter_dim, 0) for t in tensors], dim=1
+    )
     recv = torch.empty_like(send)
     dist.all_to_all_single(recv, send, group=group)
     # recv[i] came from rank i; put that axis just before gather_dim so rank order = position.
-    return recv.movedim(0, gather_dim).flatten(gather_dim, gather_dim + 1)
+    merged = recv.movedim(0, gather_dim + 1).flatten(gather_dim + 1, gather_dim + 2)
+    return list(merged.contiguous().unbind(0))
 
 
 def scatter_heads_gather_sequence(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:

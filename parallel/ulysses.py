@@ -15,6 +15,7 @@ import torch.distributed as dist
 from .comm import (
     LocalAttention,
     all_to_all,
+    all_to_all_many,
     check_heads_divisible,
     check_qkv,
     gather_heads_scatter_sequence,
@@ -40,12 +41,12 @@ def ulysses_around(
     q `[B, Sq, H, D]`, k/v `[B, Sk, H, D]` are this rank's shards; returns out `[B, Sq, H, D]`
     (and lse `[B, H, Sq]` fp32).
     """
+    # Heads are scattered (dim 2), the sequence gathered (dim 1); one collective when possible.
     if q.shape == k.shape:
-        # One collective for all three: stacking costs a copy, a separate latency costs more.
-        q, k, v = scatter_heads_gather_sequence(torch.stack((q, k, v)), group).unbind(0)
+        q, k, v = all_to_all_many((q, k, v), group, scatter_dim=2, gather_dim=1)
     else:
         q = scatter_heads_gather_sequence(q, group)
-        k, v = scatter_heads_gather_sequence(torch.stack((k, v)), group).unbind(0)
+        k, v = all_to_all_many((k, v), group, scatter_dim=2, gather_dim=1)
     out, lse = inner(q, k, v)
     out = gather_heads_scatter_sequence(out, group)
     if not return_lse:

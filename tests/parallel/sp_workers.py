@@ -16,6 +16,7 @@ from sp_harness import attention_oracle, local_math_attention, random_qkv, rel_l
 from wan_engine.parallel import (
     ParallelConfig,
     ParallelMesh,
+    all_to_all_many,
     gather_heads_scatter_sequence,
     gather_sequence,
     group_rank_lists,
@@ -138,10 +139,15 @@ def comm_suite(rank: int, world_size: int) -> dict:
     to_heads = scatter_heads_gather_sequence(local, world)
     # Stacked leading dim: the q/k/v layout used by the primitives.
     stacked = scatter_heads_gather_sequence(torch.stack((local, 2 * local)), world)
+    many = all_to_all_many((local, 3 * local), world, scatter_dim=2, gather_dim=1)
     odd = torch.randn(1, 2 * world_size + 1, 3, generator=gen)  # length not divisible
     return {
         "to_heads_exact": bool(torch.equal(to_heads, heads)),
         "stacked_exact": bool(torch.equal(stacked[0], heads) and torch.equal(stacked[1], 2 * heads)),
+        "many_exact": bool(
+            torch.equal(many[0], heads) and torch.equal(many[1], 3 * heads)
+            and all(t.is_contiguous() for t in many)
+        ),
         "round_trip_exact": bool(torch.equal(gather_heads_scatter_sequence(to_heads, world), local)),
         "split_gather_exact": bool(
             torch.equal(gather_sequence(split_sequence(odd, world), world, length=odd.shape[1]), odd)

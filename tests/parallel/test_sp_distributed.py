@@ -46,7 +46,7 @@ def world4_results(launches):
 def test_all_to_all_and_sequence_helpers_are_exact(world4_results):
     for rank, (comm, _) in enumerate(world4_results):
         assert comm["to_heads_exact"] and comm["stacked_exact"] and comm["round_trip_exact"], rank
-        assert comm["split_gather_exact"], rank
+        assert comm["many_exact"] and comm["split_gather_exact"], rank
         assert comm["split_len"] == 3  # 9 tokens padded to 12 over 4 ranks
 
 
