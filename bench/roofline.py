@@ -120,7 +120,8 @@ def _positive_int(name: str, value) -> int:
 def latent_shape(width: int, height: int, frames: int, vae_stride: tuple[int, int, int] = VAE_STRIDE
                  ) -> tuple[int, int, int]:
     """(latent frames, latent height, latent width) by the official rule (F-1)//st+1, H/sh, W/sw."""
-    _positive_int("width", width), _positive_int("height", height), _positive_int("frames", frames)
+    for name, value in (("width", width), ("height", height), ("frames", frames)):
+        _positive_int(name, value)
     st, sh, sw = vae_stride
     if (frames - 1) % st:
         raise ValueError(f"frames must be {st}n+1 (1, {1 + st}, {1 + 2 * st}, ...), got {frames}")

@@ -34,6 +34,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 BACKENDS = ("auto", "fa3", "fa2", "sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "math")
 
@@ -87,10 +88,10 @@ def _sdpa_out(q, k, v, scale):
 
 
 def _sdpa_forced_out(kernel, q, k, v, scale):
-    from torch.nn.attention import sdpa_kernel
-
+    # The fused kernels want head_dim % 8 == 0; pad here rather than rely on SDPA doing it.
+    d = q.shape[-1]
     with sdpa_kernel(kernel):
-        return _sdpa_out(q, k, v, scale)
+        return _sdpa_out(*_pad_head_dim(8, q, k, v), scale)[..., :d].contiguous()
 
 
 def _lse_cpu_flash(q, k, v, scale):
@@ -145,12 +146,13 @@ def _fa3_impl(flash_attn_func, lse_kwarg, q, k, v, scale, return_lse):
     # FA3 releases differ: older ones always return (out, lse), newer ones only with
     # return_attn_probs=True; `lse_kwarg` says whether this install has the flag.
     kwargs = {"return_attn_probs": return_lse} if lse_kwarg else {}
-    res = flash_attn_func(q, k, v, softmax_scale=scale, causal=False, **kwargs)
+    d = q.shape[-1]
+    res = flash_attn_func(*_pad_head_dim(8, q, k, v), softmax_scale=scale, causal=False, **kwargs)
     if isinstance(res, tuple):
         out, lse = res[0], res[1]
     else:
         out, lse = res, None
-    return out, (lse if return_lse else None)
+    return out[..., :d].contiguous(), (lse if return_lse else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,8 +274,6 @@ def _build(name: str, device: torch.device, dtype: torch.dtype, head_dim: int) -
         return functools.partial(_sdpa_family_impl, _sdpa_out, lse_fn)
 
     if name.startswith("sdpa-"):
-        from torch.nn.attention import SDPBackend
-
         major, _ = _cuda_capability(name, device)
         if name == "sdpa-flash":
             _require(name, dtype in _HALF, f"the flash kernel needs float16/bfloat16, got {dtype}")
@@ -287,8 +287,7 @@ def _build(name: str, device: torch.device, dtype: torch.dtype, head_dim: int) -
         else:
             _require(name, torch.backends.cudnn.is_available(), "cuDNN is not available")
             _require(name, dtype in _HALF, f"the cuDNN kernel needs float16/bfloat16, got {dtype}")
-            _require(name, head_dim <= 256 and head_dim % 8 == 0,
-                     f"the cuDNN kernel needs head_dim a multiple of 8 and <= 256, got {head_dim}")
+            _require(name, head_dim <= 256, f"the cuDNN kernel supports head_dim <= 256, got {head_dim}")
             _require(name, major >= 8, f"the cuDNN kernel needs compute capability >= 8.0, got {major}.x")
             kernel, lse_fn = SDPBackend.CUDNN_ATTENTION, _lse_cuda_cudnn
         return functools.partial(_sdpa_family_impl, functools.partial(_sdpa_forced_out, kernel), lse_fn)
@@ -310,9 +309,11 @@ def _build(name: str, device: torch.device, dtype: torch.dtype, head_dim: int) -
         major, minor = _cuda_capability(name, device)
         _require(name, major == 9, f"FlashAttention-3 needs a Hopper GPU (sm90), got sm{major}{minor}")
         _require(name, dtype in _HALF, f"FlashAttention-3 needs float16/bfloat16 here, got {dtype}")
-        _require(name, head_dim <= 256 and head_dim % 8 == 0,
-                 f"FlashAttention-3 needs head_dim a multiple of 8 and <= 256, got {head_dim}")
-        lse_kwarg = "return_attn_probs" in inspect.signature(module.flash_attn_func).parameters
+        _require(name, head_dim <= 256, f"FlashAttention-3 supports head_dim <= 256, got {head_dim}")
+        try:
+            lse_kwarg = "return_attn_probs" in inspect.signature(module.flash_attn_func).parameters
+        except (TypeError, ValueError):  # a compiled function without a signature: old FA3
+            lse_kwarg = False
         return functools.partial(_fa3_impl, module.flash_attn_func, lse_kwarg)
 
     raise AssertionError(name)  # unreachable: names are checked by the caller
