@@ -59,3 +59,5 @@ def test_bad_inputs_name_the_parameter():
         rms_norm(x, torch.ones(8, dtype=torch.float64))
     with pytest.raises(ValueError, match="eps must be"):
         rms_norm(x, torch.ones(8), eps=0)
+    with pytest.raises(ValueError, match="dim must be <= 8192"):
+        rms_norm(torch.randn(2, 8200), torch.ones(8200))
