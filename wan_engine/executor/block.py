@@ -1,0 +1,76 @@
+"""One Wan DiT block as a straight-line function of tensors (compile-, graph- and export-friendly).
+
+The residual stream is carried together with its *already normalized* next input, so each
+residual add runs fused with the LayerNorm that follows it (`gated_residual_norm`):
+
+    in:   x (fp32 residual), normed = LN1(x) * (1 + scale1) + shift1   (compute dtype)
+    self-attn(normed)        -> x = x + y * gate1,  normed = norm3(x)            (affine LN)
+    cross-attn(normed)       -> x = x + y,          normed = LN2(x) * (1+scale2) + shift2
+    ffn(normed)              -> x = x + y * gate2,  normed = next LN1 (or the head's LN) of x
+    out:  (x, normed)
+
+Numerics follow the official block: fp32 norms, modulation and gated residuals; GEMMs and
+attention in the compute dtype; q/k RMSNorm over the whole dim, then RoPE from an fp32 table.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from ..ops import OpSet
+from .weights import BlockWeights
+
+
+class BlockSpec(NamedTuple):
+    num_heads: int
+    head_dim: int
+    eps: float
+    compute_dtype: torch.dtype
+    image: bool  # i2v/flf2v: cross-attention also attends to the CLIP tokens
+
+
+def make_block_fn(ops: OpSet, spec: BlockSpec, out_dtype: torch.dtype) -> Callable:
+    """The block function for `ops`/`spec`; `out_dtype` is the dtype of the returned `normed`
+    (the compute dtype, or fp32 after the last block, whose `normed` feeds the fp32 head).
+
+    block(x [B,S,dim] fp32, normed [B,S,dim], w: BlockWeights, mod [6,B,dim] fp32 (shift1, scale1,
+          gate1, shift2, scale2, gate2), next_shift, next_scale [B,dim] fp32, text_k, text_v
+          [B,L,H,hd], img_k, img_v [B,257,H,hd] or None, cos, sin [S, hd//2] fp32, kv_len: int)
+      -> (x [B,S,dim] fp32, normed [B,S,dim] out_dtype)
+    kv_len: the number of real (unpadded) tokens; later keys are padding and are not attended.
+    """
+    heads, head_dim, eps, cd, image = spec
+    dim = heads * head_dim
+
+    def self_attention(normed, w: BlockWeights, cos, sin, kv_len):
+        qkv = F.linear(normed, w.qkv_weight, w.qkv_bias)  # one GEMM; q, k, v are views into it
+        q, k = ops.rms_norm_rope_qk(qkv[..., :dim], qkv[..., dim: 2 * dim], w.norm_q, w.norm_k, cos, sin,
+                                    heads, eps, cd)
+        v = qkv[..., 2 * dim:].unflatten(-1, (heads, head_dim))
+        out = ops.attention(q, k, v, kv_len=kv_len)
+        return F.linear(out.flatten(2), w.o_weight, w.o_bias)
+
+    def cross_attention(normed, w: BlockWeights, text_k, text_v, img_k, img_v):
+        q = ops.rms_norm(F.linear(normed, w.cross_q_weight, w.cross_q_bias), w.cross_norm_q, eps, cd)
+        q = q.unflatten(-1, (heads, head_dim))
+        out = ops.attention(q, text_k, text_v)
+        if image:  # static: fixed by the model type
+            # The official sums the two attention outputs in fp32 (q's dtype there).
+            out = (out.float() + ops.attention(q, img_k, img_v).float()).to(cd)
+        return F.linear(out.flatten(2), w.cross_o_weight, w.cross_o_bias)
+
+    def block(x, normed, w: BlockWeights, mod, next_shift, next_scale, text_k, text_v, img_k, img_v,
+              cos, sin, kv_len: int):
+        y = self_attention(normed, w, cos, sin, kv_len)
+        x, normed = ops.gated_residual_norm(x, y, mod[2], weight=w.norm3_weight, bias=w.norm3_bias, eps=eps,
+                                            out_dtype=cd)
+        y = cross_attention(normed, w, text_k, text_v, img_k, img_v)
+        x, normed = ops.gated_residual_norm(x, y, None, shift=mod[3], scale=mod[4], eps=eps, out_dtype=cd)
+        y = F.linear(F.gelu(F.linear(normed, w.ffn1_weight, w.ffn1_bias), approximate="tanh"),
+                     w.ffn2_weight, w.ffn2_bias)
+        return ops.gated_residual_norm(x, y, mod[5], shift=next_shift, scale=next_scale, eps=eps,
+                                       out_dtype=out_dtype)
+
+    return block

@@ -1,0 +1,167 @@
+"""`WanExecutor`: the optimized Wan2.1 DiT, the same function as the reference `WanDiT`.
+
+Two ways in:
+- `executor(x, t, context)` exactly like the reference (prepares the text K/V on every call);
+- the fast path the runner uses: `text = executor.prepare_text(context)` once per request, then
+  `executor.predict(x, t, text)` every step, which patchifies, looks the RoPE table up in the
+  instance's cache and calls `forward_tokens`, the fixed-shape core: no `.item()`, no branch on
+  tensor values, every Python branch fixed by the model type or the shapes (so a later step can
+  capture it as a CUDA graph or export it).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..configs import DiTConfig
+from ..engine_config import EngineConfig
+from ..ops import OpSet, resolve_ops
+from ..reference.dit import patchify, sinusoidal_embedding_1d, unpatchify
+from .block import BlockSpec, make_block_fn
+from .rope_cache import RopeCache, RopeTable
+from .text_cache import TextKV, prepare_context_kv
+from .weights import BlockWeights, ContextWeights, build_stores
+
+FP32 = torch.float32
+
+
+class WanExecutor(nn.Module):
+    """The Wan2.1 DiT on fused ops. Build it with `build_executor(reference_dit, engine_config)`.
+
+    Weights live in buffers (so `.to(device)` moves them); the ops are resolved once for the
+    device and compute dtype the executor is built on, and must run there.
+    """
+
+    def __init__(self, config: DiTConfig, state_dict: dict[str, torch.Tensor], engine_config: EngineConfig,
+                 compute_dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        if not isinstance(engine_config, EngineConfig):
+            raise ValueError(f"engine_config must be an EngineConfig; got {type(engine_config).__name__}")
+        self.config = config
+        self.engine_config = engine_config
+        self.compute_dtype = compute_dtype
+        self.globals, self.blocks, self.contexts = build_stores(config, state_dict, compute_dtype)
+        self.to(device)
+        self.ops: OpSet = resolve_ops(engine_config, device, compute_dtype, config.head_dim)
+        spec = BlockSpec(config.num_heads, config.head_dim, config.eps, compute_dtype, config.model_type != "t2v")
+        self._block = make_block_fn(self.ops, spec, compute_dtype)
+        self._last_block = make_block_fn(self.ops, spec, FP32)  # its `normed` feeds the fp32 head
+        if engine_config.compile:
+            self._block, self._last_block = torch.compile(self._block), torch.compile(self._last_block)
+        self.rope_cache = RopeCache(config.head_dim)
+
+    # -- the reference-compatible call ------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, seq_len: int | None = None,
+                clip_fea: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Same arguments and result as `WanDiT.forward`: latents x [B, C, F, H, W], t [B],
+        context [B, L, text_dim] -> fp32 velocity [B, out_dim, F, H, W]."""
+        return self.predict(x, t, self.prepare_text(context, clip_fea), seq_len=seq_len, y=y)
+
+    # -- the fast path ----------------------------------------------------------------------------
+
+    def prepare_text(self, context: torch.Tensor, clip_fea: torch.Tensor | None = None) -> TextKV:
+        """Text embeddings [B, L <= text_len, text_dim] (+ CLIP features for i2v/flf2v) -> the
+        cross-attention K/V of every layer, to reuse for every step of a request."""
+        layers = [store.take(ContextWeights) for store in self.contexts]
+        return prepare_context_kv(self.ops, self.config, self.compute_dtype, self._globals(), layers,
+                                  context, clip_fea)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, text: TextKV, seq_len: int | None = None,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+        """Velocity for latents x [B, C, F, H, W] (+ y for i2v/flf2v) at timesteps t [B] with the
+        prepared `text` (batch B) -> fp32 [B, out_dim, F, H, W]. seq_len pads the token sequence
+        (padded keys are masked), as the official sequence-parallel code does."""
+        cfg = self.config
+        x = self._check_video(x, y)
+        batch = x.shape[0]
+        if t.shape != (batch,):
+            raise ValueError(f"t must have shape [B] = [{batch}], got {tuple(t.shape)}")
+        if text.batch != batch:
+            raise ValueError(f"text K/V were prepared for batch {text.batch}, latents have batch {batch}")
+        patches, grid = patchify(x, cfg.patch_size)
+        real_len = patches.shape[1]
+        rope = self.rope_table(grid, real_len if seq_len is None else seq_len, x.device)
+        out = self.forward_tokens(patches, t, text, rope)
+        return unpatchify(out, grid, cfg.patch_size, cfg.out_dim).float()
+
+    def rope_table(self, grid: tuple[int, int, int], seq_len: int, device: torch.device) -> RopeTable:
+        """The cached RoPE table of `grid` padded to `seq_len` tokens on `device`."""
+        return self.rope_cache.get(grid, seq_len, device)
+
+    def forward_tokens(self, patches: torch.Tensor, t: torch.Tensor, text: TextKV, rope: RopeTable) -> torch.Tensor:
+        """The fixed-shape core. patches [B, f*h*w, in_dim*pt*ph*pw] (from `patchify`), t [B],
+        text: TextKV of batch B, rope: the grid's table -> fp32 head output
+        [B, rope.seq_len, pt*ph*pw*out_dim] (rows past rope.real_len are padding)."""
+        g = self._globals()
+        # The official patch embedding is a stride-equal Conv3d, i.e. a GEMM over patches; its
+        # bf16 output enters the fp32 residual stream.
+        x = F.linear(patches.to(self.compute_dtype), g["patch_weight"], g["patch_bias"]).float()
+        x = F.pad(x, (0, 0, 0, rope.seq_len - rope.real_len))
+        mods, head_shift, head_scale = self._modulation(t, g)
+        normed = self.ops.layer_norm_modulate(x, mods[0, 0], mods[0, 1], self.config.eps, self.compute_dtype)
+        last = len(self.blocks) - 1
+        for i, store in enumerate(self.blocks):
+            if i < last:
+                block, next_shift, next_scale = self._block, mods[i + 1, 0], mods[i + 1, 1]
+            else:
+                block, next_shift, next_scale = self._last_block, head_shift, head_scale
+            x, normed = block(x, normed, store.take(BlockWeights), mods[i], next_shift, next_scale,
+                              *text.layer(i), rope.cos, rope.sin, rope.real_len)
+        return F.linear(normed, g["head_weight"], g["head_bias"])
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _globals(self) -> dict[str, torch.Tensor]:
+        return dict(self.globals.named_buffers())
+
+    def _modulation(self, t: torch.Tensor, g: dict[str, torch.Tensor]):
+        """Time embedding and every block's modulation for the whole batch, once per step (fp32).
+
+        Returns mods [num_layers, 6, B, dim] (shift1, scale1, gate1, shift2, scale2, gate2 per
+        block) and the head's shift, scale [B, dim]. The head is modulated by e, not e0.
+        """
+        sinusoid = sinusoidal_embedding_1d(self.config.freq_dim, t).float()
+        e = F.linear(F.silu(F.linear(sinusoid, g["time_fc1_weight"], g["time_fc1_bias"])),
+                     g["time_fc2_weight"], g["time_fc2_bias"])
+        e0 = F.linear(F.silu(e), g["time_proj_weight"], g["time_proj_bias"]).unflatten(1, (6, -1))
+        mods = g["modulation"][:, :, None, :] + e0.transpose(0, 1)[None]
+        head = g["head_modulation"][:, None, :] + e[None]
+        return mods, head[0], head[1]
+
+    def _check_video(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        cfg = self.config
+        if not isinstance(x, torch.Tensor) or x.ndim != 5:
+            raise ValueError(f"x must be [B, C, F, H, W], got {getattr(x, 'shape', type(x).__name__)}")
+        if y is not None:
+            if y.ndim != 5 or y.shape[0] != x.shape[0] or y.shape[2:] != x.shape[2:]:
+                raise ValueError(f"y must be [B, C_y, F, H, W] matching x {tuple(x.shape)}, got {tuple(y.shape)}")
+            x = torch.cat([x, y.to(x.dtype)], dim=1)
+        elif cfg.model_type != "t2v":
+            raise ValueError(f"model_type {cfg.model_type!r} needs y (conditioning latents)")
+        if x.shape[1] != cfg.in_dim:
+            raise ValueError(f"x (+ y) must have in_dim={cfg.in_dim} channels, got {x.shape[1]}")
+        for size, p, axis in zip(x.shape[2:], cfg.patch_size, "FHW"):
+            if size % p:
+                raise ValueError(f"x's {axis} = {size} must be divisible by patch size {p}")
+        return x
+
+
+def build_executor(dit: nn.Module, engine_config: EngineConfig | None = None,
+                   device: torch.device | str | None = None) -> WanExecutor:
+    """An executor with the weights of a reference `WanDiT` (official parameter names).
+
+    The compute dtype is `engine_config.dtype`, or the reference's `compute_dtype`; the device is
+    `device`, or the reference's. Tensors whose dtype already matches are shared, not copied;
+    the executor keeps no reference to `dit`.
+    """
+    engine_config = EngineConfig() if engine_config is None else engine_config
+    if not isinstance(engine_config, EngineConfig):
+        raise ValueError(f"engine_config must be an EngineConfig; got {type(engine_config).__name__}")
+    if not hasattr(dit, "config") or not isinstance(dit.config, DiTConfig):
+        raise ValueError(f"dit must be a reference WanDiT (with a DiTConfig .config); got {type(dit).__name__}")
+    if device is None:
+        device = next(dit.parameters()).device
+    dtype = engine_config.resolved_dtype(getattr(dit, "compute_dtype", FP32))
+    return WanExecutor(dit.config, dit.state_dict(), engine_config, dtype, torch.device(device))
