@@ -99,7 +99,8 @@ def op_cases(shape: BenchShape, dtype: torch.dtype, device) -> dict[str, OpCase]
         "rms_norm_rope_qk": OpCase(
             rms_norm_rope_qk,
             rms_norm_rope_qk_ref,
-            (qkv[..., :dim], qkv[..., dim : 2 * dim], weight, weight.flip(0), angles.cos(), angles.sin(), heads, EPS),
+            (qkv[..., :dim], qkv[..., dim : 2 * dim], weight, weight.flip(0),
+             angles.cos(), angles.sin(), heads, EPS),
             {},
         ),
         "rms_norm": OpCase(rms_norm, rms_norm_ref, (branch, weight, EPS), {}),
@@ -231,8 +232,8 @@ def measure_copy_gbps(device, nbytes: int = 1 << 30, repeats: int = 20) -> float
 
 
 def format_table(rows: list[dict]) -> str:
-    header = f"{'op':<20} {'provider':<14} {'shape (B,S,dim,H)':<22} {'median ms':>10} {'p20-p80 ms':>17} {'GB/s':>8}"
-    header += f" {'vs eager':>9} {'vs compile':>10} {'%copy':>6} {'max diff':>9}"
+    header = f"{'op':<20} {'provider':<14} {'shape (B,S,dim,H)':<22} {'median ms':>10} {'p20-p80 ms':>17}"
+    header += f" {'GB/s':>8} {'vs eager':>9} {'vs compile':>10} {'%copy':>6} {'max diff':>9}"
     lines = [header, "-" * len(header)]
     for r in rows:
         shape = f"{r['batch']},{r['seq']},{r['dim']},{r['num_heads']}"

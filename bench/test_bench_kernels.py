@@ -28,13 +28,20 @@ BF16_MATCH = dict(atol=0.07, rtol=0.02)
 PROVIDERS = [
     "triton",
     "torch",
-    pytest.param("torch.compile", marks=pytest.mark.skipif(not ON_GPU, reason="inductor's CPU C++ build is slow and off the engine's path")),
+    pytest.param(
+        "torch.compile",
+        marks=pytest.mark.skipif(not ON_GPU, reason="inductor's CPU C++ build is slow and off the engine's path"),
+    ),
 ]
 
 
 @pytest.fixture(scope="module", params=SHAPES, ids=lambda s: f"B{s.batch}-S{s.seq}-D{s.dim}-H{s.num_heads}")
 def cases(request):
     return request.param, op_cases(request.param, DTYPE, "cuda" if ON_GPU else "cpu")
+
+
+def _as_tuple(outputs):
+    return outputs if isinstance(outputs, tuple) else (outputs,)
 
 
 def _synchronized(fn):
@@ -55,9 +62,12 @@ def test_bench(benchmark, cases, op, provider):
     shape, all_cases = cases
     case = all_cases[op]
     eager = case.reference(*case.args, **case.kwargs)
-    fn = {"triton": case.kernel, "torch": case.reference}.get(provider) or torch.compile(case.reference, dynamic=False)
+    if provider == "torch.compile":
+        fn = torch.compile(case.reference, dynamic=False)
+    else:
+        fn = {"triton": case.kernel, "torch": case.reference}[provider]
     out = fn(*case.args, **case.kwargs)
-    for got, want in zip(out if isinstance(out, tuple) else (out,), eager if isinstance(eager, tuple) else (eager,)):
+    for got, want in zip(_as_tuple(out), _as_tuple(eager)):
         torch.testing.assert_close(got.float(), want.float(), **BF16_MATCH)
 
     benchmark.group = f"{op} B{shape.batch} S{shape.seq} D{shape.dim}"

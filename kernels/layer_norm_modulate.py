@@ -69,12 +69,14 @@ def _layer_norm_modulate_kernel(
     tl.store(out_ptr + (b * S + s) * D + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch(x, mult, add, mod_batch_strided, eps, out_dtype, affine):
+def _launch(x, mult, add, eps, out_dtype, affine):
+    """mult, add: scale, shift (batch, dim) for modulation; weight, bias (dim,) when affine."""
     batch, seq, dim = x.shape
     block, num_warps = row_block_and_warps(dim)
     out = torch.empty((batch, seq, dim), dtype=out_dtype, device=x.device)
-    stride_mb, stride_md = (mult.stride(0), mult.stride(1)) if mod_batch_strided else (0, mult.stride(0))
-    stride_ab, stride_ad = (add.stride(0), add.stride(1)) if mod_batch_strided else (0, add.stride(0))
+    # Affine params are shared by all samples: batch stride 0.
+    stride_mb, stride_md = (0, mult.stride(0)) if affine else mult.stride()
+    stride_ab, stride_ad = (0, add.stride(0)) if affine else add.stride()
     _layer_norm_modulate_kernel[(seq, batch)](
         x, mult, add, out,
         seq, dim, eps,
@@ -105,7 +107,7 @@ def layer_norm_modulate(
     check_grid(batch, seq)
     check_float_tensor("shift", shift, (batch, dim), x.device)
     check_float_tensor("scale", scale, (batch, dim), x.device)
-    return _launch(x, scale, shift, True, check_eps(eps), resolve_out_dtype(out_dtype, x.dtype), False)
+    return _launch(x, scale, shift, check_eps(eps), resolve_out_dtype(out_dtype, x.dtype), affine=False)
 
 
 def layer_norm_affine(
@@ -125,7 +127,7 @@ def layer_norm_affine(
     check_grid(batch, seq)
     check_float_tensor("weight", weight, (dim,), x.device)
     check_float_tensor("bias", bias, (dim,), x.device)
-    return _launch(x, weight, bias, False, check_eps(eps), resolve_out_dtype(out_dtype, x.dtype), True)
+    return _launch(x, weight, bias, check_eps(eps), resolve_out_dtype(out_dtype, x.dtype), affine=True)
 
 
 def layer_norm_modulate_ref(

@@ -31,7 +31,8 @@ def check_against_oracle(name: str, out: torch.Tensor, ref: torch.Tensor, low_re
     bound = 2 * low_err + _ulp_atol(out.dtype, ref64)
     if not torch.isfinite(out64).all() or err.max().item() > bound:
         bad = (~(err <= bound)).nonzero()[:8].tolist()
-        detail = ", ".join(f"{tuple(i)}: {out64[tuple(i)].item():.6g} vs {ref64[tuple(i)].item():.6g}" for i in bad)
+        detail = ", ".join(f"{tuple(i)}: {out64[tuple(i)].item():.6g} vs {ref64[tuple(i)].item():.6g}"
+                           for i in bad)
         raise AssertionError(
             f"{name}: max error {err.max().item():.3g} exceeds 2 * {low_err:.3g} (PyTorch in low "
             f"precision) + rounding slack = {bound:.3g}; {int((~(err <= bound)).sum())} mismatches, "

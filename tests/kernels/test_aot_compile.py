@@ -109,8 +109,11 @@ def _resource_usage(cubin: bytes) -> dict:
         handle.write(cubin)
         handle.flush()
         result = subprocess.run([tool, "-res-usage", handle.name], capture_output=True, text=True)
-    fields = dict(item.split(":", 1) for line in result.stdout.splitlines() if "REG:" in line for item in line.split())
-    return {"regs": int(fields["REG"]), "local": int(fields["LOCAL"]), "stack": int(fields["STACK"])} if fields else {}
+    lines = [line for line in result.stdout.splitlines() if "REG:" in line]
+    if not lines:
+        return {}
+    fields = dict(item.split(":", 1) for item in lines[0].split())
+    return {"regs": int(fields["REG"]), "local": int(fields["LOCAL"]), "stack": int(fields["STACK"])}
 
 
 def _compile_all() -> dict:

@@ -36,9 +36,11 @@ def _inputs(batch, seq, dim, dtypes, gated, norm, device, seed=0):
     y = rand(batch, seq, dim, dtype=y_dtype, std=2.0)
     gate = rand(batch, dim, dtype=mod_dtype) if gated else None
     if norm == "affine":
-        params = dict(weight=rand(dim, dtype=mod_dtype, std=0.5, mean=1.0), bias=rand(dim, dtype=mod_dtype, std=0.5))
+        params = dict(weight=rand(dim, dtype=mod_dtype, std=0.5, mean=1.0),
+                      bias=rand(dim, dtype=mod_dtype, std=0.5))
     else:
-        params = dict(shift=rand(batch, dim, dtype=mod_dtype, std=0.5), scale=rand(batch, dim, dtype=mod_dtype, std=0.5))
+        params = dict(shift=rand(batch, dim, dtype=mod_dtype, std=0.5),
+                      scale=rand(batch, dim, dtype=mod_dtype, std=0.5))
     return x, y, gate, params
 
 
@@ -83,7 +85,8 @@ def test_strided_views(device, assert_matches_oracle):
         stream = torch.zeros(batch, seq, dim + 8, device=device)[..., 5 : 5 + dim]
         stream.copy_(x)
         x_new, normed = gated_residual_norm(stream, y, e0[:, 5], **params, inplace=inplace)
-        _check(x, y, e0[:, 5], params, BF16, x_new, normed, assert_matches_oracle, f" (strided, inplace={inplace})")
+        tag = f" (strided, inplace={inplace})"
+        _check(x, y, e0[:, 5], params, BF16, x_new, normed, assert_matches_oracle, tag)
 
 
 def test_bad_inputs_name_the_parameter():

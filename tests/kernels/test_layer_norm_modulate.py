@@ -86,7 +86,8 @@ def test_strided_views(device, assert_matches_oracle):
         assert_matches_oracle("layer_norm_modulate (strided)", out, ref, low)
     weight = e0[:, 2].t()[:, 0]  # a strided (dim,) view
     out = layer_norm_affine(x_rows, weight, e0[0, 3], out_dtype=F32)
-    torch.testing.assert_close(out, layer_norm_affine_ref(x_rows, weight, e0[0, 3], out_dtype=F32), atol=1e-5, rtol=1e-5)
+    ref = layer_norm_affine_ref(x_rows, weight, e0[0, 3], out_dtype=F32)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_bad_inputs_name_the_parameter():
