@@ -15,6 +15,8 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _add_generate(sub) -> None:
+    from .engine_config import ATTENTION_BACKENDS, ENGINES
+
     p = sub.add_parser("generate", help="text -> MP4")
     p.add_argument("--model", default="tiny", help="model directory (original or diffusers layout) or preset")
     p.add_argument("--prompt", required=True)
@@ -33,6 +35,13 @@ def _add_generate(sub) -> None:
     p.add_argument("--offload", action="store_true",
                    help="move the text encoder off the GPU after encoding and the DiT off before VAE decode")
     p.add_argument("--fps", type=int, default=16)
+    p.add_argument("--engine", choices=ENGINES, default="executor",
+                   help="executor (fused kernels, default) or reference (the eager official math)")
+    p.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto",
+                   help="attention backend of the executor (default: auto, the fastest available)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the executor's DiT block")
+    p.add_argument("--no-cfg-batch", dest="cfg_batch", action="store_false",
+                   help="run the conditional and unconditional CFG branches as two forwards, not one batch")
     p.set_defaults(func=cmd_generate)
 
 
@@ -56,7 +65,8 @@ def cmd_generate(args) -> int:
     _check_given(args)  # refuse bad options before the (possibly long) model load
     start = time.perf_counter()
     pipe = WanPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                       t5_cpu=args.t5_cpu, offload=args.offload)
+                                       t5_cpu=args.t5_cpu, offload=args.offload, engine=args.engine,
+                                       attention=args.attention, compile=args.compile, cfg_batch=args.cfg_batch)
     load_s = time.perf_counter() - start
     result = pipe.run(args.prompt, args.negative_prompt, args.size, args.frames, args.steps, args.guidance,
                       args.shift, args.seed, args.solver, progress=True)
@@ -92,9 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .attention import AttentionBackendError
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, AttentionBackendError) as e:
         print(f"wan-engine: error: {e}", file=sys.stderr)
         return 2
 

@@ -9,13 +9,12 @@ import torch
 
 from ..configs import PRESETS, ModelConfig, get_preset
 from ..device import resolve_device, resolve_dtype
+from ..engine_config import ENGINES, EngineConfig
 from .checkpoint import load_into
 from .components import load_dit, load_text_encoder, load_vae
 from .errors import CheckpointError
 from .layout import detect_layout
 from .random_init import random_state_dict
-
-ENGINES = ("reference",)
 
 
 def preset_for(dit_dim: int, model_type: str) -> ModelConfig | None:
@@ -43,14 +42,24 @@ def random_components(config: ModelConfig, device: torch.device, dtype: torch.dt
 
 
 def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5_cpu: bool = False,
-                             offload: bool = False, engine: str = "reference", seed: int = 0) -> dict:
-    """Keyword arguments for `WanPipeline(...)`."""
+                             offload: bool = False, engine: str = "executor", attention: str = "auto",
+                             ops: str = "auto", cfg_batch: bool = True, compile: bool = False,
+                             seed: int = 0) -> dict:
+    """Keyword arguments for `WanPipeline(...)`.
+
+    engine "executor" (default) wraps the loaded reference DiT's weights in the optimized
+    executor with the given attention/ops backends, CFG batching and compile options; engine
+    "reference" keeps the eager reference (which ignores those options).
+    """
     from ..reference.text_encoder import TextEncoder
 
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    # Validate the engine options before the (possibly long) load.
+    engine_config = EngineConfig(engine=engine, attention=attention, ops=ops, cfg_batch=cfg_batch,
+                                 compile=compile, dtype=dtype)
     text_device = torch.device("cpu") if t5_cpu else device
     # The text encoder's first stop is the CPU when it will be offloaded anyway.
     text_home = torch.device("cpu") if (t5_cpu or offload) else device
@@ -82,6 +91,10 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     else:
         raise ValueError(f"model {path_or_preset!r} is neither an existing model directory nor a preset "
                          f"({', '.join(sorted(PRESETS))})")
+    if engine == "executor":
+        from ..executor import build_executor
+
+        dit = build_executor(dit, engine_config, device)
     return dict(config=config, text_encoder=text, dit=dit, vae=vae, device=device, dtype=dtype,
                 text_device=text_device, offload=offload)
 

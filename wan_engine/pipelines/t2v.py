@@ -68,7 +68,10 @@ class WanPipeline:
         """Load a model directory (original or diffusers layout) or build a preset with seeded weights.
 
         Options: `t5_cpu` (keep the text encoder on the CPU), `offload` (move the text encoder off
-        the GPU after encoding and the DiT off before VAE decode), `engine` ("reference").
+        the GPU after encoding and the DiT off before VAE decode), `engine` ("executor", the
+        default, or "reference"), and for the executor `attention` (a backend name, default
+        "auto"), `ops` ("auto", "triton", "torch"), `cfg_batch` (default True: both CFG branches
+        in one batch-2 forward) and `compile` (torch.compile the DiT block).
         """
         from ..loading.pipeline_loader import load_pipeline_components
 
