@@ -165,14 +165,12 @@ def resolve_ops(engine_config: EngineConfig, device: torch.device | str, dtype: 
     if not isinstance(engine_config, EngineConfig):
         raise ValueError(f"engine_config must be an EngineConfig; got {type(engine_config).__name__}")
     device = torch.device(device)
-    attention = resolve_attention_backend(engine_config.attention, device, dtype, head_dim)
-    if engine_config.ops == "torch":
-        return _torch_opset(attention)
     if engine_config.ops == "triton":
         usable, why = _triton_available(device)
         if not usable:
             raise ValueError(f"ops backend 'triton' requested but {why}; use ops='torch' or 'auto'")
-        return _triton_opset(attention)
-    if device.type == "cuda" and _triton_available(device)[0]:
-        return _triton_opset(attention)
-    return _torch_opset(attention)
+        use_triton = True
+    else:
+        use_triton = engine_config.ops == "auto" and device.type == "cuda" and _triton_available(device)[0]
+    attention = resolve_attention_backend(engine_config.attention, device, dtype, head_dim)
+    return _triton_opset(attention) if use_triton else _torch_opset(attention)
