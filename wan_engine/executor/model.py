@@ -41,9 +41,10 @@ class WanExecutor(nn.Module):
         self.config = config
         self.engine_config = engine_config
         self.compute_dtype = compute_dtype
+        # Resolve first: an unusable backend is reported before any weight is cast or moved.
+        self.ops: OpSet = resolve_ops(engine_config, device, compute_dtype, config.head_dim)
         self.globals, self.blocks, self.contexts = build_stores(config, state_dict, compute_dtype)
         self.to(device)
-        self.ops: OpSet = resolve_ops(engine_config, device, compute_dtype, config.head_dim)
         spec = BlockSpec(config.num_heads, config.head_dim, config.eps, compute_dtype, config.model_type != "t2v")
         self._block = make_block_fn(self.ops, spec, compute_dtype)
         self._last_block = make_block_fn(self.ops, spec, FP32)  # its `normed` feeds the fp32 head
