@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -37,8 +38,21 @@ DEFAULT_TIMEOUT_S = 600.0  # NCCL's own default; long enough for a 14B model loa
 _SEED_BOUND = 2**63        # seeds are non-negative int64 values, as the runner draws them
 
 
+# gloo raises a plain RuntimeError ("[.../gloo/transport/tcp/pair.cc] Read error ... Connection
+# reset by peer", "... gloo ... Timed out waiting"), so the backend's name in the message is the
+# only mark of a failed collective; NCCL and c10d errors are DistError subclasses or name NCCL.
+_COLLECTIVE_ERROR = re.compile(r"gloo|NCCL|ProcessGroup|c10d")
+
+
 class PeerFailure(RuntimeError):
     """A collective failed on this rank because another rank crashed, hung or disconnected."""
+
+
+def is_collective_error(err: BaseException) -> bool:
+    """Whether `err` comes from a torch.distributed collective rather than from this rank's code."""
+    if isinstance(err, dist.DistError):
+        return True
+    return type(err) is RuntimeError and bool(_COLLECTIVE_ERROR.search(str(err)))
 
 
 def rank_device(device: torch.device | str, launch: LaunchEnv) -> torch.device:
@@ -208,9 +222,9 @@ def peer_failure_guard(mesh: ParallelMesh, timeout_s: float) -> Iterator[None]:
     _check_timeout(timeout_s)
     try:
         yield
-    except dist.DistError as err:
-        # gloo reports both a timeout and a closed peer connection as DistBackendError /
-        # DistNetworkError; NCCL's watchdog raises DistBackendError on a timeout.
+    except RuntimeError as err:
+        if not is_collective_error(err):
+            raise
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise PeerFailure(
             f"rank {mesh.rank} of {mesh.config.world_size} ({mesh.config.describe()}): a collective "
