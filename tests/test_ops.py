@@ -163,7 +163,8 @@ def test_engine_config_refuses_bad_values(kwargs, match):
 def test_engine_config_normalises_and_is_frozen():
     assert EngineConfig(dtype="bf16") == EngineConfig(dtype=torch.bfloat16)
     assert hash(EngineConfig(dtype="fp32")) == hash(EngineConfig(dtype=F32))
-    assert EngineConfig().resolved_dtype(BF16) == BF16 and EngineConfig(dtype="fp16").resolved_dtype(BF16) == torch.float16
+    assert EngineConfig().resolved_dtype(BF16) == BF16
+    assert EngineConfig(dtype="fp16").resolved_dtype(BF16) == torch.float16
     with pytest.raises(dataclasses.FrozenInstanceError):
         EngineConfig().ops = "triton"
 

@@ -11,7 +11,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .executor import TextKV, WanExecutor
+from .executor import WanExecutor
+from .reference.dit import pad_context
 
 # velocity(latents [B, C, F, H, W], timestep [B]) -> guided fp32 velocity [B, C, F, H, W]
 GuidedVelocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -38,14 +39,17 @@ def make_guided_velocity(dit, context: torch.Tensor, context_null: torch.Tensor,
         return reference_velocity
 
     cfg_batch = dit.engine_config.cfg_batch if cfg_batch is None else cfg_batch
-    text_cond, text_uncond = dit.prepare_text(context), dit.prepare_text(context_null)
     if not cfg_batch:
+        text_cond, text_uncond = dit.prepare_text(context), dit.prepare_text(context_null)
+
         def separate_velocity(latents, timestep):
             return _guide(dit.predict(latents, timestep, text_cond), dit.predict(latents, timestep, text_uncond),
                           guidance)
         return separate_velocity
 
-    text_both = TextKV.cat([text_cond, text_uncond])
+    # Both prompts' K/V from one batched preparation (the DiT pads each context to text_len anyway).
+    text_len = dit.config.text_len
+    text_both = dit.prepare_text(torch.cat([pad_context(context, text_len), pad_context(context_null, text_len)]))
 
     def batched_velocity(latents, timestep):
         v_cond, v_uncond = dit.predict(torch.cat([latents, latents]), torch.cat([timestep, timestep]),
