@@ -94,7 +94,8 @@ def test_fp32_forward_matches_reference_triton_ops(cfg, fhw):
 def test_bf16_error_is_within_twice_the_reference_bf16_error():
     """Executor in bf16 vs the exact fp32 reference, against the reference itself run in bf16
     (the official amp numerics). The executor rounds less often (fused norms, RoPE, one rounding
-    per op), so it should not be worse; 2x + 1e-3 absorbs seed-to-seed luck."""
+    per op), so it should not be worse; 2x (+ 1e-4) absorbs seed-to-seed luck. Measured here:
+    executor 2.9e-3, reference in bf16 2.9e-3."""
     cfg = TINY
     exact = reference(cfg)
     ref_bf16 = reference(cfg, compute_dtype=BF16)
@@ -106,7 +107,28 @@ def test_bf16_error_is_within_twice_the_reference_bf16_error():
         ex_err = rel_l2(ex(**args), want)
     print(f"bf16 rel L2 vs fp32 reference: executor {ex_err:.3e}, reference in bf16 {ref_err:.3e}")
     assert ex.compute_dtype == BF16
-    assert ex_err <= 2 * ref_err + 1e-3
+    assert ex_err <= 2 * ref_err + 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_gpu_bf16_triton_executor_matches_reference(compile):
+    """On CUDA: Triton kernels, the auto attention backend, optionally torch.compile of the block
+    (Triton launchers inside a compiled graph), at the 1.3B width with 2 layers."""
+    import dataclasses
+
+    cfg = dataclasses.replace(get_preset("t2v-1.3B").dit, num_layers=2)
+    exact = reference(cfg).cuda()
+    ref_bf16 = reference(cfg, compute_dtype=BF16).cuda()
+    ex = build_executor(exact, EngineConfig(dtype="bf16", compile=compile))
+    assert ex.ops.backend == "triton"
+    args = {k: v.cuda() for k, v in inputs(cfg, 2, (3, 16, 16), text_tokens=20, seed=8).items()}
+    with torch.no_grad():
+        want = exact(**args)
+        ref_err, ex_err = rel_l2(ref_bf16(**args), want), rel_l2(ex(**args), want)
+    print(f"GPU bf16 rel L2 vs fp32: executor ({ex.ops.attention.name}, compile={compile}) {ex_err:.3e}, "
+          f"reference in bf16 {ref_err:.3e}")
+    assert ex_err <= 2 * ref_err + 1e-4
 
 
 # ---- the fast path: text K/V reuse and CFG batching --------------------------------------------
