@@ -1,0 +1,183 @@
+"""What every suite shares: the run's context, result rows, model and input builders.
+
+A row is a flat dict (JSON/CSV-ready) describing one timed implementation:
+  suite, case, impl, shape, dtype, device    what ran
+  median_ms, p20_ms, p80_ms, repeats, ...    timing (bench.timing)
+  flops, bytes, tflops, gbps                 work done and effective rates (bench.roofline)
+  floor_ms, pct_of_floor, bound              against the measured ceilings
+  max_abs, rel_l2, cosine, psnr, ssim        accuracy against `oracle` (bench.accuracy)
+  peak_mem_mib                               memory a run added at its peak (the memory suite)
+  note                                       anything a reader must know
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from wan_engine.configs import DiTConfig, ModelConfig
+
+from ..ceilings import MeasuredCeilings
+from ..roofline import ComponentCost, Cost, latent_shape, roofline_point
+from ..timing import TimingStats
+
+TEXT_TOKENS = 48  # prompt length fed to the DiT before its zero padding to text_len
+
+ROW_FIELDS = (
+    "suite", "case", "impl", "shape", "dtype", "device",
+    "median_ms", "p20_ms", "p80_ms", "repeats", "warmup", "timer",
+    "flops", "bytes", "tflops", "gbps", "floor_ms", "pct_of_floor", "bound",
+    "oracle", "max_abs", "rel_l2", "cosine", "psnr", "ssim", "peak_mem_mib", "note",
+)
+
+
+@dataclass(frozen=True)
+class BenchContext:
+    """One benchmark run's settings, shared read-only by the suites."""
+
+    preset: str
+    model: ModelConfig
+    width: int
+    height: int
+    frames: int
+    device: torch.device
+    dtype: torch.dtype              # the engine dtype (GEMMs, attention)
+    repeats: int
+    warmup: int
+    batch: int = 2                  # the two CFG branches as one batch, as the executor runs them
+    layers: int | None = None       # DiT depth override (None: the preset's)
+    steps: int | None = None        # e2e denoising steps (None: the preset's)
+    compile: bool = True            # include torch.compile variants
+    ceilings: MeasuredCeilings | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("repeats", "batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup must be an int >= 0, got {self.warmup!r}")
+        if self.layers is not None and (not isinstance(self.layers, int) or self.layers < 1):
+            raise ValueError(f"layers must be None or an int >= 1, got {self.layers!r}")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise ValueError(f"steps must be None or an int >= 1, got {self.steps!r}")
+        latent_shape(self.width, self.height, self.frames)  # ValueError on an impossible video size
+
+    def replace(self, **changes) -> "BenchContext":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def dit_config(self) -> DiTConfig:
+        cfg = self.model.dit
+        return cfg if self.layers is None else dataclasses.replace(cfg, num_layers=self.layers)
+
+    @property
+    def latent_grid(self) -> tuple[int, int, int]:
+        """(latent frames, latent height, latent width) of the video size."""
+        return latent_shape(self.width, self.height, self.frames,
+                            (self.model.vae.temporal_stride, self.model.vae.spatial_stride,
+                             self.model.vae.spatial_stride))
+
+    @property
+    def size_label(self) -> str:
+        return f"{self.width}x{self.height}x{self.frames}"
+
+    @property
+    def dtype_bytes(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+
+@dataclass
+class SuiteResult:
+    rows: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    text: str = ""  # preformatted output (the roofline breakdown tables)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
+            torch.float64: "fp64"}.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def single_cost(name: str, flops: float, nbytes: float) -> Cost:
+    return Cost(name, (ComponentCost(name, float(flops), float(nbytes)),))
+
+
+def make_row(ctx: BenchContext, suite: str, case: str, impl: str, stats: TimingStats | None, *,
+             shape: str, dtype: str, cost: Cost | None = None, accuracy: dict | None = None,
+             oracle: str = "", note: str = "", **extra) -> dict:
+    """One result row; rates and % of floor are filled when `cost` (and measured ceilings) exist."""
+    row = dict.fromkeys(ROW_FIELDS)
+    row.update(suite=suite, case=case, impl=impl, shape=shape, dtype=dtype, device=ctx.device.type,
+               oracle=oracle or None, note=note or None)
+    if stats is not None:
+        row.update(stats.to_dict())
+    if cost is not None:
+        row.update(flops=cost.flops, bytes=cost.bytes)
+        if stats is not None and stats.median_s > 0:
+            row.update(tflops=cost.flops / stats.median_s / 1e12 if cost.flops else None,
+                       gbps=cost.bytes / stats.median_s / 1e9 if cost.bytes else None)
+            if ctx.ceilings is not None:
+                point = roofline_point(stats.median_s, cost, ctx.ceilings.roofline())
+                row.update(floor_ms=1e3 * point.floor_seconds, pct_of_floor=point.pct_of_floor, bound=point.bound)
+    if accuracy:
+        row.update(accuracy)
+    row.update(extra)
+    return row
+
+
+def generator(ctx: BenchContext, offset: int = 0) -> torch.Generator:
+    return torch.Generator(device=ctx.device).manual_seed(ctx.seed + offset)
+
+
+def dit_inputs(ctx: BenchContext, cfg: DiTConfig, batch: int) -> dict[str, torch.Tensor]:
+    """Random (not zero) DiT inputs: x [B, in_dim, f, h, w] fp32, t [B] int64, context [B, 48, text_dim]."""
+    gen = generator(ctx, 100)
+    lf, lh, lw = ctx.latent_grid
+    x = torch.randn(batch, cfg.in_dim, lf, lh, lw, generator=gen, device=ctx.device)
+    t = torch.randint(0, 1000, (batch,), generator=gen, device=ctx.device)
+    context = torch.randn(batch, min(TEXT_TOKENS, cfg.text_len), cfg.text_dim, generator=gen, device=ctx.device)
+    return dict(x=x, t=t, context=context)
+
+
+def reference_dit(cfg: DiTConfig, state_dict: dict, dtype: torch.dtype, device: torch.device):
+    """The eager reference DiT with `compute_dtype=dtype`, parameters stored in `dtype`."""
+    from wan_engine.loading.checkpoint import load_into
+    from wan_engine.reference.dit import WanDiT
+
+    with torch.device("meta"):
+        model = WanDiT(cfg, compute_dtype=dtype)
+    model = load_into(model, state_dict, dtype=dtype, device=device, source="random weights")
+    return model.eval().requires_grad_(False)
+
+
+def random_dit_weights(cfg: DiTConfig, seed: int) -> dict:
+    """Seeded fp32 CPU weights for `cfg` (the same for every implementation compared)."""
+    from wan_engine.loading.random_init import random_state_dict
+    from wan_engine.reference.dit import WanDiT
+
+    with torch.device("meta"):
+        shape_model = WanDiT(cfg)
+    return random_state_dict(shape_model, seed)
+
+
+def executor_factory() -> tuple[Callable | None, str]:
+    """(build(dit, **engine_options) -> executor, "") or (None, why it is unavailable)."""
+    try:
+        from wan_engine.engine_config import EngineConfig
+        from wan_engine.executor import build_executor
+    except ImportError as err:
+        return None, f"executor unavailable ({err})"
+
+    def build(dit, **options):
+        return build_executor(dit, EngineConfig(**options))
+
+    return build, ""
+
+
+def release_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

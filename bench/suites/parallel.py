@@ -1,0 +1,202 @@
+"""`--suite parallel`: sequence-parallel communication, analytic and measured.
+
+Analytic: bytes each rank sends per denoising step (all layers, the CFG pair as batch 2) for
+Ulysses and ring attention at degrees 2, 4 and 8, at the run's full size:
+  Ulysses  per layer 4 all-to-alls' worth: q, k, v in and o out, each rank keeping 1/P of its
+           shard, so 4 * B * (S/P) * dim * (P-1)/P elements sent;
+  ring     per layer P-1 K/V blocks passed on: 2 * B * (S/P) * dim * (P-1) elements.
+Measured: WORLD ranks spawned on this machine (NCCL when it has >= 2 GPUs, else gloo on the CPU,
+where only the plumbing is measured, at <= CPU_MAX_TOKENS tokens) time the q/k/v all-to-all,
+Ulysses attention and ring attention on their shards; each rank's output rows (at most 256 of
+them) are compared with float64 attention over the whole unsharded sequence. On the CPU the
+sequence is not a multiple of the degree, so the padding (masked through kv_len) is exercised.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import traceback
+from datetime import timedelta
+
+import torch
+
+from ..accuracy import compare_tensors
+from ..roofline import dit_tokens
+from ..timing import measure, summarize
+from .attention import exact_attention, oracle_rows
+from .common import BenchContext, SuiteResult, dtype_name, make_row, single_cost
+
+SUITE = "parallel"
+WORLD = 2
+DEGREES = (2, 4, 8)
+CPU_MAX_TOKENS = 255
+SPAWN_DEADLINE_S = 180.0
+
+
+def communication_bytes(kind: str, tokens: int, dim: int, layers: int, batch: int, degree: int,
+                        dtype_bytes: int) -> float:
+    """Bytes one rank sends per forward (all layers) for `kind` in ("ulysses", "ring")."""
+    if degree < 1:
+        raise ValueError(f"degree must be >= 1, got {degree}")
+    shard = batch * -(-tokens // degree) * dim * dtype_bytes
+    if kind == "ulysses":
+        return layers * 4 * shard * (degree - 1) / degree
+    if kind == "ring":
+        return layers * 2 * shard * (degree - 1)
+    raise ValueError(f"kind must be 'ulysses' or 'ring', got {kind!r}")
+
+
+def _analytic_rows(ctx: BenchContext, result: SuiteResult) -> None:
+    cfg = ctx.dit_config
+    tokens = dit_tokens(cfg, ctx.width, ctx.height, ctx.frames)
+    for degree in DEGREES:
+        for kind in ("ulysses", "ring"):
+            if kind == "ulysses" and cfg.num_heads % degree:
+                result.notes.append(f"parallel: ulysses {degree} impossible ({cfg.num_heads} heads)")
+                continue
+            nbytes = communication_bytes(kind, tokens, cfg.dim, cfg.num_layers, 2, degree, ctx.dtype_bytes)
+            result.rows.append(make_row(
+                ctx, SUITE, "comm per step (per rank)", f"{kind}-{degree}", None,
+                shape=f"{ctx.size_label} S{tokens} {cfg.num_layers}L B2", dtype=dtype_name(ctx.dtype),
+                cost=single_cost(kind, 0, nbytes), note="analytic, bytes sent per rank"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Measured: one spawned process per rank
+# ------------------------------------------------------------------------------------------------
+
+def _local_attention(device: torch.device, dtype: torch.dtype, head_dim: int):
+    from wan_engine.attention import resolve_attention_backend
+
+    backend = resolve_attention_backend("auto", device, dtype, head_dim)
+
+    def local(q, k, v, kv_len):
+        return backend(q, k, v, kv_len=kv_len, return_lse=True)
+
+    return local
+
+
+def _rank_main(rank: int, world: int, init_file: str, backend: str, spec: dict, results) -> None:
+    import torch.distributed as dist
+
+    from wan_engine.parallel import (
+        all_to_all_many, ring_attention, split_sequence, ulysses_attention,
+    )
+
+    torch.set_num_threads(1)  # the ranks share the machine's cores
+    try:
+        dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world,
+                                timeout=timedelta(seconds=60))
+        device = torch.device(f"cuda:{rank}") if backend == "nccl" else torch.device("cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        group = dist.group.WORLD
+        dtype = getattr(torch, spec["dtype"])
+        b, s, h, d = spec["batch"], spec["tokens"], spec["heads"], spec["head_dim"]
+        gen = torch.Generator().manual_seed(spec["seed"])  # the same full tensors on every rank
+        full = [torch.randn(b, s, h, d, generator=gen) for _ in range(3)]
+        shards = [split_sequence(t, group).to(device, dtype) for t in full]
+        local = _local_attention(device, dtype, d)
+        out = {}
+
+        def timed(name, fn):
+            dist.barrier()
+            stats, value = measure(fn, device, spec["repeats"], spec["warmup"])
+            out[name] = list(stats.samples_s)
+            return value
+
+        timed("all-to-all q/k/v", lambda: all_to_all_many(shards, group, scatter_dim=2, gather_dim=1))
+        # The oracle for (a subset of) this rank's real query rows; padded rows are dropped.
+        start, local_len = rank * shards[0].shape[1], shards[0].shape[1]
+        rows = oracle_rows(max(0, min(s - start, local_len)))
+        oracle = exact_attention(full[0][:, start + rows], full[1], full[2])
+        compared = {}
+        for name, fn in (("ulysses", ulysses_attention), ("ring", ring_attention)):
+            if name == "ulysses" and h % world:
+                continue
+            result = timed(f"{name} attention", lambda fn=fn: fn(*shards, group, local, kv_len=s))
+            # numpy, not tensors: torch would share tensor storage through this process, which
+            # exits right after reporting.
+            compared[name] = (result[:, rows.to(device)].double().cpu().numpy(), oracle.numpy())
+        everyone = [None] * world
+        dist.all_gather_object(everyone, compared)
+        results.put((rank, True, {"samples": out, "outputs": everyone}))
+        dist.destroy_process_group()
+    except BaseException:  # noqa: BLE001 - reported to the parent
+        results.put((rank, False, traceback.format_exc()))
+
+
+def _spawn(world: int, backend: str, spec: dict) -> dict:
+    """Run `_rank_main` on `world` spawned ranks; rank 0's report, or RuntimeError with the cause."""
+    import queue
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "rendezvous")
+        procs = [ctx.Process(target=_rank_main, args=(r, world, init_file, backend, spec, results))
+                 for r in range(world)]
+        for p in procs:
+            p.start()
+        reports = {}
+        try:
+            while len(reports) < world:
+                rank, ok, value = results.get(timeout=SPAWN_DEADLINE_S)
+                if not ok:
+                    raise RuntimeError(f"rank {rank} failed:\n{value}")
+                reports[rank] = value
+        except queue.Empty:
+            raise RuntimeError(f"ranks did not report within {SPAWN_DEADLINE_S:.0f} s") from None
+        finally:
+            for p in procs:
+                p.join(timeout=10)
+                if p.is_alive():
+                    p.kill()
+    return reports[0]
+
+
+def _measured_rows(ctx: BenchContext, result: SuiteResult) -> None:
+    cfg = ctx.dit_config
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    backend = "nccl" if gpus >= WORLD else "gloo"
+    tokens = dit_tokens(cfg, ctx.width, ctx.height, ctx.frames)
+    if backend == "gloo":
+        tokens = min(tokens, CPU_MAX_TOKENS)
+        tokens -= tokens % WORLD == 0 and tokens > 1  # an odd length: the padding path runs too
+        result.notes.append(f"parallel: {WORLD} gloo ranks on the CPU ({gpus} GPUs), {tokens} tokens: "
+                            f"plumbing only, not GPU scaling")
+    dtype = ctx.dtype if backend == "nccl" else torch.float32
+    spec = dict(batch=ctx.batch, tokens=tokens, heads=cfg.num_heads, head_dim=cfg.head_dim,
+                dtype=str(dtype).removeprefix("torch."), seed=ctx.seed, repeats=ctx.repeats, warmup=ctx.warmup)
+    try:
+        report = _spawn(WORLD, backend, spec)
+    except RuntimeError as err:
+        result.notes.append(f"parallel: measured part failed ({str(err)[-300:]})")
+        return
+    elem = torch.empty((), dtype=dtype).element_size()
+    shard = ctx.batch * -(-tokens // WORLD) * cfg.dim * elem
+    sent = {"all-to-all q/k/v": 3 * shard * (WORLD - 1) / WORLD,
+            "ulysses attention": 4 * shard * (WORLD - 1) / WORLD,
+            "ring attention": 2 * shard * (WORLD - 1)}
+    shape = f"B{ctx.batch} S{tokens} H{cfg.num_heads} D{cfg.head_dim} over {WORLD} ranks"
+    for case, samples in report["samples"].items():
+        kind = case.split()[0]
+        accuracy, oracle = None, ""
+        if kind in report["outputs"][0]:
+            parts = [rank_outputs[kind] for rank_outputs in report["outputs"]]
+            got = torch.cat([torch.from_numpy(p[0]) for p in parts], dim=1)
+            want = torch.cat([torch.from_numpy(p[1]) for p in parts], dim=1)
+            accuracy, oracle = compare_tensors(got, want), "fp64 attention, one process"
+        result.rows.append(make_row(
+            ctx, SUITE, case, f"{backend}-{WORLD}", summarize(samples, ctx.warmup), shape=shape,
+            dtype=dtype_name(dtype), cost=single_cost(case, 0, sent[case]), accuracy=accuracy, oracle=oracle,
+            note="GB/s = bytes sent per rank / time"))
+
+
+def run(ctx: BenchContext) -> SuiteResult:
+    result = SuiteResult()
+    _analytic_rows(ctx, result)
+    _measured_rows(ctx, result)
+    return result

@@ -1,0 +1,147 @@
+"""`--suite vae`: VAE decode (latents -> video) and encode (video -> latents).
+
+Seeded random VAE weights, random normalized latents and a random video in [-1, 1]. The oracle
+is the reference in fp32 with the official chunked schedule (decode one latent frame at a time,
+encode frame 0 then chunks of 4). Decoded videos are compared as tensors and, after the
+pipeline's uint8 conversion, by PSNR and SSIM; encodes by the posterior mean.
+
+Implementations: reference (fp32, chunked: the oracle), reference-whole-clip (one pass over all
+frames, no feature cache), reference-bf16 (weights and activations in bf16), diffusers
+(AutoencoderKLWan on the converted weights, when installed).
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import torch
+
+from wan_engine.pipelines.t2v import frames_to_uint8
+
+from ..accuracy import compare_frames, compare_tensors
+from ..roofline import vae_decode_cost, vae_encode_cost
+from ..timing import measure
+from .common import BenchContext, SuiteResult, dtype_name, generator, make_row, release_memory
+
+SUITE = "vae"
+WHOLE_CLIP_LIMIT_BYTES = 8 << 30
+
+
+def reference_vae(cfg, state_dict: dict, dtype: torch.dtype, device: torch.device):
+    from wan_engine.loading.checkpoint import load_into
+    from wan_engine.reference.vae import WanVAE
+
+    with torch.device("meta"):
+        model = WanVAE(cfg)
+    return load_into(model, state_dict, dtype=dtype, device=device, source="random weights").eval()
+
+
+def random_vae_weights(cfg, seed: int) -> dict:
+    from wan_engine.loading.random_init import random_state_dict
+    from wan_engine.reference.vae import WanVAE
+
+    with torch.device("meta"):
+        shape_model = WanVAE(cfg)
+    return random_state_dict(shape_model, seed)
+
+
+def diffusers_vae(cfg, state_dict: dict, device: torch.device):
+    from diffusers import AutoencoderKLWan
+
+    from wan_engine.loading.vae_format import official_to_diffusers_vae
+
+    model = AutoencoderKLWan(base_dim=cfg.base_dim, z_dim=cfg.z_dim, dim_mult=list(cfg.dim_mult),
+                             num_res_blocks=cfg.num_res_blocks, attn_scales=list(cfg.attn_scales),
+                             temperal_downsample=list(cfg.temporal_downsample),
+                             latents_mean=list(cfg.latent_mean), latents_std=list(cfg.latent_std))
+    model.load_state_dict(official_to_diffusers_vae(state_dict), strict=True)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def _frames(video: torch.Tensor) -> np.ndarray:
+    """[1, 3, F, H, W] in [-1, 1] -> uint8 [F, H, W, 3], the pipeline's conversion."""
+    return frames_to_uint8(video[0])
+
+
+def run(ctx: BenchContext) -> SuiteResult:
+    result = SuiteResult()
+    cfg = ctx.model.vae
+    weights = random_vae_weights(cfg, ctx.seed + 1)
+    gen = generator(ctx, 300)
+    lf, lh, lw = ctx.latent_grid
+    latents = torch.randn(1, cfg.z_dim, lf, lh, lw, generator=gen, device=ctx.device)
+    video = torch.rand(1, 3, ctx.frames, ctx.height, ctx.width, generator=gen, device=ctx.device) * 2 - 1
+    # diffusers decodes unnormalized latents (its pipeline undoes the normalization first).
+    stats_shape = (1, cfg.z_dim, 1, 1, 1)
+    raw_latents = (latents * torch.tensor(cfg.latent_std, device=ctx.device).view(stats_shape)
+                   + torch.tensor(cfg.latent_mean, device=ctx.device).view(stats_shape))
+    shape = f"{ctx.size_label} latent {lf}x{lh}x{lw}"
+    fp32, bf16 = torch.float32, torch.bfloat16
+
+    def reference(dtype):
+        return lambda: reference_vae(cfg, weights, dtype, ctx.device)
+
+    # (impl, dtype, build model, decode(model), encode(model) or None, note); the first is the oracle.
+    impls = [
+        ("reference", fp32, reference(fp32), lambda m: m.decode(latents), lambda m: m.encode_mean(video), ""),
+        ("reference-bf16", bf16, reference(bf16), lambda m: m.decode(latents.to(bf16)),
+         lambda m: m.encode_mean(video.to(bf16)), ""),
+    ]
+    # Without the feature cache every activation holds all frames at once.
+    whole_clip_bytes = 4 * 4 * cfg.base_dim * ctx.frames * ctx.height * ctx.width
+    if whole_clip_bytes <= WHOLE_CLIP_LIMIT_BYTES:
+        impls.insert(1, ("reference-whole-clip", fp32, reference(fp32), lambda m: m.decode(latents, chunked=False),
+                         None, "no feature cache: one pass over all frames"))
+    else:
+        result.notes.append(f"vae reference-whole-clip: skipped (would hold ~{whole_clip_bytes / 2**30:.0f} GiB "
+                            f"of activations at once)")
+    if importlib.util.find_spec("diffusers") is None:
+        result.notes.append("vae diffusers: skipped (diffusers is not installed)")
+    else:
+        impls.append(("diffusers", fp32, lambda: diffusers_vae(cfg, weights, ctx.device),
+                      lambda m: m.decode(raw_latents, return_dict=False)[0],
+                      lambda m: m.encode(video).latent_dist.mean, "AutoencoderKLWan"))
+
+    oracle: dict[str, torch.Tensor] = {}
+    with torch.inference_mode():
+        for impl, dtype, build, decode, encode, note in impls:
+            try:
+                model = build()
+            except Exception as err:  # noqa: BLE001 - reported in the results
+                result.notes.append(f"vae {impl}: failed to build ({type(err).__name__}: {str(err)[:200]})")
+                continue
+            size = torch.empty((), dtype=dtype).element_size()
+            for case, call, cost in (
+                ("vae decode", decode, vae_decode_cost(cfg, ctx.width, ctx.height, ctx.frames, 1, size)),
+                ("vae encode", encode, vae_encode_cost(cfg, ctx.width, ctx.height, ctx.frames, 1, size)),
+            ):
+                if call is None:
+                    continue
+                try:
+                    stats, out = measure(lambda: call(model), ctx.device, ctx.repeats, ctx.warmup)
+                except Exception as err:  # noqa: BLE001 - reported in the results
+                    result.notes.append(f"vae {impl} {case}: failed ({type(err).__name__}: {str(err)[:200]})")
+                    continue
+                row_note = note if case == "vae decode" else f"posterior mean{'; ' + note if note else ''}"
+                if case not in oracle:
+                    oracle[case] = out.float()
+                    result.rows.append(make_row(ctx, SUITE, case, impl, stats, shape=shape, dtype=dtype_name(dtype),
+                                                cost=cost, oracle="(is the oracle)", note=row_note))
+                    continue
+                accuracy = compare_tensors(out.float(), oracle[case])
+                if case == "vae decode":
+                    accuracy |= _frame_metrics(_frames(out), _frames(oracle[case]), result)
+                result.rows.append(make_row(ctx, SUITE, case, impl, stats, shape=shape, dtype=dtype_name(dtype),
+                                            cost=cost, accuracy=accuracy, oracle="reference fp32 (chunked)",
+                                            note=row_note))
+            model = None  # free this implementation's weights before building the next
+            release_memory(ctx.device)
+    return result
+
+
+def _frame_metrics(frames, oracle_frames, result: SuiteResult) -> dict:
+    try:
+        return compare_frames(frames, oracle_frames)
+    except ValueError as err:  # frames smaller than the SSIM window
+        result.notes.append(f"vae: PSNR/SSIM skipped ({err})")
+        return {}
