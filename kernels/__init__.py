@@ -1,27 +1,37 @@
 """Fused Triton kernels for the Wan DiT block, each beside its pure-torch oracle (`*_ref`).
 
 Installed as `wan_engine.kernels`. Without a GPU the kernels run under Triton's interpreter, which
-must be selected (TRITON_INTERPRET=1) before this package is imported.
-"""
-from .gated_residual import gated_residual_norm, gated_residual_norm_ref
-from .layer_norm_modulate import (
-    layer_norm_affine,
-    layer_norm_affine_ref,
-    layer_norm_modulate,
-    layer_norm_modulate_ref,
-)
-from .rms_norm import rms_norm, rms_norm_ref
-from .rms_norm_rope import rms_norm_rope_qk, rms_norm_rope_qk_ref
+must be selected (TRITON_INTERPRET=1) before a kernel module is imported.
 
-__all__ = [
-    "gated_residual_norm",
-    "gated_residual_norm_ref",
-    "layer_norm_affine",
-    "layer_norm_affine_ref",
-    "layer_norm_modulate",
-    "layer_norm_modulate_ref",
-    "rms_norm",
-    "rms_norm_ref",
-    "rms_norm_rope_qk",
-    "rms_norm_rope_qk_ref",
-]
+Symbols resolve lazily: importing this package does not import triton. That matters because, when
+Python runs from the repository root, transformers probes for Hugging Face's unrelated `kernels`
+package, finds this folder under that name and imports it.
+"""
+from importlib import import_module
+
+_MODULES = {
+    "gated_residual_norm": "gated_residual",
+    "gated_residual_norm_ref": "gated_residual",
+    "layer_norm_affine": "layer_norm_modulate",
+    "layer_norm_affine_ref": "layer_norm_modulate",
+    "layer_norm_modulate": "layer_norm_modulate",
+    "layer_norm_modulate_ref": "layer_norm_modulate",
+    "rms_norm": "rms_norm",
+    "rms_norm_ref": "rms_norm",
+    "rms_norm_rope_qk": "rms_norm_rope",
+    "rms_norm_rope_qk_ref": "rms_norm_rope",
+}
+
+__all__ = sorted(_MODULES)
+
+
+def __getattr__(name: str):
+    if name in _MODULES:
+        module = import_module(f".{_MODULES[name]}", __name__)
+        # Bind every symbol of that module now: importing submodule `rms_norm` has just set the
+        # package attribute `rms_norm` to the module, which must not shadow the function.
+        for symbol, owner in _MODULES.items():
+            if owner == _MODULES[name]:
+                globals()[symbol] = getattr(module, symbol)
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
