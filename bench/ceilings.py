@@ -53,29 +53,31 @@ def _positive_int(name: str, value) -> int:
 
 
 def _matmul_seconds(device: torch.device, dtype: torch.dtype, size: int, repeats: int, warmup: int) -> float:
-    """Median seconds of one [size, size] @ [size, size] product of random operands."""
+    """Fastest seconds of one [size, size] @ [size, size] product of random operands."""
     gen = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(size, size, generator=gen, device=device).to(dtype)
     b = torch.randn(size, size, generator=gen, device=device).to(dtype)
     out = torch.empty(size, size, device=device, dtype=dtype)
-    return measure(lambda: torch.matmul(a, b, out=out), device, repeats, warmup)[0].median_s
+    return measure(lambda: torch.matmul(a, b, out=out), device, repeats, warmup)[0].min_s
 
 
 def _copy_seconds(device: torch.device, nbytes: int, repeats: int, warmup: int) -> float:
-    """Median seconds of copying `nbytes` (fp32 elements) to another buffer on the same device."""
+    """Fastest seconds of copying `nbytes` (fp32 elements) to another buffer on the same device."""
     gen = torch.Generator(device=device).manual_seed(1)
     src = torch.rand(nbytes // 4, generator=gen, device=device)
     dst = torch.empty_like(src)
-    return measure(lambda: dst.copy_(src), device, repeats, warmup)[0].median_s
+    return measure(lambda: dst.copy_(src), device, repeats, warmup)[0].min_s
 
 
 def measure_ceilings(device: torch.device | str, *, matmul_size: int | None = None,
                      copy_bytes: int | None = None, repeats: int | None = None,
                      warmup: int | None = None) -> MeasuredCeilings:
-    """Median matmul TFLOP/s and copy GB/s on `device` (bf16 on CUDA, fp32 on CPU).
+    """Matmul TFLOP/s and copy GB/s on `device` (bf16 on CUDA, fp32 on CPU).
 
-    Sizes default to GPU_* on CUDA and CPU_* elsewhere; random, not zero, operands (some
-    hardware draws less power, and so clocks higher, on zeros).
+    A ceiling is the best the device demonstrated, so each rate comes from the fastest of
+    `repeats` timed calls (not the median, as for the workloads measured against it). Sizes
+    default to GPU_* on CUDA and CPU_* elsewhere. Operands are random, not zero: some hardware
+    draws less power, and so clocks higher, on zeros.
     """
     device = torch.device(device)
     on_gpu = device.type == "cuda"

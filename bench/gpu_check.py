@@ -40,7 +40,7 @@ class CheckPlan:
 
 
 FULL = CheckPlan("t2v-1.3B", (832, 480), 81, repeats=5, warmup=2, vae_repeats=2, tests_timeout_s=240)
-DRY = CheckPlan("tiny", (64, 64), 9, repeats=2, warmup=1, vae_repeats=2, tests_timeout_s=120)
+DRY = CheckPlan("tiny", (32, 32), 5, repeats=2, warmup=1, vae_repeats=1, tests_timeout_s=120)
 
 
 def run_gpu_tests(tests: str, timeout_s: float) -> dict:

@@ -142,16 +142,15 @@ class GpuTelemetry(_Sampler):
             self._handle = None
 
     def _device_handle(self):
-        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        index = self.device.index
+        if index is None:
+            index = torch.cuda.current_device() if torch.cuda.is_available() else 0
         # CUDA and NVML may number the GPUs differently (CUDA_VISIBLE_DEVICES, PCI order); the
-        # UUID names the same card in both.
-        uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
-        if uuid is not None:
-            try:
-                return self._nvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
-            except Exception:  # noqa: BLE001 - fall back to the index
-                pass
-        return self._nvml.nvmlDeviceGetHandleByIndex(index)
+        # UUID names the same card in both, so it is tried first.
+        try:
+            return self._nvml.nvmlDeviceGetHandleByUUID(f"GPU-{torch.cuda.get_device_properties(index).uuid}")
+        except Exception:  # noqa: BLE001 - no CUDA runtime here, or an NVML without that lookup
+            return self._nvml.nvmlDeviceGetHandleByIndex(index)
 
     # -- sampling ------------------------------------------------------------------------------
     def _read(self, name: str, *args):

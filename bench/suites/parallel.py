@@ -1,10 +1,8 @@
 """`--suite parallel`: sequence-parallel communication, analytic and measured.
 
-Analytic: bytes each rank sends per denoising step (all layers, the CFG pair as batch 2) for
-Ulysses and ring attention at degrees 2, 4 and 8, at the run's full size:
-  Ulysses  per layer 4 all-to-alls' worth: q, k, v in and o out, each rank keeping 1/P of its
-           shard, so 4 * B * (S/P) * dim * (P-1)/P elements sent;
-  ring     per layer P-1 K/V blocks passed on: 2 * B * (S/P) * dim * (P-1) elements.
+Analytic: bytes each rank sends per denoising step at the run's full size, for Ulysses and ring
+at degrees 2, 4 and 8, USP 2x2 and CFG parallelism (bench/parallel.py's `comm_volume`: q, k, v
+and o all-to-alls, K/V ring passes, the sequence gather and the CFG combine).
 Measured: WORLD ranks spawned on this machine (NCCL when it has >= 2 GPUs, else gloo on the CPU,
 where only the plumbing is measured, at <= CPU_MAX_TOKENS tokens) time the q/k/v all-to-all,
 Ulysses attention and ring attention on their shards; each rank's output rows (at most 256 of
@@ -33,32 +31,31 @@ CPU_MAX_TOKENS = 255
 SPAWN_DEADLINE_S = 180.0
 
 
-def communication_bytes(kind: str, tokens: int, dim: int, layers: int, batch: int, degree: int,
-                        dtype_bytes: int) -> float:
-    """Bytes one rank sends per forward (all layers) for `kind` in ("ulysses", "ring")."""
-    if degree < 1:
-        raise ValueError(f"degree must be >= 1, got {degree}")
-    shard = batch * -(-tokens // degree) * dim * dtype_bytes
-    if kind == "ulysses":
-        return layers * 4 * shard * (degree - 1) / degree
-    if kind == "ring":
-        return layers * 2 * shard * (degree - 1)
-    raise ValueError(f"kind must be 'ulysses' or 'ring', got {kind!r}")
+def layouts() -> list[tuple[str, dict]]:
+    """(label, ParallelConfig kwargs) of the analytic rows: each kind at DEGREES, USP 2x2, CFG 2."""
+    out = [(f"{kind}-{d}", {kind: d}) for kind in ("ulysses", "ring") for d in DEGREES]
+    return out + [("usp-2x2", dict(ulysses=2, ring=2)), ("cfg-2", dict(cfg=2)),
+                  ("cfg-2 x ulysses-2", dict(cfg=2, ulysses=2))]
 
 
 def _analytic_rows(ctx: BenchContext, result: SuiteResult) -> None:
+    from wan_engine.parallel import ParallelConfig
+
+    from ..parallel import comm_volume
+
     cfg = ctx.dit_config
-    tokens = dit_tokens(cfg, ctx.width, ctx.height, ctx.frames)
-    for degree in DEGREES:
-        for kind in ("ulysses", "ring"):
-            if kind == "ulysses" and cfg.num_heads % degree:
-                result.notes.append(f"parallel: ulysses {degree} impossible ({cfg.num_heads} heads)")
-                continue
-            nbytes = communication_bytes(kind, tokens, cfg.dim, cfg.num_layers, 2, degree, ctx.dtype_bytes)
-            result.rows.append(make_row(
-                ctx, SUITE, "comm per step (per rank)", f"{kind}-{degree}", None,
-                shape=f"{ctx.size_label} S{tokens} {cfg.num_layers}L B2", dtype=dtype_name(ctx.dtype),
-                cost=single_cost(kind, 0, nbytes), note="analytic, bytes sent per rank"))
+    for label, degrees in layouts():
+        try:
+            volume = comm_volume(cfg, ctx.width, ctx.height, ctx.frames, ParallelConfig(**degrees),
+                                 dtype_bytes=ctx.dtype_bytes)
+        except ValueError as err:  # e.g. a Ulysses degree that does not divide the heads
+            result.notes.append(f"parallel {label}: impossible here ({str(err).split(';')[0]})")
+            continue
+        result.rows.append(make_row(
+            ctx, SUITE, "comm per step (per rank)", label, None,
+            shape=f"{ctx.size_label} S{volume['tokens']} {cfg.num_layers}L", dtype=dtype_name(ctx.dtype),
+            cost=single_cost(label, 0, volume["bytes_per_step"]),
+            note=f"analytic (bench.parallel.comm_volume): {volume['forwards_per_step']} forwards/step"))
 
 
 # ------------------------------------------------------------------------------------------------

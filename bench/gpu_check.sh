@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The GPU check in one command (run it on the lent GPU machine from the repository root):
+#   1. the GPU-only tests:  pytest -m "gpu or multigpu" tests/
+#   2. full-size benchmarks with random weights at 1.3B 480p shapes: kernels, attention, one DiT
+#      forward, the VAE
+# and ONE report, bench/results/gpu-check-<UTC time>.md with its .json beside it (or under the
+# folder given as the first argument). Budget: under 8 minutes on an H100. Without a GPU, or with
+# --dry-run, the same flow runs at reduced sizes in well under a minute.
+#
+#   bash bench/gpu_check.sh [OUT_DIR] [--dry-run]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT=bench/results
+if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then OUT=$1; shift; fi
+# The GPU image has torch, triton and pytest but not this package: install it in place, once.
+"$PY" -c "import wan_engine.bench" 2>/dev/null || "$PY" -m pip install -q --no-deps --no-build-isolation -e .
+exec "$PY" -m wan_engine.bench --gpu-check --out "$OUT" "$@"
