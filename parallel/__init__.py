@@ -1,6 +1,9 @@
 """Sequence parallelism (Ulysses, ring, USP), CFG parallelism, row-parallel VAE decode, the process
 mesh and its launch (init_distributed, rank-0 randomness, failure handling), over torch.distributed.
 
+`apply_parallel(executor, mesh)` installs sequence parallelism on a built executor (shard plan
+and sequence-parallel self-attention, as data); the runner takes the mesh for CFG parallelism.
+
 Installed as `wan_engine.parallel`. Groups and meshes are always passed explicitly; `None` as a
 group means a single rank and no communication.
 """
@@ -15,11 +18,13 @@ from .comm import (
     scatter_heads_gather_sequence,
     split_sequence,
 )
+from .apply import SequenceParallelAttention, apply_parallel
 from .cfg_parallel import COND_BRANCH, UNCOND_BRANCH, branch_context, cfg_branch, cfg_combine
 from .config import ParallelConfig
 from .halo import exchange_halo, gather_rows, row_ranges
 from .mesh import MeshCoord, ParallelMesh, group_rank_lists, mesh_coordinates
 from .ring import merge_partial_attention, ring_attention
+from .shard_plan import ShardPlan
 from .runtime import (
     DEFAULT_TIMEOUT_S,
     PeerFailure,
@@ -43,8 +48,11 @@ __all__ = [
     "ParallelConfig",
     "ParallelMesh",
     "PeerFailure",
+    "SequenceParallelAttention",
+    "ShardPlan",
     "UNCOND_BRANCH",
     "all_to_all",
+    "apply_parallel",
     "all_to_all_many",
     "branch_context",
     "broadcast_from_rank0",

@@ -3,6 +3,10 @@
 With the optimized executor, the text K/V of both prompts are prepared once per request and the
 two CFG branches run as one batch-2 forward (or, with cfg_batch=False, as two forwards). The
 reference DiT is called as the official code calls it: once per branch, context every time.
+
+CFG parallelism (a mesh with cfg=2): each rank runs only its own branch (batch B) and the two
+velocities meet once per step in `cfg_combine`, which forms the same `u + g * (c - u)` in fp32;
+every rank then holds the guided velocity and steps its solver in lockstep with the others.
 """
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .executor import WanExecutor
+from .parallel.cfg_parallel import branch_context, cfg_combine
+from .parallel.mesh import ParallelMesh
 from .reference.dit import pad_context
 
 # velocity(latents [B, C, F, H, W], timestep [B]) -> guided fp32 velocity [B, C, F, H, W]
@@ -24,14 +30,21 @@ def _guide(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float) -> tor
 
 
 def make_guided_velocity(dit, context: torch.Tensor, context_null: torch.Tensor, guidance: float,
-                         cfg_batch: bool | None = None) -> GuidedVelocity:
+                         cfg_batch: bool | None = None, mesh: ParallelMesh | None = None) -> GuidedVelocity:
     """The CFG step function `u + g * (c - u)` for one request.
 
     dit: a WanExecutor (fast path) or any callable `dit(x, t, context)` such as the reference.
     context, context_null: [B, L, text_dim] embeddings of the prompt and the negative prompt.
     cfg_batch: executor only; None takes `dit.engine_config.cfg_batch`. True stacks cond and
     uncond into one batch-2B forward (latents repeated, text K/V of both prompts stacked).
+    mesh: with cfg=2, this rank computes only its branch (cfg_batch is moot) and the returned
+    function is collective over the mesh's cfg group: both branch ranks must call it every step.
     """
+    if mesh is not None and not isinstance(mesh, ParallelMesh):
+        raise ValueError(f"mesh must be a ParallelMesh or None, got {type(mesh).__name__}")
+    if mesh is not None and mesh.cfg_size == 2:
+        return _cfg_parallel_velocity(dit, branch_context(mesh, context, context_null), guidance, mesh)
+
     if not isinstance(dit, WanExecutor):
         def reference_velocity(latents, timestep):
             return _guide(dit(latents, timestep, context).float(), dit(latents, timestep, context_null).float(),
@@ -59,13 +72,32 @@ def make_guided_velocity(dit, context: torch.Tensor, context_null: torch.Tensor,
     return batched_velocity
 
 
+def _cfg_parallel_velocity(dit, own_context: torch.Tensor, guidance: float, mesh: ParallelMesh) -> GuidedVelocity:
+    """One branch on this rank (its own prompt's K/V prepared once), combined across the cfg group."""
+    if isinstance(dit, WanExecutor):
+        text = dit.prepare_text(own_context)
+
+        def branch(latents, timestep):
+            return dit.predict(latents, timestep, text)
+    else:
+        def branch(latents, timestep):
+            return dit(latents, timestep, own_context)
+
+    def cfg_parallel_velocity(latents, timestep):
+        return cfg_combine(branch(latents, timestep), mesh, guidance)
+
+    return cfg_parallel_velocity
+
+
 def cfg_denoise(dit, latents: torch.Tensor, context: torch.Tensor, context_null: torch.Tensor, solver,
-                guidance: float, progress: bool = False, cfg_batch: bool | None = None) -> torch.Tensor:
+                guidance: float, progress: bool = False, cfg_batch: bool | None = None,
+                mesh: ParallelMesh | None = None) -> torch.Tensor:
     """Run every solver step on `latents [B, C, F, H, W]`; returns the final fp32 latents.
 
-    The text K/V preparation (executor) happens once here, before the first step.
+    The text K/V preparation (executor) happens once here, before the first step. With a
+    parallel `mesh`, every rank of it runs this with the same inputs and gets the same latents.
     """
-    velocity = make_guided_velocity(dit, context, context_null, guidance, cfg_batch)
+    velocity = make_guided_velocity(dit, context, context_null, guidance, cfg_batch, mesh)
     steps = tqdm(solver.timesteps, desc="denoising", disable=not progress, leave=False)
     for i, t in enumerate(steps):
         timestep = t.reshape(1).expand(latents.shape[0]).to(latents.device)

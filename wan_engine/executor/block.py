@@ -31,17 +31,23 @@ class BlockSpec(NamedTuple):
     image: bool  # i2v/flf2v: cross-attention also attends to the CLIP tokens
 
 
-def make_block_fn(ops: OpSet, spec: BlockSpec, out_dtype: torch.dtype) -> Callable:
+def make_block_fn(ops: OpSet, spec: BlockSpec, out_dtype: torch.dtype,
+                  self_attention: Callable | None = None) -> Callable:
     """The block function for `ops`/`spec`; `out_dtype` is the dtype of the returned `normed`
     (the compute dtype, or fp32 after the last block, whose `normed` feeds the fp32 head).
+    `self_attention` (default `ops.attention`) is called like an attention backend,
+    `(q, k, v, kv_len=...)`; a sequence-parallel one (wan_engine.parallel.apply_parallel) sees this
+    rank's token slice and the global `kv_len`. Cross-attention always uses `ops.attention`.
 
     block(x [B,S,dim] fp32, normed [B,S,dim], w: BlockWeights, mod [6,B,dim] fp32 (shift1, scale1,
           gate1, shift2, scale2, gate2), next_shift, next_scale [B,dim] fp32, text_k, text_v
           [B,L,H,hd], img_k, img_v [B,257,H,hd] or None, cos, sin [S, hd//2] fp32, kv_len: int)
       -> (x [B,S,dim] fp32, normed [B,S,dim] out_dtype)
     kv_len: the number of real (unpadded) tokens; later keys are padding and are not attended.
+    Under sequence parallelism S is this rank's slice and kv_len counts the whole sequence.
     """
     heads, head_dim, eps, cd, image = spec
+    attend_self = ops.attention if self_attention is None else self_attention
     dim = heads * head_dim
 
     def self_attention(normed, w: BlockWeights, cos, sin, kv_len):
@@ -49,7 +55,7 @@ def make_block_fn(ops: OpSet, spec: BlockSpec, out_dtype: torch.dtype) -> Callab
         q, k = ops.rms_norm_rope_qk(qkv[..., :dim], qkv[..., dim: 2 * dim], w.norm_q, w.norm_k, cos, sin,
                                     heads, eps, cd)
         v = qkv[..., 2 * dim:].unflatten(-1, (heads, head_dim))
-        out = ops.attention(q, k, v, kv_len=kv_len)
+        out = attend_self(q, k, v, kv_len=kv_len)
         return F.linear(out.flatten(2), w.o_weight, w.o_bias)
 
     def cross_attention(normed, w: BlockWeights, text_k, text_v, img_k, img_v):

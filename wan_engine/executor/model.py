@@ -7,6 +7,10 @@ Two ways in:
   instance's cache and calls `forward_tokens`, the fixed-shape core: no `.item()`, no branch on
   tensor values, every Python branch fixed by the model type or the shapes (so a later step can
   capture it as a CUDA graph or export it).
+
+Sequence parallelism is installed from outside by `wan_engine.parallel.apply_parallel`, which
+hands the executor two pieces of data through `parallelize`: the self-attention op and a
+`ShardPlan`. With no plan (the default) the forward is the single-process one, unchanged.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from torch import nn
 from ..configs import DiTConfig
 from ..engine_config import EngineConfig
 from ..ops import OpSet, resolve_ops
+from ..parallel.shard_plan import ShardPlan
 from ..reference.dit import patchify, sinusoidal_embedding_1d, unpatchify
 from .block import BlockSpec, make_block_fn
 from .rope_cache import RopeCache, RopeTable
@@ -45,12 +50,28 @@ class WanExecutor(nn.Module):
         self.ops: OpSet = resolve_ops(engine_config, device, compute_dtype, config.head_dim)
         self.globals, self.blocks, self.contexts = build_stores(config, state_dict, compute_dtype)
         self.to(device)
-        spec = BlockSpec(config.num_heads, config.head_dim, config.eps, compute_dtype, config.model_type != "t2v")
-        self._block = make_block_fn(self.ops, spec, compute_dtype)
-        self._last_block = make_block_fn(self.ops, spec, FP32)  # its `normed` feeds the fp32 head
-        if engine_config.compile:
-            self._block, self._last_block = torch.compile(self._block), torch.compile(self._last_block)
         self.rope_cache = RopeCache(config.head_dim)
+        self.parallelize(self.ops.attention, None)
+
+    def parallelize(self, self_attention, shard_plan: ShardPlan | None) -> None:
+        """Run self-attention with `self_attention` (called like `ops.attention`) on the token
+        slice `shard_plan` assigns to this rank; `shard_plan` None computes the whole sequence.
+        Normally called by `wan_engine.parallel.apply_parallel`, which builds both from a mesh.
+        """
+        if shard_plan is not None and not isinstance(shard_plan, ShardPlan):
+            raise ValueError(f"shard_plan must be a ShardPlan or None, got {type(shard_plan).__name__}")
+        if not callable(self_attention):
+            raise ValueError(f"self_attention must be callable like ops.attention, got {type(self_attention).__name__}")
+        cfg = self.config
+        spec = BlockSpec(cfg.num_heads, cfg.head_dim, cfg.eps, self.compute_dtype, cfg.model_type != "t2v")
+        self.self_attention = self_attention
+        # A degree-1 plan would only add no-op slicing; keep the single-process path exactly.
+        self.shard_plan = shard_plan if shard_plan is not None and shard_plan.degree > 1 else None
+        self._block = make_block_fn(self.ops, spec, self.compute_dtype, self_attention)
+        # The last block's `normed` feeds the fp32 head.
+        self._last_block = make_block_fn(self.ops, spec, FP32, self_attention)
+        if self.engine_config.compile:
+            self._block, self._last_block = torch.compile(self._block), torch.compile(self._last_block)
 
     # -- the reference-compatible call ------------------------------------------------------------
 
@@ -73,7 +94,9 @@ class WanExecutor(nn.Module):
                 y: torch.Tensor | None = None) -> torch.Tensor:
         """Velocity for latents x [B, C, F, H, W] (+ y for i2v/flf2v) at timesteps t [B] with the
         prepared `text` (batch B) -> fp32 [B, out_dim, F, H, W]. seq_len pads the token sequence
-        (padded keys are masked), as the official sequence-parallel code does."""
+        (padded keys are masked), as the official sequence-parallel code does; under a shard plan
+        the length is rounded up to a multiple of the sp degree, and every rank of the sp group
+        must call this with the same inputs (each computes its slice, all return the whole)."""
         cfg = self.config
         x = self._check_video(x, y)
         batch = x.shape[0]
@@ -83,7 +106,10 @@ class WanExecutor(nn.Module):
             raise ValueError(f"text K/V were prepared for batch {text.batch}, latents have batch {batch}")
         patches, grid = patchify(x, cfg.patch_size)
         real_len = patches.shape[1]
-        rope = self.rope_table(grid, real_len if seq_len is None else seq_len, x.device)
+        seq_len = real_len if seq_len is None else seq_len
+        if self.shard_plan is not None:
+            seq_len = self.shard_plan.padded_length(seq_len)
+        rope = self.rope_table(grid, seq_len, x.device)
         out = self.forward_tokens(patches, t, text, rope)
         return unpatchify(out, grid, cfg.patch_size, cfg.out_dim).float()
 
@@ -94,12 +120,24 @@ class WanExecutor(nn.Module):
     def forward_tokens(self, patches: torch.Tensor, t: torch.Tensor, text: TextKV, rope: RopeTable) -> torch.Tensor:
         """The fixed-shape core. patches [B, f*h*w, in_dim*pt*ph*pw] (from `patchify`), t [B],
         text: TextKV of batch B, rope: the grid's table -> fp32 head output
-        [B, rope.seq_len, pt*ph*pw*out_dim] (rows past rope.real_len are padding)."""
+        [B, rope.seq_len, pt*ph*pw*out_dim] (rows past rope.real_len are padding).
+        Under a shard plan the blocks run on this rank's slice of the rope.seq_len tokens (a
+        multiple of the sp degree) and the head output is gathered from every sp rank."""
         g = self._globals()
-        # The official patch embedding is a stride-equal Conv3d, i.e. a GEMM over patches; its
-        # bf16 output enters the fp32 residual stream.
-        x = F.linear(patches.to(self.compute_dtype), g["patch_weight"], g["patch_bias"]).float()
-        x = F.pad(x, (0, 0, 0, rope.seq_len - rope.real_len))
+        plan = self.shard_plan
+        cos, sin = rope.cos, rope.sin
+        if plan is None:
+            # The official patch embedding is a stride-equal Conv3d, i.e. a GEMM over patches;
+            # its bf16 output enters the fp32 residual stream.
+            x = F.linear(patches.to(self.compute_dtype), g["patch_weight"], g["patch_bias"]).float()
+            x = F.pad(x, (0, 0, 0, rope.seq_len - rope.real_len))
+        else:
+            # Slice before embedding: no rank materialises the whole [B, S, dim] stream. Padded
+            # rows embed zero patches (the bias) instead of the official zeros; either is inert,
+            # as padded keys are masked and padded rows are dropped at unpatchify.
+            patches = plan.shard(F.pad(patches, (0, 0, 0, rope.seq_len - rope.real_len)))
+            x = F.linear(patches.to(self.compute_dtype), g["patch_weight"], g["patch_bias"]).float()
+            cos, sin = plan.shard(cos, dim=0), plan.shard(sin, dim=0)
         mods, head_shift, head_scale = self._modulation(t, g)
         normed = self.ops.layer_norm_modulate(x, mods[0, 0], mods[0, 1], self.config.eps, self.compute_dtype)
         last = len(self.blocks) - 1
@@ -109,8 +147,9 @@ class WanExecutor(nn.Module):
             else:
                 block, next_shift, next_scale = self._last_block, head_shift, head_scale
             x, normed = block(x, normed, store.take(BlockWeights), mods[i], next_shift, next_scale,
-                              *text.layer(i), rope.cos, rope.sin, rope.real_len)
-        return F.linear(normed, g["head_weight"], g["head_bias"])
+                              *text.layer(i), cos, sin, rope.real_len)
+        out = F.linear(normed, g["head_weight"], g["head_bias"])
+        return out if plan is None else plan.gather(out)
 
     # -- helpers ----------------------------------------------------------------------------------
 
