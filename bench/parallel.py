@@ -137,8 +137,8 @@ def _collective_rank(rank, world, init_file, backend, sizes, repeats, warmup, re
                 samples = [_time_one(fn, device) for _ in range(warmup + repeats)][warmup:]
                 report[(case, n * FP32_BYTES)] = samples
             expected = (1000.0 * torch.arange(world, device=device) + rank).repeat_interleave(n // world)
-            report[("verified", n * FP32_BYTES)] = bool(torch.equal(recv, expected)
-                                                       and torch.equal(incoming, torch.full_like(block, prev)))
+            passed_on = torch.equal(incoming, torch.full_like(block, prev))
+            report[("verified", n * FP32_BYTES)] = bool(torch.equal(recv, expected) and passed_on)
         everyone = [None] * world
         dist.all_gather_object(everyone, report)
         results.put((rank, True, everyone if rank == 0 else None))
@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     width, height = (int(v) for v in args.size.lower().split("x"))
     layout = ParallelConfig(ulysses=args.ulysses, ring=args.ring, cfg=2 if args.cfg_parallel else 1)
     print(f"{args.preset} {width}x{height} {args.frames} frames, {layout.describe()}: bytes sent per rank")
-    print(format_volume(comm_volume(PRESETS[args.preset].dit, width, height, args.frames, layout, args.dtype_bytes)))
+    volume = comm_volume(PRESETS[args.preset].dit, width, height, args.frames, layout, args.dtype_bytes)
+    print(format_volume(volume))
     if args.world:
         print(format_rows(time_collectives(args.world, [int(s) for s in args.sizes.split(",")])))
     return 0

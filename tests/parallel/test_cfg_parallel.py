@@ -77,7 +77,8 @@ def cfg_worker(rank: int, world_size: int) -> dict:
         own = v_cond if mesh.cfg_rank == COND_BRANCH else v_uncond
         out = cfg_combine(split_sequence(own, mesh.sp_group), mesh, 3.5)
         r["shard_dtype"] = str(out.dtype)
-        r["shard_equal"] = bool(torch.equal(out, split_sequence(guided(v_cond, v_uncond, 3.5), mesh.sp_group)))
+        expected = split_sequence(guided(v_cond, v_uncond, 3.5), mesh.sp_group)
+        r["shard_equal"] = bool(torch.equal(out, expected))
         swapped = split_sequence(guided(v_uncond, v_cond, 3.5), mesh.sp_group)
         r["differs_from_swapped"] = not torch.equal(out, swapped)
         # Every rank of the cfg group holds the same result.

@@ -58,7 +58,8 @@ def test_launch_env_reads_every_torchrun_variable():
     assert (env.master_addr, env.master_port) == ("10.0.0.7", 29511)
     assert env.is_distributed and env.launched and not env.is_rank0
     assert env.tcp_init_method() == "tcp://10.0.0.7:29511"
-    assert LaunchEnv.from_environ({**TORCHRUN_ENV, "MASTER_ADDR": "::1"}).tcp_init_method() == "tcp://[::1]:29511"
+    ipv6 = LaunchEnv.from_environ({**TORCHRUN_ENV, "MASTER_ADDR": "::1"})
+    assert ipv6.tcp_init_method() == "tcp://[::1]:29511"
 
 
 def test_launch_env_local_values_default_to_one_node():
@@ -108,7 +109,8 @@ def test_single_process_gets_the_trivial_mesh_without_torch_distributed():
 
 @pytest.mark.parametrize("config,launch,message", [
     (ParallelConfig(ulysses=2), LaunchEnv(),
-     r"needs world_size=2 processes, but a single process was started; launch with `torchrun --nproc-per-node 2`"),
+     r"needs world_size=2 processes, but a single process was started; "
+     r"launch with `torchrun --nproc-per-node 2`"),
     (ParallelConfig(ring=2, cfg=2), LaunchEnv(rank=0, world_size=2, launched=True),
      r"cfg=2 x ring=2 x ulysses=1 needs world_size=4 processes, but torchrun started WORLD_SIZE=2"),
     (ParallelConfig(), LaunchEnv(rank=1, world_size=3, launched=True), "needs world_size=1 processes"),
@@ -215,7 +217,8 @@ def _gather_ints(value: int) -> list[int]:
 
 def randomness_worker(launch, init_file):
     config = LAYOUTS[launch.world_size]
-    mesh = init_distributed(config, launch, "cpu", timeout_s=60, num_heads=4, init_method=f"file://{init_file}")
+    mesh = init_distributed(config, launch, "cpu", timeout_s=60, num_heads=4,
+                            init_method=f"file://{init_file}")
     result = {"backend": dist.get_backend(), "coord": tuple(mesh.coord), "rank": mesh.rank}
     result["drawn_seeds"] = _gather_ints(shared_seed(None, mesh))
     # A rank passing a different seed must still end up with rank 0's.
@@ -311,6 +314,7 @@ def test_torchrun_launch_reads_its_environment(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=os.getcwd())
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
-    assert [(r["rank"], r["world"], r["local_rank"], r["sp_rank"]) for r in rows] == [(0, 2, 0, 0), (1, 2, 1, 1)]
+    places = [(r["rank"], r["world"], r["local_rank"], r["sp_rank"]) for r in rows]
+    assert places == [(0, 2, 0, 0), (1, 2, 1, 1)]
     assert rows[0]["port"] is not None and rows[0]["port"] == rows[1]["port"]
     assert rows[0]["seed"] == rows[1]["seed"] and rows[0]["noise"] == rows[1]["noise"]

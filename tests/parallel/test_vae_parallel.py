@@ -117,7 +117,8 @@ def vae_worker(rank: int, world_size: int) -> dict:
     vae_name, batch, frames, h, w = MEMORY_CASE
     vae, latents = vaes[vae_name].float(), _latents(batch, frames, h, w)
     parallel_vae_decode(vae, latents, world, output="rank0")  # warm-up: first-call allocations
-    results["peak_parallel"] = peak_cpu_bytes(lambda: parallel_vae_decode(vae, latents, world, output="rank0"))
+    results["peak_parallel"] = peak_cpu_bytes(
+        lambda: parallel_vae_decode(vae, latents, world, output="rank0"))
     dist.barrier()
     if rank == 0:
         with torch.no_grad():
