@@ -225,7 +225,8 @@ def run_command(args) -> int:
     ceilings = resolve_ceilings(args, ctx.device, names)
     ctx = ctx.replace(ceilings=ceilings)
     if ceilings is not None:
-        print(f"[bench] ceilings: {ceilings.matmul_tflops:.3g} TFLOP/s, {ceilings.copy_gbps:.4g} GB/s ({ceilings.label})")
+        print(f"[bench] ceilings: {ceilings.matmul_tflops:.3g} TFLOP/s, {ceilings.copy_gbps:.4g} GB/s "
+              f"({ceilings.label})")
     suites = run_suites(names, ctx)
     print_results(suites)
     write = args.write and (args.out is not None or names != ["roofline"])

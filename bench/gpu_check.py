@@ -39,7 +39,7 @@ class CheckPlan:
     tests_timeout_s: float
 
 
-FULL = CheckPlan("t2v-1.3B", (832, 480), 81, repeats=5, warmup=2, vae_repeats=2, tests_timeout_s=240)
+FULL = CheckPlan("t2v-1.3B", (832, 480), 81, repeats=3, warmup=1, vae_repeats=2, tests_timeout_s=240)
 DRY = CheckPlan("tiny", (32, 32), 5, repeats=2, warmup=1, vae_repeats=1, tests_timeout_s=120)
 
 

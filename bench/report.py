@@ -85,11 +85,12 @@ def environment(device: torch.device, command: str) -> dict:
     """Where and how the numbers were made: GPU/CPU, driver, versions, commit, date, command line."""
     device = torch.device(device)
     on_gpu = device.type == "cuda"
+    cpu_name = f"CPU {platform.processor() or platform.machine()}"
     return dict(
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         command=command,
         device=device.type,
-        device_name=torch.cuda.get_device_name(device) if on_gpu else f"CPU {platform.processor() or platform.machine()}",
+        device_name=torch.cuda.get_device_name(device) if on_gpu else cpu_name,
         gpu_count=torch.cuda.device_count() if torch.cuda.is_available() else 0,
         driver=_nvml_driver() if on_gpu else None,
         cuda=torch.version.cuda,

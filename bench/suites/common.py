@@ -12,8 +12,9 @@ A row is a flat dict (JSON/CSV-ready) describing one timed implementation:
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -176,6 +177,24 @@ def executor_factory() -> tuple[Callable | None, str]:
         return build_executor(dit, EngineConfig(**options))
 
     return build, ""
+
+
+@contextmanager
+def exact_fp32(device: torch.device) -> Iterator[None]:
+    """TF32 off while an fp32 oracle runs on a GPU, restored afterwards.
+
+    cuDNN convolutions default to TF32 (10-bit mantissa), which would make an "fp32" oracle only
+    ~1e-3 accurate and hide the error of the implementations measured against it.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def release_memory(device: torch.device) -> None:

@@ -30,8 +30,8 @@ from ..accuracy import compare_tensors
 from ..roofline import dit_forward_cost
 from ..timing import measure
 from .common import (
-    BenchContext, SuiteResult, dit_inputs, dtype_name, executor_factory, make_row, random_dit_weights,
-    reference_dit, release_memory,
+    BenchContext, SuiteResult, dit_inputs, dtype_name, exact_fp32, executor_factory, make_row,
+    random_dit_weights, reference_dit, release_memory,
 )
 
 SUITE = "dit"
@@ -101,7 +101,8 @@ def _oracle(ctx: BenchContext, cfg, weights: dict, inputs: dict):
     dtype, else run once. Its weights are freed on return."""
     oracle = reference_dit(cfg, weights, torch.float32, ctx.device)
     repeats, warmup = (ctx.repeats, ctx.warmup) if ctx.dtype == torch.float32 else (1, 0)
-    return measure(lambda: oracle(**inputs), ctx.device, repeats, warmup)
+    with exact_fp32(ctx.device):
+        return measure(lambda: oracle(**inputs), ctx.device, repeats, warmup)
 
 
 def _call(model, inputs: dict) -> Callable[[], torch.Tensor]:

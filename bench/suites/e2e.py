@@ -23,7 +23,7 @@ from wan_engine.device import synchronize
 from ..accuracy import compare_frames, compare_tensors
 from ..roofline import Cost, dit_forward_cost, vae_decode_cost
 from ..timing import summarize
-from .common import BenchContext, SuiteResult, dtype_name, make_row, release_memory, single_cost
+from .common import BenchContext, SuiteResult, dtype_name, exact_fp32, make_row, release_memory, single_cost
 
 SUITE = "e2e"
 PROMPT = "a corgi surfing a wave at sunset, cinematic lighting"
@@ -122,7 +122,8 @@ def run(ctx: BenchContext) -> SuiteResult:
         oracle_pipe = load("reference", torch.float32)
         oracle_is_engine = ctx.dtype == torch.float32
         repeats, warmup = (ctx.repeats, ctx.warmup) if oracle_is_engine else (1, 0)
-        stats, last = timed_runs(ctx, generate_with(oracle_pipe), repeats, warmup)
+        with exact_fp32(ctx.device):
+            stats, last = timed_runs(ctx, generate_with(oracle_pipe), repeats, warmup)
         oracle_frames = last.frames
         add_rows("reference", torch.float32, stats)
 

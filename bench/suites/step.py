@@ -21,8 +21,8 @@ from ..accuracy import compare_tensors
 from ..roofline import dit_forward_cost
 from ..timing import measure
 from .common import (
-    BenchContext, SuiteResult, dit_inputs, dtype_name, executor_factory, make_row, random_dit_weights,
-    reference_dit, release_memory,
+    BenchContext, SuiteResult, dit_inputs, dtype_name, exact_fp32, executor_factory, make_row,
+    random_dit_weights, reference_dit, release_memory,
 )
 
 SUITE = "step"
@@ -83,8 +83,9 @@ def run(ctx: BenchContext) -> SuiteResult:
         oracle = reference_dit(cfg, weights, torch.float32, ctx.device)
         oracle_is_engine = ctx.dtype == torch.float32
         repeats, warmup = (ctx.repeats, ctx.warmup) if oracle_is_engine else (1, 0)
-        stats, (_, oracle_v) = measure(step_fn(ctx, guided_velocity_fn(oracle, context, context_null, guidance),
-                                               latents), ctx.device, repeats, warmup)
+        with exact_fp32(ctx.device):
+            stats, (_, oracle_v) = measure(step_fn(ctx, guided_velocity_fn(oracle, context, context_null, guidance),
+                                                   latents), ctx.device, repeats, warmup)
         result.rows.append(make_row(ctx, SUITE, CASE, "reference", stats, shape=shape, dtype="fp32",
                                     cost=cost(torch.float32), oracle="(is the oracle)"))
         del oracle

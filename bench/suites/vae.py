@@ -11,6 +11,7 @@ frames, no feature cache), reference-bf16 (weights and activations in bf16), dif
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 import numpy as np
@@ -21,7 +22,7 @@ from wan_engine.pipelines.t2v import frames_to_uint8
 from ..accuracy import compare_frames, compare_tensors
 from ..roofline import vae_decode_cost, vae_encode_cost
 from ..timing import measure
-from .common import BenchContext, SuiteResult, dtype_name, generator, make_row, release_memory
+from .common import BenchContext, SuiteResult, dtype_name, exact_fp32, generator, make_row, release_memory
 
 SUITE = "vae"
 WHOLE_CLIP_LIMIT_BYTES = 8 << 30
@@ -118,7 +119,8 @@ def run(ctx: BenchContext) -> SuiteResult:
                 if call is None:
                     continue
                 try:
-                    stats, out = measure(lambda: call(model), ctx.device, ctx.repeats, ctx.warmup)
+                    with exact_fp32(ctx.device) if dtype == fp32 else contextlib.nullcontext():
+                        stats, out = measure(lambda: call(model), ctx.device, ctx.repeats, ctx.warmup)
                 except Exception as err:  # noqa: BLE001 - reported in the results
                     result.notes.append(f"vae {impl} {case}: failed ({type(err).__name__}: {str(err)[:200]})")
                     continue
