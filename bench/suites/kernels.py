@@ -47,11 +47,13 @@ def triton_accuracy(shape, dtype: torch.dtype, device: torch.device) -> dict[str
     return accuracy
 
 
-def _stats(row: dict, warmup: int) -> TimingStats:
-    """TimingStats from a bench_kernels row (it reports median/p20/p80 only)."""
+def _stats(row: dict, repeats: int, warmup: int) -> TimingStats:
+    """TimingStats from a bench_kernels row, which reports median/p20/p80 only (its mean, min and
+    max fields are filled with those, not measured)."""
     median, p20, p80 = (row[k] / 1e3 for k in ("median_ms", "p20_ms", "p80_ms"))
+    timer = "cuda-events" if row["device"] == "cuda" else "perf_counter"
     return TimingStats(median_s=median, p20_s=p20, p80_s=p80, mean_s=median, min_s=p20, max_s=p80,
-                       repeats=0, warmup=warmup, timer="bench.kernels", samples_s=())
+                       repeats=repeats, warmup=warmup, timer=timer, samples_s=())
 
 
 def run(ctx: BenchContext) -> SuiteResult:
@@ -84,8 +86,7 @@ def run(ctx: BenchContext) -> SuiteResult:
             acc = {"max_abs": r["max_abs_diff_vs_torch"]}
         extras = {k: r[k] for k in ("speedup_vs_torch", "speedup_vs_torch_compile", "pct_of_copy") if k in r}
         result.rows.append(make_row(
-            ctx, SUITE, r["op"], r["provider"], _stats(r, ctx.warmup), shape=label, dtype=dtype_name(ctx.dtype),
-            cost=single_cost(r["op"], 0, r["bytes"]), accuracy=acc,
-            oracle="(is the oracle)" if is_oracle else "eager torch ops (fp32 compute)",
-            repeats=ctx.repeats, **extras))
+            ctx, SUITE, r["op"], r["provider"], _stats(r, ctx.repeats, ctx.warmup), shape=label,
+            dtype=dtype_name(ctx.dtype), cost=single_cost(r["op"], 0, r["bytes"]), accuracy=acc,
+            oracle="(is the oracle)" if is_oracle else "eager torch ops (fp32 compute)", **extras))
     return result
