@@ -279,6 +279,21 @@ def test_make_row_rates_and_floor():
     assert row["pct_of_floor"] == pytest.approx(100 * floor / 0.002) and row["rel_l2"] == 1e-6
 
 
+def test_text_encoder_cost_matches_the_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from wan_engine.bench.suites.common import text_encoder_cost
+    from wan_engine.configs import TINY_T5
+    from wan_engine.reference.text_encoder import TextEncoder
+
+    # Eager attention so the counter sees the attention GEMMs as matmuls.
+    encoder = TextEncoder.from_config(TINY_T5, attn_implementation="eager")
+    ids = torch.randint(0, TINY_T5.vocab_size, (2, TINY_T5.text_len), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        encoder.hidden_states(ids, torch.ones_like(ids))
+    assert text_encoder_cost(TINY_T5, 2, 4).flops == counter.get_total_flops()
+
+
 def test_context_and_suite_names_are_validated():
     with pytest.raises(ValueError, match="frames must be 4n"):
         tiny_context(frames=10)

@@ -107,6 +107,22 @@ def single_cost(name: str, flops: float, nbytes: float) -> Cost:
     return Cost(name, (ComponentCost(name, float(flops), float(nbytes)),))
 
 
+def text_encoder_cost(t5, prompts: int, dtype_bytes: int) -> Cost:
+    """Approximate FLOPs and bytes of encoding `prompts` prompts padded to text_len with umT5.
+
+    Per layer and token: q, k, v, o projections (d_model x heads*d_kv each) and the gated FFN
+    (three d_model x d_ff matrices), plus the two attention GEMMs over text_len keys; weights read
+    once per call, each layer's activations read and written once. Embedding lookups, norms and
+    the relative position bias are left out (< 1% of the FLOPs).
+    """
+    length, d, inner = t5.text_len, t5.d_model, t5.num_heads * t5.d_kv
+    layer_weights = 4 * d * inner + 3 * d * t5.d_ff
+    flops = prompts * t5.num_layers * (2 * length * layer_weights + 4 * length * length * inner)
+    activations = prompts * length * (2 * d + 4 * inner + 3 * t5.d_ff)
+    nbytes = dtype_bytes * t5.num_layers * (layer_weights + activations)
+    return single_cost("text encoding", flops, nbytes)
+
+
 def make_row(ctx: BenchContext, suite: str, case: str, impl: str, stats: TimingStats | None, *,
              shape: str, dtype: str, cost: Cost | None = None, accuracy: dict | None = None,
              oracle: str = "", note: str = "", **extra) -> dict:

@@ -23,7 +23,9 @@ from wan_engine.device import synchronize
 from ..accuracy import compare_frames, compare_tensors
 from ..roofline import Cost, dit_forward_cost, vae_decode_cost
 from ..timing import summarize
-from .common import BenchContext, SuiteResult, dtype_name, exact_fp32, make_row, release_memory, single_cost
+from .common import (
+    BenchContext, SuiteResult, dtype_name, exact_fp32, make_row, release_memory, single_cost, text_encoder_cost,
+)
 
 SUITE = "e2e"
 PROMPT = "a corgi surfing a wave at sunset, cinematic lighting"
@@ -31,12 +33,17 @@ STAGES = ("text_encoding", "denoising", "vae_decode")
 
 
 def stage_costs(ctx: BenchContext, steps: int, dtype_bytes: int) -> dict[str, Cost]:
-    """Work per stage: steps x (cond + uncond) forwards, the decode; text encoding not modelled."""
+    """Work per stage: both prompts' encoding, steps x (cond + uncond) forwards, the decode."""
+    text = text_encoder_cost(ctx.model.t5, 2, dtype_bytes)
     forward = dit_forward_cost(ctx.dit_config, ctx.width, ctx.height, ctx.frames, 2, dtype_bytes=dtype_bytes)
     decode = vae_decode_cost(ctx.model.vae, ctx.width, ctx.height, ctx.frames, 1)
     denoise = single_cost("denoising", steps * forward.flops, steps * forward.bytes)
-    total = single_cost("total", denoise.flops + decode.flops, denoise.bytes + decode.bytes)
-    return {"denoising": denoise, "vae_decode": decode, "total": total}
+    parts = (text, denoise, decode)
+    total = single_cost("total", sum(p.flops for p in parts), sum(p.bytes for p in parts))
+    # diffusers' run is given the embeddings: its total has no text encoding.
+    without_text = single_cost("total", denoise.flops + decode.flops, denoise.bytes + decode.bytes)
+    return {"text_encoding": text, "denoising": denoise, "vae_decode": decode, "total": total,
+            "total_without_text": without_text}
 
 
 def timed_runs(ctx: BenchContext, generate, repeats: int, warmup: int):
@@ -106,6 +113,8 @@ def run(ctx: BenchContext) -> SuiteResult:
 
     def add_rows(impl, dtype, stats, frames=None, oracle_frames=None, note=""):
         costs = stage_costs(ctx, steps, torch.empty((), dtype=dtype).element_size())
+        if impl == "diffusers":
+            costs["total"] = costs["total_without_text"]
         for stage, st in stats.items():
             accuracy, oracle = None, ""
             if stage == "total" and oracle_frames is not None:

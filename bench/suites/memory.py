@@ -15,11 +15,12 @@ import time
 
 import torch
 
+from ..roofline import dit_forward_cost, vae_decode_cost
 from ..telemetry import MIB, RssSampler
 from ..timing import summarize
 from .common import (
     BenchContext, SuiteResult, dit_inputs, dtype_name, executor_factory, make_row, random_dit_weights,
-    reference_dit, release_memory,
+    reference_dit, release_memory, text_encoder_cost,
 )
 from .vae import random_vae_weights, reference_vae
 
@@ -60,7 +61,7 @@ def peak_memory(device: torch.device, fn, warmup: int) -> tuple[float, float | N
 
 
 def _stages(ctx: BenchContext, result: SuiteResult):
-    """(case, impl, dtype, shape, build() -> (module, call)) of every stage to measure; each
+    """(case, impl, dtype, shape, cost, build() -> (module, call)) of every stage to measure; each
     build makes its own model, so only one stage's weights are resident at a time."""
     cfg = ctx.dit_config
     inputs = dit_inputs(ctx, cfg, ctx.batch)
@@ -72,7 +73,8 @@ def _stages(ctx: BenchContext, result: SuiteResult):
         dit = reference_dit(cfg, weights, ctx.dtype, ctx.device)
         return dit, lambda: dit(**inputs)
 
-    stages = [("dit forward", "reference", ctx.dtype, dit_shape, reference)]
+    dit_cost = dit_forward_cost(cfg, ctx.width, ctx.height, ctx.frames, ctx.batch, dtype_bytes=ctx.dtype_bytes)
+    stages = [("dit forward", "reference", ctx.dtype, dit_shape, dit_cost, reference)]
     build_executor, why = executor_factory()
     if build_executor is None:
         result.notes.append(f"memory executor: {why}")
@@ -82,7 +84,7 @@ def _stages(ctx: BenchContext, result: SuiteResult):
             text = model.prepare_text(inputs["context"])
             return model, lambda: model.predict(inputs["x"], inputs["t"], text)
 
-        stages.append(("dit forward", "executor", ctx.dtype, dit_shape, executor))
+        stages.append(("dit forward", "executor", ctx.dtype, dit_shape, dit_cost, executor))
 
     def vae():
         model = reference_vae(ctx.model.vae, random_vae_weights(ctx.model.vae, ctx.seed + 1), torch.float32,
@@ -90,7 +92,8 @@ def _stages(ctx: BenchContext, result: SuiteResult):
         latents = torch.randn(1, ctx.model.vae.z_dim, lf, lh, lw, device=ctx.device)
         return model, lambda: model.decode(latents)
 
-    stages.append(("vae decode", "reference", torch.float32, f"{ctx.size_label} latent {lf}x{lh}x{lw}", vae))
+    stages.append(("vae decode", "reference", torch.float32, f"{ctx.size_label} latent {lf}x{lh}x{lw}",
+                   vae_decode_cost(ctx.model.vae, ctx.width, ctx.height, ctx.frames, 1), vae))
 
     t5 = ctx.model.t5
     if t5.num_layers * t5.d_model * t5.d_ff > TEXT_ENCODER_DRAW_LIMIT:
@@ -104,19 +107,20 @@ def _stages(ctx: BenchContext, result: SuiteResult):
         encoder = TextEncoder.from_config(t5, seed=ctx.seed + 2, dtype=ctx.dtype, device=ctx.device)
         return encoder.model, lambda: encoder.encode(["a corgi surfing a wave", ""])
 
-    stages.append(("text encoding", "reference", ctx.dtype, f"2 prompts, text_len {t5.text_len}", text_encoder))
+    stages.append(("text encoding", "reference", ctx.dtype, f"2 prompts, text_len {t5.text_len}",
+                   text_encoder_cost(t5, 2, ctx.dtype_bytes), text_encoder))
     return stages
 
 
 def run(ctx: BenchContext) -> SuiteResult:
     result = SuiteResult()
     with torch.inference_mode():
-        for case, impl, dtype, shape, build in _stages(ctx, result):
+        for case, impl, dtype, shape, cost, build in _stages(ctx, result):
             module, call = build()
             seconds, added, method = peak_memory(ctx.device, call, ctx.warmup)
             weights_mib = module_bytes(module) / MIB
             result.rows.append(make_row(
-                ctx, SUITE, case, impl, summarize([seconds], 0), shape=shape, dtype=dtype_name(dtype),
+                ctx, SUITE, case, impl, summarize([seconds], 0), shape=shape, dtype=dtype_name(dtype), cost=cost,
                 peak_mem_mib=added, weights_mib=weights_mib, note=f"weights {weights_mib:.1f} MiB; peak: {method}"))
             module = call = None  # free this stage's model before the next is built
             release_memory(ctx.device)

@@ -87,7 +87,8 @@ def run(ctx: BenchContext) -> SuiteResult:
             stats, (_, oracle_v) = measure(step_fn(ctx, guided_velocity_fn(oracle, context, context_null, guidance),
                                                    latents), ctx.device, repeats, warmup)
         result.rows.append(make_row(ctx, SUITE, CASE, "reference", stats, shape=shape, dtype="fp32",
-                                    cost=cost(torch.float32), oracle="(is the oracle)"))
+                                    cost=cost(torch.float32), oracle="(is the oracle)",
+                                    note="" if oracle_is_engine else "oracle: one run, no warm-up"))
         del oracle
         release_memory(ctx.device)
 
