@@ -1,4 +1,10 @@
-"""`wan-engine` command line: generate, info, bench."""
+"""`wan-engine` command line: generate, info, bench.
+
+Multi-GPU: `torchrun --nproc-per-node N -m wan_engine.cli generate ... --ulysses U --ring R
+[--cfg-parallel]` with N = U * R (* 2 with --cfg-parallel). Every process runs the pipeline; only
+rank 0 prints and writes the video. A rank that fails makes the others exit non-zero within
+--dist-timeout seconds (plus the compute between two collectives).
+"""
 from __future__ import annotations
 
 import argparse
@@ -42,6 +48,17 @@ def _add_generate(sub) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the executor's DiT block")
     p.add_argument("--no-cfg-batch", dest="cfg_batch", action="store_false",
                    help="run the conditional and unconditional CFG branches as two forwards, not one batch")
+    p.add_argument("--save-frames", default=None, metavar="FILE.npy",
+                   help="also save the exact uint8 frames [F, H, W, 3] (the MP4 is lossy) as a .npy file")
+    multi = p.add_argument_group("multi-GPU (launch with torchrun --nproc-per-node N, N = product of degrees)")
+    multi.add_argument("--ulysses", type=int, default=1,
+                       help="Ulysses (all-to-all) sequence-parallel degree; must divide the model's heads")
+    multi.add_argument("--ring", type=int, default=1, help="ring-attention sequence-parallel degree")
+    multi.add_argument("--cfg-parallel", action="store_true",
+                       help="run the conditional and unconditional branches on different ranks (doubles N)")
+    multi.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                       help="seconds a collective may wait for a peer before the run fails "
+                            "(default 600; must exceed the slowest rank's model load)")
     p.set_defaults(func=cmd_generate)
 
 
@@ -56,27 +73,53 @@ def _check_given(args) -> None:
             check(value)
     if args.seed is not None and args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.dist_timeout is not None and not 0 < args.dist_timeout < float("inf"):
+        raise ValueError(f"--dist-timeout must be a finite number of seconds > 0, got {args.dist_timeout}")
+    if args.save_frames is not None and not str(args.save_frames).endswith(".npy"):
+        raise ValueError(f"--save-frames must name a .npy file, got {args.save_frames!r}")
 
 
 def cmd_generate(args) -> int:
+    from .env import LaunchEnv
+    from .parallel import DEFAULT_TIMEOUT_S, ParallelConfig, peer_failure_guard, shutdown
     from .pipelines.t2v import WanPipeline
-    from .video import save_video
 
     _check_given(args)  # refuse bad options before the (possibly long) model load
+    parallel = ParallelConfig(ulysses=args.ulysses, ring=args.ring, cfg=2 if args.cfg_parallel else 1)
+    timeout_s = DEFAULT_TIMEOUT_S if args.dist_timeout is None else args.dist_timeout
+    launch = LaunchEnv.from_environ()
     start = time.perf_counter()
     pipe = WanPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                        t5_cpu=args.t5_cpu, offload=args.offload, engine=args.engine,
-                                       attention=args.attention, compile=args.compile, cfg_batch=args.cfg_batch)
+                                       attention=args.attention, compile=args.compile, cfg_batch=args.cfg_batch,
+                                       parallel=parallel, launch=launch, dist_timeout_s=timeout_s)
     load_s = time.perf_counter() - start
-    result = pipe.run(args.prompt, args.negative_prompt, args.size, args.frames, args.steps, args.guidance,
-                      args.shift, args.seed, args.solver, progress=True)
+    with peer_failure_guard(pipe.mesh, timeout_s):
+        result = pipe.run(args.prompt, args.negative_prompt, args.size, args.frames, args.steps, args.guidance,
+                          args.shift, args.seed, args.solver, progress=pipe.mesh.rank == 0)
+    # Reached only when every collective succeeded; after a failure, tearing the group down could
+    # wait on the failed peer, so the process just exits.
+    shutdown()
+    if result.frames is None:  # ranks other than 0: their share is in rank 0's frames
+        return 0
+    _write_outputs(args, result, load_s, parallel)
+    return 0
+
+
+def _write_outputs(args, result, load_s: float, parallel) -> None:
+    import numpy as np
+
+    from .video import save_video
+
     path = save_video(result.frames, args.output, fps=args.fps)
+    if args.save_frames is not None:
+        np.save(args.save_frames, result.frames)
     f, h, w, _ = result.frames.shape
-    print(f"wrote {path} ({f} frames, {w}x{h}, seed {result.seed})")
+    layout = f", {parallel.describe()}" if parallel.world_size > 1 else ""
+    print(f"wrote {path} ({f} frames, {w}x{h}, seed {result.seed}{layout})")
     print(f"  load           {load_s:8.2f} s")
     for stage, seconds in result.timings.items():
         print(f"  {stage:<14} {seconds:8.2f} s")
-    return 0
 
 
 def _add_info(sub) -> None:
@@ -103,12 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .attention import AttentionBackendError
+    from .parallel.runtime import PeerFailure
 
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, AttentionBackendError) as e:
         print(f"wan-engine: error: {e}", file=sys.stderr)
         return 2
+    except PeerFailure as e:
+        print(f"wan-engine: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,10 @@
-"""Assemble a pipeline's components from a model directory or from a preset's seeded weights."""
+"""Assemble a pipeline's components from a model directory or from a preset's seeded weights.
+
+Multi-process launches (torchrun) are set up here too, in an order that refuses a bad layout
+before any work: the degrees are checked against the launch and the model's head count (read
+from a preset or from tensor headers, no weights), then the process group and mesh are created,
+then the weights are loaded, then sequence parallelism is applied to the executor.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -7,9 +13,13 @@ from pathlib import Path
 
 import torch
 
-from ..configs import PRESETS, ModelConfig, get_preset
+from ..configs import PRESETS, DiTConfig, ModelConfig, get_preset
 from ..device import resolve_device, resolve_dtype
 from ..engine_config import ENGINES, EngineConfig
+from ..env import LaunchEnv
+from ..parallel.config import ParallelConfig
+from ..parallel.mesh import ParallelMesh
+from ..parallel.runtime import DEFAULT_TIMEOUT_S, init_distributed, rank_device
 from .checkpoint import load_into
 from .components import load_dit, load_text_encoder, load_vae
 from .errors import CheckpointError
@@ -41,15 +51,78 @@ def random_components(config: ModelConfig, device: torch.device, dtype: torch.dt
     return text, dit.eval().requires_grad_(False), vae.eval().requires_grad_(False)
 
 
+def peek_dit_config(path_or_preset: str) -> DiTConfig:
+    """The DiT config of a preset, or of a model directory read from its safetensors headers and
+    config.json only (no tensor data): cheap enough to validate options before the load."""
+    from .dit_format import infer_dit_config
+    from .info import _shapes_of_safetensors
+    from .layout import detect_layout
+
+    path = Path(str(path_or_preset)).expanduser()
+    if path.is_dir():
+        layout = detect_layout(path)
+        return infer_dit_config(_shapes_of_safetensors(layout.dit_dir), layout.dit_config)
+    if str(path_or_preset) in PRESETS:
+        return get_preset(str(path_or_preset)).dit
+    raise ValueError(f"model {path_or_preset!r} is neither an existing model directory nor a preset "
+                     f"({', '.join(sorted(PRESETS))})")
+
+
+def setup_parallel(path_or_preset: str, device: torch.device, engine: str, parallel: ParallelConfig | None,
+                   mesh: ParallelMesh | None, launch: LaunchEnv | None, dist_timeout_s: float
+                   ) -> tuple[ParallelMesh, torch.device, object]:
+    """(mesh, this rank's device, VAE decode group) of a launch, refusing a bad layout first.
+
+    Without `mesh`, joins the launch described by `launch` (default: torchrun's environment) with
+    `init_distributed`; the decode group is then the whole launch. With a `mesh` built by the
+    caller, the decode group is left to the pipeline (None: the mesh's own groups).
+    """
+    if mesh is not None and not isinstance(mesh, ParallelMesh):
+        raise ValueError(f"mesh must be a ParallelMesh or None, got {type(mesh).__name__}")
+    if parallel is None:
+        parallel = ParallelConfig() if mesh is None else mesh.config
+    if not isinstance(parallel, ParallelConfig):
+        raise ValueError(f"parallel must be a ParallelConfig or None, got {type(parallel).__name__}")
+    if mesh is not None and mesh.config != parallel:
+        raise ValueError(f"parallel ({parallel.describe()}) contradicts the mesh's layout ({mesh.config.describe()})")
+    if parallel.sp_degree > 1 and engine != "executor":
+        raise ValueError(f"sequence parallelism ({parallel.describe()}) needs engine='executor'; "
+                         f"engine={engine!r} runs on one process (CFG parallelism alone works with both)")
+    launch = LaunchEnv.from_environ() if launch is None and mesh is None else launch
+    if mesh is None and parallel.world_size == 1 and not launch.is_distributed:
+        return ParallelMesh.single(), device, None  # the plain single-process path, nothing to check
+    num_heads = peek_dit_config(path_or_preset).num_heads
+    if mesh is not None:
+        parallel.validate(num_heads, parallel.world_size)
+        return mesh, device, None
+    # Checks the degrees against the launch and the heads before any process group exists.
+    mesh = init_distributed(parallel, launch, device, dist_timeout_s, num_heads=num_heads)
+    world = None
+    if launch.is_distributed:
+        import torch.distributed as dist
+
+        world = dist.group.WORLD  # the group init_distributed just laid the mesh over
+    return mesh, rank_device(device, launch), world
+
+
 def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5_cpu: bool = False,
                              offload: bool = False, engine: str = "executor", attention: str = "auto",
                              ops: str = "auto", cfg_batch: bool = True, compile: bool = False,
-                             seed: int = 0) -> dict:
+                             seed: int = 0, parallel: ParallelConfig | None = None,
+                             mesh: ParallelMesh | None = None, launch: LaunchEnv | None = None,
+                             dist_timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
     """Keyword arguments for `WanPipeline(...)`.
 
     engine "executor" (default) wraps the loaded reference DiT's weights in the optimized
     executor with the given attention/ops backends, CFG batching and compile options; engine
     "reference" keeps the eager reference (which ignores those options).
+
+    parallel: the degrees of a multi-process launch (default: one process). Each process of a
+    `torchrun --nproc-per-node N` launch calls this; it joins the process group (gloo on the CPU,
+    NCCL on cuda:LOCAL_RANK; every collective bounded by `dist_timeout_s`) and applies sequence
+    parallelism to the executor. `launch` defaults to torchrun's environment; `mesh` instead
+    takes a mesh the caller built on its own process group. A layout that the launch or the model
+    cannot run is refused with a ValueError before the process group or any weight is touched.
     """
     from ..reference.text_encoder import TextEncoder
 
@@ -60,6 +133,8 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     # Validate the engine options before the (possibly long) load.
     engine_config = EngineConfig(engine=engine, attention=attention, ops=ops, cfg_batch=cfg_batch,
                                  compile=compile, dtype=dtype)
+    mesh, device, decode_group = setup_parallel(path_or_preset, device, engine, parallel, mesh, launch,
+                                                dist_timeout_s)
     text_device = torch.device("cpu") if t5_cpu else device
     # The text encoder's first stop is the CPU when it will be offloaded anyway.
     text_home = torch.device("cpu") if (t5_cpu or offload) else device
@@ -95,8 +170,12 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         from ..executor import build_executor
 
         dit = build_executor(dit, engine_config, device)
+        if mesh.sp_size > 1:
+            from ..parallel.apply import apply_parallel
+
+            dit = apply_parallel(dit, mesh)
     return dict(config=config, text_encoder=text, dit=dit, vae=vae, device=device, dtype=dtype,
-                text_device=text_device, offload=offload)
+                text_device=text_device, offload=offload, mesh=mesh, decode_group=decode_group)
 
 
 def text_config(text) -> "T5Config":

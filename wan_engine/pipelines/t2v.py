@@ -1,4 +1,11 @@
-"""Text-to-video: prompt -> text embeddings -> denoising loop with CFG -> VAE decode -> uint8 frames."""
+"""Text-to-video: prompt -> text embeddings -> denoising loop with CFG -> VAE decode -> uint8 frames.
+
+Under a multi-process launch every rank runs the same `run` call: rank 0 draws the seed (when
+none is given) and the initial noise and broadcasts both, the DiT runs with sequence and/or CFG
+parallelism, every rank steps the solver on the same guided velocity, and the VAE decode is split
+over the rows of the video across the ranks (`parallel_vae_decode`); only rank 0 receives the
+decoded frames. Other ranks get a result with `frames=None`.
+"""
 from __future__ import annotations
 
 import logging
@@ -13,6 +20,10 @@ import torch
 from .. import validation
 from ..configs import ModelConfig
 from ..device import synchronize
+from ..parallel.comm import group_size
+from ..parallel.mesh import ParallelMesh
+from ..parallel.runtime import shared_noise, shared_seed
+from ..parallel.vae_decode import parallel_vae_decode
 from ..reference.schedulers import make_solver
 from ..runner import cfg_denoise
 
@@ -21,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GenerationResult:
-    frames: np.ndarray  # uint8 [F, H, W, 3]
+    frames: np.ndarray | None  # uint8 [F, H, W, 3]; None on ranks other than 0 of a parallel launch
     seed: int
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
@@ -50,10 +61,15 @@ class WanPipeline:
     """Wan2.1 text-to-video over a text encoder, a DiT (reference or executor) and the VAE.
 
     Build it with `WanPipeline.from_pretrained(path_or_preset)`; call `generate(prompt, ...)`.
+    `mesh` (default: one process) is the parallel layout the DiT was set up for; `decode_group`
+    the process group the VAE decode is split over (None: the mesh's sequence-parallel group).
     """
 
     def __init__(self, config: ModelConfig, text_encoder, dit, vae, *, device: torch.device,
-                 dtype: torch.dtype, text_device: torch.device | None = None, offload: bool = False):
+                 dtype: torch.dtype, text_device: torch.device | None = None, offload: bool = False,
+                 mesh: ParallelMesh | None = None, decode_group=None):
+        self.mesh = ParallelMesh.single() if mesh is None else mesh
+        self.decode_group = decode_group
         self.config = config
         self.text_encoder = text_encoder
         self.dit = dit
@@ -72,6 +88,13 @@ class WanPipeline:
         default, or "reference"), and for the executor `attention` (a backend name, default
         "auto"), `ops` ("auto", "triton", "torch"), `cfg_batch` (default True: both CFG branches
         in one batch-2 forward) and `compile` (torch.compile the DiT block).
+
+        Multi-GPU: `parallel=ParallelConfig(ulysses=, ring=, cfg=)` in every process of a
+        `torchrun --nproc-per-node N` launch (N = the product of the degrees), with
+        `dist_timeout_s` bounding every collective (a failed peer is reported within it).
+        Invalid degrees are refused before the process group is created or any weight loaded.
+        Call `wan_engine.parallel.shutdown()` when done. Only rank 0's `generate` returns frames
+        (None elsewhere).
         """
         from ..loading.pipeline_loader import load_pipeline_components
 
@@ -79,9 +102,14 @@ class WanPipeline:
 
     # -- public API -------------------------------------------------------------------------------
 
+    @property
+    def is_parallel(self) -> bool:
+        return self.mesh.config.world_size > 1
+
     def generate(self, prompt: str, negative_prompt: str | None = None, size=None, num_frames=None,
-                 steps=None, guidance=None, shift=None, seed=None, solver=None, progress=False) -> np.ndarray:
-        """Return uint8 frames `[F, H, W, 3]`. Unset options take the model's official defaults."""
+                 steps=None, guidance=None, shift=None, seed=None, solver=None, progress=False) -> np.ndarray | None:
+        """Return uint8 frames `[F, H, W, 3]` (None on ranks other than 0 of a parallel launch).
+        Unset options take the model's official defaults."""
         return self.run(prompt, negative_prompt, size, num_frames, steps, guidance, shift, seed, solver,
                         progress).frames
 
@@ -91,7 +119,9 @@ class WanPipeline:
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
         width, height = validation.check_size(d.size if size is None else size)
-        if seed is None:
+        if self.is_parallel:
+            seed = shared_seed(seed, self.mesh)  # rank 0's seed, drawn there when None (collective)
+        elif seed is None:
             seed = random.randrange(2**63)
         elif not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -120,8 +150,8 @@ class WanPipeline:
             with self._timed(timings, "vae_decode"):
                 if self.offload:
                     self._move(self.dit, torch.device("cpu"))
-                video = self.vae.decode(latents.float())[0]
-        return GenerationResult(frames_to_uint8(video), req.seed, timings)
+                video = self.decode(latents.float())
+        return GenerationResult(None if video is None else frames_to_uint8(video[0]), req.seed, timings)
 
     # -- stages -----------------------------------------------------------------------------------
 
@@ -143,6 +173,8 @@ class WanPipeline:
         vae = self.config.vae
         shape = (1, vae.z_dim, (req.num_frames - 1) // vae.temporal_stride + 1,
                  req.height // vae.spatial_stride, req.width // vae.spatial_stride)
+        if self.is_parallel:
+            return shared_noise(shape, req.seed, self.mesh, self.device)  # drawn on rank 0 (collective)
         generator = torch.Generator(device=self.device).manual_seed(req.seed)
         return torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
 
@@ -150,8 +182,25 @@ class WanPipeline:
         if self.offload:
             self._move(self.dit, self.device)
         solver = make_solver(req.solver, req.steps, req.shift)
+        mesh = self.mesh if self.is_parallel else None
         return cfg_denoise(self.dit, self.initial_noise(req), context, context_null, solver,
-                           req.guidance, progress=progress)
+                           req.guidance, progress=progress, mesh=mesh)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor | None:
+        """Normalized latents `[B, z_dim, f, h, w]` -> video `[B, 3, F, H, W]` in [-1, 1].
+
+        Parallel: every rank holds the same final latents and decodes a slab of rows; the slabs
+        meet on rank 0, which returns the video (None elsewhere). The widest group with at least
+        one latent row per rank is used (the decode group, then the sp group, else each rank
+        decodes alone: only for latents with fewer rows than ranks).
+        """
+        if not self.is_parallel:
+            return self.vae.decode(latents)
+        height = latents.shape[3]
+        group = next((g for g in (self.decode_group, self.mesh.sp_group)
+                      if g is not None and group_size(g) <= height), None)
+        video = parallel_vae_decode(self.vae, latents, group, output="rank0")
+        return video if self.mesh.rank == 0 else None
 
     # -- helpers ----------------------------------------------------------------------------------
 
