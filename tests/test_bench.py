@@ -417,3 +417,16 @@ def test_gpu_check_dry_run(tmp_path):
     assert vae and all(0 < r["ssim"] <= 1 for r in vae)
     md = result["markdown"].read_text()
     assert "GPU-only tests" in md and "## dit" in md and "## vae" in md
+
+
+def test_parallel_suite_matches_one_process():
+    from wan_engine.bench.suites import run_suite
+
+    result = run_suite("parallel", tiny_context(repeats=1))
+    rows = {(r["case"], r["impl"]): r for r in result.rows}
+    assert rows[("comm per step (per rank)", "ring-2")]["bytes"] > 0
+    # fp32 on gloo: the same function as one process, summed in another order (measured <= 2e-7).
+    for key in (("ulysses attention", "gloo-2"), ("ring attention", "gloo-2"),
+                ("dit forward", "ulysses-2"), ("dit forward", "ring-2")):
+        assert rows[key]["rel_l2"] < 1e-5, (key, result.notes)
+    assert "scaling efficiency" in rows[("dit forward", "ring-2")]["note"]

@@ -8,6 +8,9 @@ where only the plumbing is measured, at <= CPU_MAX_TOKENS tokens) time the q/k/v
 Ulysses attention and ring attention on their shards; each rank's output rows (at most 256 of
 them) are compared with float64 attention over the whole unsharded sequence. On the CPU the
 sequence is not a multiple of the degree, so the padding (masked through kv_len) is exercised.
+Then one executor DiT forward on a rank alone and under Ulysses-WORLD and ring-WORLD sequence
+parallelism (`parallel.apply_parallel`), compared with the single-process velocity, with the
+speedup and scaling efficiency (on the CPU only at the tiny sizes; at full size with >= 2 GPUs).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from datetime import timedelta
 import torch
 
 from ..accuracy import compare_tensors
-from ..roofline import dit_tokens
+from ..roofline import dit_forward_cost, dit_tokens
 from ..timing import measure, summarize
 from .attention import exact_attention, oracle_rows
 from .common import BenchContext, SuiteResult, dtype_name, make_row, single_cost
@@ -115,12 +118,49 @@ def _rank_main(rank: int, world: int, init_file: str, backend: str, spec: dict, 
             # numpy, not tensors: torch would share tensor storage through this process, which
             # exits right after reporting.
             compared[name] = (result[:, rows.to(device)].double().cpu().numpy(), oracle.numpy())
+        if spec["dit_ctx"] is not None:
+            compared |= _dit_forwards(spec["dit_ctx"].replace(device=device), world, timed)
         everyone = [None] * world
         dist.all_gather_object(everyone, compared)
         results.put((rank, True, {"samples": out, "outputs": everyone}))
         dist.destroy_process_group()
     except BaseException:  # noqa: BLE001 - reported to the parent
         results.put((rank, False, traceback.format_exc()))
+
+
+def _dit_forwards(ctx: BenchContext, world: int, timed) -> dict:
+    """Time one executor forward on this rank alone, then under Ulysses and ring sequence
+    parallelism over all ranks (`parallel.apply_parallel`); every rank gets the full velocity,
+    compared with the single-process one. Returns {"dit <impl>": (got, want)} as numpy."""
+    from wan_engine.parallel import ParallelConfig, ParallelMesh, apply_parallel
+
+    from .common import dit_inputs, executor_factory, random_dit_weights, reference_dit
+
+    build, why = executor_factory()
+    if build is None:
+        raise RuntimeError(why)
+    cfg = ctx.dit_config
+    weights = random_dit_weights(cfg, ctx.seed)  # the same on every rank: seeded on the CPU
+    inputs = dit_inputs(ctx.replace(device=torch.device("cpu")), cfg, ctx.batch)
+    inputs = {k: v.to(ctx.device) for k, v in inputs.items()}
+
+    def executor():
+        model = build(reference_dit(cfg, weights, ctx.dtype, ctx.device), dtype=ctx.dtype)
+        return model, model.prepare_text(inputs["context"])
+
+    with torch.inference_mode():
+        single, text = executor()
+        want = timed("dit forward executor-1", lambda: single.predict(inputs["x"], inputs["t"], text))
+        compared = {}
+        for impl, degrees in ((f"ulysses-{world}", dict(ulysses=world)), (f"ring-{world}", dict(ring=world))):
+            if "ulysses" in degrees and cfg.num_heads % world:
+                continue
+            mesh = ParallelMesh.build(ParallelConfig(**degrees), timeout=timedelta(seconds=60))
+            model, text = executor()
+            apply_parallel(model, mesh)
+            got = timed(f"dit forward {impl}", lambda: model.predict(inputs["x"], inputs["t"], text))
+            compared[f"dit {impl}"] = (got.double().cpu().numpy(), want.double().cpu().numpy())
+    return compared
 
 
 def _spawn(world: int, backend: str, spec: dict) -> dict:
@@ -165,8 +205,14 @@ def _measured_rows(ctx: BenchContext, result: SuiteResult) -> None:
         result.notes.append(f"parallel: {WORLD} gloo ranks on the CPU ({gpus} GPUs), {tokens} tokens: "
                             f"plumbing only, not GPU scaling")
     dtype = ctx.dtype if backend == "nccl" else torch.float32
+    full_tokens = dit_tokens(cfg, ctx.width, ctx.height, ctx.frames)
+    run_dit = backend == "nccl" or full_tokens <= CPU_MAX_TOKENS
+    if not run_dit:
+        result.notes.append(f"parallel: sequence-parallel DiT forward skipped on the CPU at {full_tokens} tokens "
+                            f"(runs at <= {CPU_MAX_TOKENS}, or on >= {WORLD} GPUs)")
     spec = dict(batch=ctx.batch, tokens=tokens, heads=cfg.num_heads, head_dim=cfg.head_dim,
-                dtype=str(dtype).removeprefix("torch."), seed=ctx.seed, repeats=ctx.repeats, warmup=ctx.warmup)
+                dtype=str(dtype).removeprefix("torch."), seed=ctx.seed, repeats=ctx.repeats, warmup=ctx.warmup,
+                dit_ctx=ctx.replace(dtype=dtype, ceilings=None) if run_dit else None)
     try:
         report = _spawn(WORLD, backend, spec)
     except RuntimeError as err:
@@ -178,8 +224,13 @@ def _measured_rows(ctx: BenchContext, result: SuiteResult) -> None:
             "ulysses attention": 4 * shard * (WORLD - 1) / WORLD,
             "ring attention": 2 * shard * (WORLD - 1)}
     shape = f"B{ctx.batch} S{tokens} H{cfg.num_heads} D{cfg.head_dim} over {WORLD} ranks"
-    for case, samples in report["samples"].items():
-        kind = case.split()[0]
+    dit_times = {}
+    for name, samples in report["samples"].items():
+        stats = summarize(samples, ctx.warmup)
+        if name.startswith("dit forward"):
+            dit_times[name.split()[-1]] = stats
+            continue
+        kind = name.split()[0]
         accuracy, oracle = None, ""
         if kind in report["outputs"][0]:
             parts = [rank_outputs[kind] for rank_outputs in report["outputs"]]
@@ -187,9 +238,34 @@ def _measured_rows(ctx: BenchContext, result: SuiteResult) -> None:
             want = torch.cat([torch.from_numpy(p[1]) for p in parts], dim=1)
             accuracy, oracle = compare_tensors(got, want), "fp64 attention, one process"
         result.rows.append(make_row(
-            ctx, SUITE, case, f"{backend}-{WORLD}", summarize(samples, ctx.warmup), shape=shape,
-            dtype=dtype_name(dtype), cost=single_cost(case, 0, sent[case]), accuracy=accuracy, oracle=oracle,
+            ctx, SUITE, name, f"{backend}-{WORLD}", stats, shape=shape, dtype=dtype_name(dtype),
+            cost=single_cost(name, 0, sent[name]), accuracy=accuracy, oracle=oracle,
             note="GB/s = bytes sent per rank / time"))
+    _dit_rows(ctx, result, dit_times, report["outputs"][0], backend, dtype)
+
+
+def _dit_rows(ctx: BenchContext, result: SuiteResult, times: dict, outputs: dict, backend: str, dtype) -> None:
+    """Rows of the sequence-parallel forwards: the per-rank share of the work (so %floor is per
+    device), accuracy against the single-process executor, speedup and scaling efficiency."""
+    if "executor-1" not in times:
+        return
+    cfg = ctx.dit_config
+    forward = dit_forward_cost(cfg, ctx.width, ctx.height, ctx.frames, ctx.batch,
+                               dtype_bytes=torch.empty((), dtype=dtype).element_size())
+    shape = f"{ctx.size_label} B{ctx.batch} {cfg.num_layers}L"
+    base = times["executor-1"].median_s
+    for impl, stats in times.items():
+        ranks = 1 if impl == "executor-1" else WORLD
+        accuracy, oracle, note = None, "(is the oracle)", f"{backend}, one rank alone"
+        if ranks > 1:
+            got, want = (torch.from_numpy(a) for a in outputs[f"dit {impl}"])
+            accuracy, oracle = compare_tensors(got, want), "executor, one process"
+            note = (f"{backend}: speedup {base / stats.median_s:.2f}x, scaling efficiency "
+                    f"{100 * base / (ranks * stats.median_s):.0f}% (rates: per-rank share)")
+        result.rows.append(make_row(
+            ctx, SUITE, "dit forward", impl, stats, shape=shape, dtype=dtype_name(dtype),
+            cost=single_cost("dit forward", forward.flops / ranks, forward.bytes / ranks), accuracy=accuracy,
+            oracle=oracle, note=note))
 
 
 def run(ctx: BenchContext) -> SuiteResult:
