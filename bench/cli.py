@@ -115,7 +115,7 @@ def _positive(name: str, value, allow_zero: bool = False) -> None:
         raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
-def make_context(args, ceilings=None):
+def make_context(args):
     """A BenchContext from parsed options (ValueError on bad values, before any model is built)."""
     from .suites.common import BenchContext
 
@@ -134,7 +134,7 @@ def make_context(args, ceilings=None):
         frames=args.frames or model.sample.num_frames, device=device, dtype=dtype,
         repeats=args.repeats or defaults["repeats"],
         warmup=defaults["warmup"] if args.warmup is None else args.warmup,
-        batch=args.batch, layers=args.layers, steps=args.steps, compile=args.compile, ceilings=ceilings,
+        batch=args.batch, layers=args.layers, steps=args.steps, compile=args.compile,
         seed=args.seed,
     )
 
@@ -190,7 +190,7 @@ def settings_of(ctx) -> dict:
 
 
 def print_results(suites: dict, log=print) -> None:
-    from .report import format_table, _telemetry_line
+    from .report import format_table, telemetry_line
 
     for name, suite in suites.items():
         log(f"\n== {name} ({suite['seconds']:.1f} s) ==")
@@ -201,7 +201,7 @@ def print_results(suites: dict, log=print) -> None:
         for note in suite["notes"]:
             log(f"  note: {note}")
         if (suite.get("telemetry") or {}).get("available"):
-            log(f"  {_telemetry_line(suite['telemetry'])}")
+            log(f"  {telemetry_line(suite['telemetry'])}")
 
 
 def run_command(args) -> int:

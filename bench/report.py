@@ -268,7 +268,8 @@ def plot_speed_vs_accuracy(rows: list[dict], path: Path) -> Path | None:
     return path
 
 
-def _telemetry_line(telemetry: dict | None) -> str:
+def telemetry_line(telemetry: dict | None) -> str:
+    """One line summarizing a TelemetrySummary dict, or why there is none."""
     if not telemetry:
         return ""
     if not telemetry.get("available"):
@@ -301,7 +302,7 @@ def markdown_report(report: dict, plot_name: str | None = None, title: str = "wa
         # A suite with preformatted text (the roofline breakdown) shows that instead of its rows.
         lines += ["```", suite["text"], "```"] if suite.get("text") else [markdown_table(suite["rows"])]
         notes = list(suite.get("notes", []))
-        telemetry = _telemetry_line(suite.get("telemetry"))
+        telemetry = telemetry_line(suite.get("telemetry"))
         if telemetry:
             notes.append(telemetry)
         if notes:
