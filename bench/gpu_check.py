@@ -10,6 +10,7 @@ preset) so CI exercises it in well under a minute. The time budget on an H100 is
 from __future__ import annotations
 
 import datetime
+import shlex
 import subprocess
 import sys
 import time
@@ -48,7 +49,7 @@ def run_gpu_tests(tests: str, timeout_s: float) -> dict:
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu or multigpu", tests, "-q", "-p", "no:cacheprovider", "-rs"]
     start = time.perf_counter()
     if not (REPO_ROOT / tests).exists() and not Path(tests).exists():
-        return dict(command=" ".join(cmd), returncode=None, ok=False, seconds=0.0,
+        return dict(command=shlex.join(cmd), returncode=None, ok=False, seconds=0.0,
                     summary=f"test folder {tests!r} not found", tail="")
     try:
         done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
@@ -60,7 +61,7 @@ def run_gpu_tests(tests: str, timeout_s: float) -> dict:
     summary = lines[-1] if lines else "(no output)"
     if returncode is None:
         summary = f"timed out after {timeout_s:.0f} s; last line: {summary}"
-    return dict(command=" ".join(cmd), returncode=returncode, ok=returncode in (0, 5),
+    return dict(command=shlex.join(cmd), returncode=returncode, ok=returncode in (0, 5),
                 seconds=time.perf_counter() - start, summary=summary, tail="\n".join(lines[-40:]))
 
 

@@ -411,6 +411,8 @@ def test_gpu_check_dry_run(tmp_path):
     loaded = json.loads(result["json"].read_text())
     assert loaded["tests"]["ok"] and "deselected" in loaded["tests"]["summary"]
     assert set(loaded["suites"]) == {"kernels", "attention", "dit", "vae"}
+    triton = [r for r in loaded["suites"]["kernels"]["rows"] if r["impl"] == "triton"]
+    assert len(triton) == 5 and all(r["rel_l2"] < 1e-6 for r in triton)  # fp32 kernels vs fp32 torch ops
     dit = {r["impl"]: r for r in loaded["suites"]["dit"]["rows"]}
     assert dit["executor"]["rel_l2"] < 1e-5 and dit["reference-bf16"]["rel_l2"] < 0.05
     vae = [r for r in loaded["suites"]["vae"]["rows"] if r["psnr"] is not None]
