@@ -9,7 +9,7 @@ room for that, while a wrong shard, RoPE slice or branch is off by O(1). The CFG
 to the default single-process runner, which batches both branches into one forward; that batching
 alone moves the guided velocity by ~1e-6 (the guidance 4.5 amplifies c - u). Against the
 single-process runner without batching, CFG parallelism alone is bitwise equal (same forwards,
-same fp32 combine).
+same fp32 combine), for the executor and for the eager reference engine alike.
 
 Token grids of 45 and 16 tokens: 45 is divisible by neither 2 nor 4, so every layout pads, and the
 padding (embedded zero patches, i.e. non-zero keys) must be kept out of attention through kv_len.
@@ -102,6 +102,10 @@ def dit_suite(rank: int, world_size: int) -> dict:
                     actual = velocity(latents, t)
                     separate = make_guided_velocity(single, context, context_null, GUIDANCE, cfg_batch=False)
                     unbatched[f"{name}-{grid}"] = rel_l2(actual, separate(latents, t))
+                    if name == "cfg2":  # the eager reference engine takes the same runner path
+                        eager = make_guided_velocity(reference, context, context_null, GUIDANCE, mesh=mesh)
+                        expected_eager = make_guided_velocity(reference, context, context_null, GUIDANCE)
+                        unbatched[f"cfg2-reference-{grid}"] = rel_l2(eager(latents, t), expected_eager(latents, t))
             assert actual.shape == expected.shape, (name, grid, actual.shape, expected.shape)
             errors[name][grid] = rel_l2(actual, expected)
         if name in ("ring2", "hybrid2x2"):
