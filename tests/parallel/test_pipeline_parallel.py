@@ -104,6 +104,7 @@ def test_a_layout_larger_than_the_launch_is_refused_before_loading(vae_less_mode
 
 @pytest.mark.parametrize("flags,message", [
     (["--ulysses", "0"], "ulysses must be >= 1, got 0"),
+    (["--engine", "reference", "--ring", "2"], "needs engine='executor'"),
     (["--ring", "-2"], "ring must be >= 1, got -2"),
     (["--dist-timeout", "0"], "--dist-timeout must be a finite number of seconds > 0"),
 ])
