@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..configs import PRESETS, DiTConfig, ModelConfig, get_preset
+from ..configs import PRESETS, DiTConfig, ModelConfig, T5Config, get_preset
 from ..device import resolve_device, resolve_dtype
 from ..engine_config import ENGINES, EngineConfig
 from ..env import LaunchEnv
@@ -178,7 +178,7 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
                 text_device=text_device, offload=offload, mesh=mesh, decode_group=decode_group)
 
 
-def text_config(text) -> "T5Config":
+def text_config(text) -> T5Config:
     from .t5_format import infer_t5_config
 
     return infer_t5_config(text.model.state_dict(), text_len=text.text_len)
