@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_info(sub)
+    from .bench.cli import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
