@@ -147,15 +147,19 @@ def _collective_rank(rank, world, init_file, backend, sizes, repeats, warmup, re
         results.put((rank, False, traceback.format_exc()))
 
 
-def _spawn(world, backend, sizes, repeats, warmup):
+def spawn_ranks(target, world: int, args: tuple) -> object:
+    """Run `target(rank, world, init_file, *args, results)` on `world` spawned processes.
+
+    Each rank puts `(rank, ok, value)` on `results`; returns rank 0's value, or raises RuntimeError
+    with the failing rank's traceback, or when the ranks do not report within SPAWN_DEADLINE_S.
+    """
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "rendezvous")
-        procs = [ctx.Process(target=_collective_rank, daemon=True,
-                             args=(r, world, init_file, backend, sizes, repeats, warmup, results))
+        procs = [ctx.Process(target=target, daemon=True, args=(r, world, init_file, *args, results))
                  for r in range(world)]
         for p in procs:
             p.start()
@@ -196,7 +200,7 @@ def time_collectives(world: int, sizes: list[int] | tuple[int, ...], backend: st
         raise ValueError(f"sizes must be a non-empty list of byte counts >= {FP32_BYTES}, got {sizes!r}")
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
-    reports = _spawn(world, backend, list(sizes), repeats, warmup)
+    reports = spawn_ranks(_collective_rank, world, (backend, list(sizes), repeats, warmup))
     rows = []
     for (case, nbytes), samples in reports[0].items():
         if case == "verified":

@@ -14,14 +14,13 @@ speedup and scaling efficiency (on the CPU only at the tiny sizes; at full size 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import traceback
 from datetime import timedelta
 
 import torch
 
 from ..accuracy import compare_tensors
+from ..parallel import spawn_ranks
 from ..roofline import dit_forward_cost, dit_tokens
 from ..timing import measure, summarize
 from .attention import exact_attention, oracle_rows
@@ -31,7 +30,6 @@ SUITE = "parallel"
 WORLD = 2
 DEGREES = (2, 4, 8)
 CPU_MAX_TOKENS = 255
-SPAWN_DEADLINE_S = 180.0
 
 
 def layouts() -> list[tuple[str, dict]]:
@@ -163,37 +161,6 @@ def _dit_forwards(ctx: BenchContext, world: int, timed) -> dict:
     return compared
 
 
-def _spawn(world: int, backend: str, spec: dict) -> dict:
-    """Run `_rank_main` on `world` spawned ranks; rank 0's report, or RuntimeError with the cause."""
-    import queue
-
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "rendezvous")
-        procs = [ctx.Process(target=_rank_main, args=(r, world, init_file, backend, spec, results))
-                 for r in range(world)]
-        for p in procs:
-            p.start()
-        reports = {}
-        try:
-            while len(reports) < world:
-                rank, ok, value = results.get(timeout=SPAWN_DEADLINE_S)
-                if not ok:
-                    raise RuntimeError(f"rank {rank} failed:\n{value}")
-                reports[rank] = value
-        except queue.Empty:
-            raise RuntimeError(f"ranks did not report within {SPAWN_DEADLINE_S:.0f} s") from None
-        finally:
-            for p in procs:
-                p.join(timeout=10)
-                if p.is_alive():
-                    p.kill()
-    return reports[0]
-
-
 def _measured_rows(ctx: BenchContext, result: SuiteResult) -> None:
     cfg = ctx.dit_config
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -214,7 +181,7 @@ def _measured_rows(ctx: BenchContext, result: SuiteResult) -> None:
                 dtype=str(dtype).removeprefix("torch."), seed=ctx.seed, repeats=ctx.repeats, warmup=ctx.warmup,
                 dit_ctx=ctx.replace(dtype=dtype, ceilings=None) if run_dit else None)
     try:
-        report = _spawn(WORLD, backend, spec)
+        report = spawn_ranks(_rank_main, WORLD, (backend, spec))
     except RuntimeError as err:
         result.notes.append(f"parallel: measured part failed ({str(err)[-300:]})")
         return

@@ -22,7 +22,7 @@ from ..configs import DiTConfig
 from ..engine_config import EngineConfig
 from ..ops import OpSet, resolve_ops
 from ..parallel.shard_plan import ShardPlan
-from ..reference.dit import patchify, sinusoidal_embedding_1d, unpatchify
+from ..reference.dit import patchify, sinusoidal_embedding_1d, unpatchify, video_input
 from .block import BlockSpec, make_block_fn
 from .rope_cache import RopeCache, RopeTable
 from .text_cache import TextKV, prepare_context_kv
@@ -98,7 +98,7 @@ class WanExecutor(nn.Module):
         the length is rounded up to a multiple of the sp degree, and every rank of the sp group
         must call this with the same inputs (each computes its slice, all return the whole)."""
         cfg = self.config
-        x = self._check_video(x, y)
+        x = video_input(cfg, x, y)
         batch = x.shape[0]
         if t.shape != (batch,):
             raise ValueError(f"t must have shape [B] = [{batch}], got {tuple(t.shape)}")
@@ -169,23 +169,6 @@ class WanExecutor(nn.Module):
         mods = g["modulation"][:, :, None, :] + e0.transpose(0, 1)[None]
         head = g["head_modulation"][:, None, :] + e[None]
         return mods, head[0], head[1]
-
-    def _check_video(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        cfg = self.config
-        if not isinstance(x, torch.Tensor) or x.ndim != 5:
-            raise ValueError(f"x must be [B, C, F, H, W], got {getattr(x, 'shape', type(x).__name__)}")
-        if y is not None:
-            if y.ndim != 5 or y.shape[0] != x.shape[0] or y.shape[2:] != x.shape[2:]:
-                raise ValueError(f"y must be [B, C_y, F, H, W] matching x {tuple(x.shape)}, got {tuple(y.shape)}")
-            x = torch.cat([x, y.to(x.dtype)], dim=1)
-        elif cfg.model_type != "t2v":
-            raise ValueError(f"model_type {cfg.model_type!r} needs y (conditioning latents)")
-        if x.shape[1] != cfg.in_dim:
-            raise ValueError(f"x (+ y) must have in_dim={cfg.in_dim} channels, got {x.shape[1]}")
-        for size, p, axis in zip(x.shape[2:], cfg.patch_size, "FHW"):
-            if size % p:
-                raise ValueError(f"x's {axis} = {size} must be divisible by patch size {p}")
-        return x
 
 
 def build_executor(dit: nn.Module, engine_config: EngineConfig | None = None,

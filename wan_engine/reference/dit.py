@@ -124,6 +124,24 @@ def pad_context(context: torch.Tensor, text_len: int) -> torch.Tensor:
     return F.pad(context, (0, 0, 0, text_len - length))
 
 
+def video_input(cfg: DiTConfig, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """Validate the latents `x` [B, C, F, H, W] (+ i2v conditioning `y`) and concatenate them on channels."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 5:
+        raise ValueError(f"x must be [B, C, F, H, W], got {getattr(x, 'shape', type(x).__name__)}")
+    if y is not None:
+        if y.ndim != 5 or y.shape[0] != x.shape[0] or y.shape[2:] != x.shape[2:]:
+            raise ValueError(f"y must be [B, C_y, F, H, W] matching x {tuple(x.shape)}, got {tuple(y.shape)}")
+        x = torch.cat([x, y.to(x.dtype)], dim=1)
+    elif cfg.model_type != "t2v":
+        raise ValueError(f"model_type {cfg.model_type!r} needs y (conditioning latents)")
+    if x.shape[1] != cfg.in_dim:
+        raise ValueError(f"x (+ y) must have in_dim={cfg.in_dim} channels, got {x.shape[1]}")
+    for size, p, axis in zip(x.shape[2:], cfg.patch_size, "FHW"):
+        if size % p:
+            raise ValueError(f"x's {axis} = {size} must be divisible by patch size {p}")
+    return x
+
+
 def _layer_norm(x: torch.Tensor, eps: float, norm: nn.LayerNorm | None = None) -> torch.Tensor:
     """Official WanLayerNorm: computed in fp32, returned in x's dtype."""
     weight = None if norm is None else norm.weight.float()
@@ -317,7 +335,7 @@ class WanDiT(nn.Module):
         Returns fp32 [B, out_dim, F, H, W].
         """
         cfg, cd = self.config, self.compute_dtype
-        x = self._check_video(x, y)
+        x = video_input(cfg, x, y)
         batch = x.shape[0]
         if t.shape != (batch,):
             raise ValueError(f"t must have shape [B] = [{batch}], got {tuple(t.shape)}")
@@ -349,23 +367,6 @@ class WanDiT(nn.Module):
             tokens = block(tokens, e0, context, grid, freqs, real_len, cd)
         out = self.head(tokens, e)
         return unpatchify(out, grid, cfg.patch_size, cfg.out_dim).float()
-
-    def _check_video(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        cfg = self.config
-        if x.ndim != 5:
-            raise ValueError(f"x must be [B, C, F, H, W], got shape {tuple(x.shape)}")
-        if y is not None:
-            if y.ndim != 5 or y.shape[0] != x.shape[0] or y.shape[2:] != x.shape[2:]:
-                raise ValueError(f"y must be [B, C_y, F, H, W] matching x {tuple(x.shape)}, got {tuple(y.shape)}")
-            x = torch.cat([x, y.to(x.dtype)], dim=1)
-        elif cfg.model_type != "t2v":
-            raise ValueError(f"model_type {cfg.model_type!r} needs y (conditioning latents)")
-        if x.shape[1] != cfg.in_dim:
-            raise ValueError(f"x (+ y) must have in_dim={cfg.in_dim} channels, got {x.shape[1]}")
-        for size, p, axis in zip(x.shape[2:], cfg.patch_size, "FHW"):
-            if size % p:
-                raise ValueError(f"x's {axis} = {size} must be divisible by patch size {p}")
-        return x
 
     def _embed_image(self, clip_fea: torch.Tensor | None, batch: int) -> torch.Tensor:
         tokens = 2 * CLIP_TOKENS if self.config.model_type == "flf2v" else CLIP_TOKENS
