@@ -51,7 +51,7 @@ def load_dit(path: str | Path, dtype: torch.dtype | None = None, device="cpu", c
     cfg = config or infer_dit_config(sd, config_json)
     with torch.device("meta"):
         model = WanDiT(cfg, compute_dtype=dtype or torch.float32)
-    return load_into(model, sd, dtype=dtype, device=device, source=str(path)).eval().requires_grad_(False)
+    return load_into(model, sd, dtype=dtype, device=device, source=str(path), consume=True).eval().requires_grad_(False)
 
 
 def read_vae_state_dict(path: str | Path) -> dict:
@@ -83,7 +83,7 @@ def load_vae(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu",
     cfg = config or infer_vae_config(sd)
     with torch.device("meta"):
         model = WanVAE(cfg)
-    return load_into(model, sd, dtype=dtype, device=device, source=str(path)).eval().requires_grad_(False)
+    return load_into(model, sd, dtype=dtype, device=device, source=str(path), consume=True).eval().requires_grad_(False)
 
 
 def load_text_encoder(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu", text_len: int = 512,
