@@ -26,6 +26,7 @@ setup(
         "safetensors",
         "transformers>=4.45",
         "tokenizers",
+        "ftfy",  # the official prompt cleaning
         "sentencepiece",
         "protobuf",
         "tqdm",

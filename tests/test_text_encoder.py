@@ -351,13 +351,22 @@ def test_clean_prompt_matches_official_whitespace_cleaning():
     assert clean_prompt("&lt;x&gt;") == "<x>"
 
 
+def test_clean_prompt_runs_ftfy_like_the_official_cleaner():
+    """The official cleaner always runs ftfy.fix_text, which maps fullwidth ASCII forms to ASCII and
+    straightens quotes: the default negative prompt's fullwidth commas reach the tokenizer as ','."""
+    cleaned = clean_prompt(WAN21_NEGATIVE_PROMPT)
+    assert "\uff0c" not in cleaned and cleaned.count(",") == WAN21_NEGATIVE_PROMPT.count("\uff0c") > 0
+    assert cleaned == WAN21_NEGATIVE_PROMPT.replace("\uff0c", ",")
+    assert clean_prompt("\u201cquoted\u201d \uff46\uff55\uff4c\uff4c") == '"quoted" full'
+
+
 def test_tiny_tokenizer_is_deterministic_and_offline(tmp_path):
     prompts = ["A cat, 1 ball.", WAN21_NEGATIVE_PROMPT[:40], ""]
     ids_a, mask_a = tiny_tokenizer(384, text_len=160)(prompts)
     ids_b, mask_b = tiny_tokenizer(384, text_len=160)(prompts)
     assert torch.equal(ids_a, ids_b) and torch.equal(mask_a, mask_b)
     for row, m, prompt in zip(ids_a, mask_a, prompts):
-        want = [3 + b for b in prompt.encode()] + [1]
+        want = [3 + b for b in clean_prompt(prompt).encode()] + [1]  # ftfy turns "，" into ","
         assert row[: len(want)].tolist() == want and not row[len(want):].any()
         assert m.sum().item() == len(want)
     assert ids_a.max() < 384 and ids_a.dtype == torch.int64

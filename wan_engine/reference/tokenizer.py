@@ -11,16 +11,12 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+import ftfy  # required: the official cleaner runs it, and it rewrites the default negative prompt
 import regex  # the official cleaner uses `regex`, whose \s differs slightly from `re`'s
 import torch
 from tokenizers import Tokenizer as _RustTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
-
-try:  # the official cleaner runs ftfy; it is optional here and skipped when absent
-    import ftfy
-except ImportError:
-    ftfy = None
 
 # T5's special-token ids, which the tiny tokenizer keeps so ids mean the same thing.
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
@@ -32,9 +28,12 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
 
 
 def clean_prompt(text: str) -> str:
-    """Wan's 'whitespace' cleaning: ftfy (if installed), HTML-unescape twice, collapse whitespace, strip."""
-    if ftfy is not None:
-        text = ftfy.fix_text(text)
+    """Wan's 'whitespace' cleaning: ftfy, HTML-unescape twice, collapse whitespace, strip.
+
+    ftfy is not optional: it turns fullwidth ASCII forms into ASCII (the official Chinese negative
+    prompt's '，' become ','), so skipping it changes the tokens the text encoder sees.
+    """
+    text = ftfy.fix_text(text)
     # Twice, as the official does, so doubly escaped entities such as '&amp;amp;' come out as '&'.
     text = html.unescape(html.unescape(text)).strip()
     return regex.sub(r"\s+", " ", text).strip()
