@@ -11,7 +11,6 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-import ftfy  # required: the official cleaner runs it, and it rewrites the default negative prompt
 import regex  # the official cleaner uses `regex`, whose \s differs slightly from `re`'s
 import torch
 from tokenizers import Tokenizer as _RustTokenizer
@@ -31,8 +30,14 @@ def clean_prompt(text: str) -> str:
     """Wan's 'whitespace' cleaning: ftfy, HTML-unescape twice, collapse whitespace, strip.
 
     ftfy is not optional: it turns fullwidth ASCII forms into ASCII (the official Chinese negative
-    prompt's '，' become ','), so skipping it changes the tokens the text encoder sees.
+    prompt's '，' become ','), so skipping it changes the tokens the text encoder sees. It is imported
+    here rather than at module level so that code which never cleans a prompt (the GPU image has no
+    ftfy) can still import the text encoder; cleaning without it fails.
     """
+    try:
+        import ftfy
+    except ImportError as err:
+        raise ImportError("prompt cleaning needs ftfy, as the official Wan2.1 cleaner does: pip install ftfy") from err
     text = ftfy.fix_text(text)
     # Twice, as the official does, so doubly escaped entities such as '&amp;amp;' come out as '&'.
     text = html.unescape(html.unescape(text)).strip()

@@ -1,0 +1,45 @@
+"""CPU checks for failures that would otherwise first show on the lent GPU machine.
+
+That machine (see design.md, "Running on a lent GPU") has torch, triton, transformers and pytest
+but not diffusers, ftfy, imageio-ffmpeg, PyAV or flash-attn, and no network to install them.
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Absent from the GPU image; `sys.modules[name] = None` makes both `import name` and
+# `importlib.util.find_spec(name)` behave as if the package were not installed.
+MISSING_ON_GPU_IMAGE = ("diffusers", "ftfy", "imageio_ffmpeg", "av", "flash_attn", "flash_attn_interface")
+
+
+def _run_without_gpu_image_packages(code: str) -> subprocess.CompletedProcess:
+    prelude = f"import sys\nfor name in {MISSING_ON_GPU_IMAGE!r}:\n    sys.modules[name] = None\n"
+    return subprocess.run([sys.executable, "-c", prelude + code], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_gpu_tests_collect_without_the_packages_the_gpu_image_lacks():
+    """`bench/gpu_check.sh` runs `pytest -m "gpu or multigpu" tests/`: one module that fails to
+    import there is a collection error, and then not a single GPU test runs."""
+    child = _run_without_gpu_image_packages(
+        "import pytest\n"
+        "sys.exit(pytest.main(['--collect-only', '-q', '-m', 'gpu or multigpu', 'tests', "
+        "'-p', 'no:cacheprovider']))\n")
+    output = child.stdout + child.stderr
+    assert child.returncode in (0, 5), f"collection failed (exit {child.returncode}):\n{output[-3000:]}"
+    assert "error" not in output.splitlines()[-1].lower(), output[-3000:]
+
+
+def test_prompt_cleaning_without_ftfy_fails_naming_it():
+    """The text encoder imports without ftfy, but cleaning a prompt (which the official cleaner
+    always runs ftfy for) refuses rather than silently producing other tokens."""
+    child = _run_without_gpu_image_packages(
+        "from wan_engine.reference.text_encoder import TextEncoder\n"
+        "from wan_engine.reference.tokenizer import clean_prompt\n"
+        "try:\n"
+        "    clean_prompt('a corgi')\n"
+        "except ImportError as err:\n"
+        "    print('ImportError:', err)\n")
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert "ImportError:" in child.stdout and "ftfy" in child.stdout, child.stdout + child.stderr
