@@ -7,6 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from wan_engine.reference.schedulers import SOLVER_NAMES, make_solver
+from wan_engine.runner import cfg_denoise
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Absent from the GPU image; `sys.modules[name] = None` makes both `import name` and
 # `importlib.util.find_spec(name)` behave as if the package were not installed.
@@ -43,3 +50,37 @@ def test_prompt_cleaning_without_ftfy_fails_naming_it():
         "    print('ImportError:', err)\n")
     assert child.returncode == 0, child.stderr[-3000:]
     assert "ImportError:" in child.stdout and "ftfy" in child.stdout, child.stdout + child.stderr
+
+
+class _HostToDeviceCopies(TorchDispatchMode):
+    """Counts copies between the CPU and the meta device, which stands in for CUDA here."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default):
+            devices = {a.device.type for a in (*args, out) if isinstance(a, torch.Tensor)}
+            self.count += devices == {"cpu", "meta"}
+        return out
+
+
+@pytest.mark.parametrize("solver_name", SOLVER_NAMES)
+def test_denoise_loop_copies_the_schedule_to_the_device_once(solver_name):
+    """A pageable host-to-device copy blocks the host until the GPU has finished the previous
+    step. The loop moves the timesteps once; the solver's CPU sigmas enter as scalars (no copy)."""
+    steps, seen = 6, []
+
+    def dit(x, t, context):
+        seen.append((t.device.type, tuple(t.shape)))
+        return 0.5 * x
+
+    latents = torch.empty(2, 4, 1, 2, 2, device="meta")
+    context = torch.empty(2, 3, 8, device="meta")
+    with _HostToDeviceCopies() as copies:
+        out = cfg_denoise(dit, latents, context, context, make_solver(solver_name, steps, 5.0), 5.0)
+    assert out.device.type == "meta" and out.shape == latents.shape
+    assert seen == [("meta", (2,))] * (2 * steps)  # both CFG branches of every step
+    assert copies.count == 1, f"{copies.count} host-to-device copies for {steps} steps"

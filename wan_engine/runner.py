@@ -98,8 +98,12 @@ def cfg_denoise(dit, latents: torch.Tensor, context: torch.Tensor, context_null:
     parallel `mesh`, every rank of it runs this with the same inputs and gets the same latents.
     """
     velocity = make_guided_velocity(dit, context, context_null, guidance, cfg_batch, mesh)
-    steps = tqdm(solver.timesteps, desc="denoising", disable=not progress, leave=False)
-    for i, t in enumerate(steps):
-        timestep = t.reshape(1).expand(latents.shape[0]).to(latents.device)
+    # One host-to-device copy for the whole schedule: a pageable copy per step would make the
+    # host wait for the previous step's GPU work every step (the solver's CPU sigmas enter as
+    # scalars and cost nothing).
+    timesteps = solver.timesteps.to(latents.device)
+    steps = tqdm(range(solver.num_steps), desc="denoising", disable=not progress, leave=False)
+    for i in steps:
+        timestep = timesteps[i].reshape(1).expand(latents.shape[0])
         latents = solver.step(velocity(latents, timestep), i, latents)
     return latents
