@@ -260,6 +260,16 @@ def test_gpu_fp32_backends(name):
 
 
 @pytest.mark.gpu
+def test_gpu_fp64_sdpa_returns_lse():
+    """No fused CUDA kernel takes float64: the lse comes from the explicit softmax instead."""
+    backend = resolve_attention_backend("sdpa", "cuda", torch.float64, 16)
+    q, k, v = random_qkv((2, 9, 13, 2, 16), torch.float64, device="cuda", seed=10)
+    out, lse = backend(q, k, v, return_lse=True)
+    ref_out, ref_lse = oracle(q, k, v, 0.25)
+    assert lse.dtype == torch.float64 and max_err(out, ref_out) < 1e-12 and max_err(lse, ref_lse) < 1e-12
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", ["fa3", "fa2", "sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn"])
 def test_gpu_kv_len_padding(name):
     backend = _resolve_or_skip(name, torch.bfloat16, 128)

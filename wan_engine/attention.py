@@ -266,7 +266,10 @@ def _build(name: str, device: torch.device, dtype: torch.dtype, head_dim: int) -
         if device.type == "cuda":
             major, _ = _cuda_capability(name, device)
             use_flash = dtype in _HALF and head_dim <= 256 and major >= 8
-            lse_fn = _lse_cuda_flash if use_flash else _lse_cuda_efficient
+            if use_flash:
+                lse_fn = _lse_cuda_flash
+            else:  # the memory-efficient kernel has no float64 variant
+                lse_fn = _lse_math if dtype == torch.float64 else _lse_cuda_efficient
         elif device.type == "cpu":
             lse_fn = _lse_cpu_flash
         else:  # no lse-returning fused op known for this device: compute it explicitly
