@@ -14,5 +14,7 @@ PY=${PYTHON:-python3}
 OUT=bench/results
 if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then OUT=$1; shift; fi
 # The GPU image has torch, triton and pytest but not this package: install it in place, once.
-"$PY" -c "import wan_engine.bench" 2>/dev/null || "$PY" -m pip install -q --no-deps --no-build-isolation -e .
+# It has no network either: --no-index also skips pip's own version check, which would try one.
+"$PY" -c "import wan_engine.bench" 2>/dev/null \
+    || "$PY" -m pip install -q --no-deps --no-build-isolation --no-index --disable-pip-version-check -e .
 exec "$PY" -m wan_engine.bench --gpu-check --out "$OUT" "$@"
