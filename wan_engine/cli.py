@@ -71,8 +71,8 @@ def _check_given(args) -> None:
     for value, check in checks:
         if value is not None:
             check(value)
-    if args.seed is not None and args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.seed is not None and not 0 <= args.seed < validation.SEED_BOUND:
+        raise ValueError(f"--seed must be in [0, 2**63), got {args.seed}")
     if args.dist_timeout is not None and not 0 < args.dist_timeout < float("inf"):
         raise ValueError(f"--dist-timeout must be a finite number of seconds > 0, got {args.dist_timeout}")
     if args.save_frames is not None and not str(args.save_frames).endswith(".npy"):

@@ -1,14 +1,19 @@
 """Request validation shared by the Python API and the CLI: every message names the parameter."""
 from __future__ import annotations
 
+import math
+import operator
+
 SOLVERS = ("unipc", "dpm++", "euler")
+SEED_BOUND = 2**63  # seeds are in [0, 2**63), the official range (sys.maxsize) and the parallel broadcast's
 
 
 def check_size(size) -> tuple[int, int]:
     try:
-        width, height = (int(v) for v in size)
+        # operator.index refuses floats, so (832.5, 480) is an error rather than a silent 832.
+        width, height = (operator.index(v) for v in size)
     except (TypeError, ValueError):
-        raise ValueError(f"size must be (width, height), got {size!r}") from None
+        raise ValueError(f"size must be two integers (width, height), got {size!r}") from None
     if width <= 0 or height <= 0 or width % 16 or height % 16:
         raise ValueError(
             f"size must be positive multiples of 16 (VAE stride 8 x patch 2), got {width}x{height}; "
@@ -29,18 +34,36 @@ def check_steps(steps: int) -> int:
     return steps
 
 
+def _finite_number(name: str, value) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):  # inf guidance turns the whole video into NaN
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return number
+
+
 def check_guidance(guidance: float) -> float:
-    guidance = float(guidance)
-    if not guidance >= 0.0:  # also rejects NaN
+    guidance = _finite_number("guidance", guidance)
+    if guidance < 0.0:
         raise ValueError(f"guidance must be >= 0, got {guidance}")
     return guidance
 
 
 def check_shift(shift: float) -> float:
-    shift = float(shift)
+    shift = _finite_number("shift", shift)
     if not shift > 0.0:
         raise ValueError(f"shift must be > 0, got {shift}")
     return shift
+
+
+def check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_BOUND:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    return seed
 
 
 def check_solver(solver: str) -> str:

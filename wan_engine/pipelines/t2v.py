@@ -118,13 +118,15 @@ class WanPipeline:
         d = self.config.sample
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            raise ValueError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
         width, height = validation.check_size(d.size if size is None else size)
+        if seed is not None:
+            validation.check_seed(seed)
         if self.is_parallel:
             seed = shared_seed(seed, self.mesh)  # rank 0's seed, drawn there when None (collective)
         elif seed is None:
-            seed = random.randrange(2**63)
-        elif not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+            seed = random.randrange(validation.SEED_BOUND)
         return Request(
             prompt=prompt,
             negative_prompt=d.negative_prompt if negative_prompt is None else negative_prompt,
