@@ -60,3 +60,11 @@ def test_cli_refuses_non_finite_and_out_of_range_numbers_before_loading(tmp_path
     cli_refuses(capsys, ["generate", "--model", str(tmp_path / "absent"), "--prompt", "p", "--output", str(out),
                          *args], match)
     assert not out.exists()
+
+
+def test_unknown_device_is_a_message_not_a_traceback(capsys):
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"):
+        wan_engine.WanPipeline.from_pretrained("tiny", device="tpu")
+    cli_refuses(capsys, ["generate", "--prompt", "p", "--device", "tpu"], "device must be")
+    cli_refuses(capsys, ["bench", "--suite", "roofline", "--model", "tiny", "--device", "gpu0", "--no-write"],
+                "device must be")
