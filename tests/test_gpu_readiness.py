@@ -38,6 +38,26 @@ def test_gpu_tests_collect_without_the_packages_the_gpu_image_lacks():
     assert "error" not in output.splitlines()[-1].lower(), output[-3000:]
 
 
+
+def test_every_module_imports_without_the_packages_the_gpu_image_lacks():
+    """Optional packages are imported where they are used, never at module level (the benchmark
+    suites skip diffusers rows, the video writer needs imageio-ffmpeg only when it writes)."""
+    child = _run_without_gpu_image_packages(
+        "import importlib, pkgutil\n"
+        "failed = []\n"
+        "for root in ('wan_engine', 'wan_engine.bench', 'wan_engine.kernels', 'wan_engine.parallel'):\n"
+        "    for info in pkgutil.walk_packages(importlib.import_module(root).__path__, root + '.'):\n"
+        "        leaf = info.name.rsplit('.', 1)[-1]\n"
+        "        if leaf == '__main__' or leaf.startswith('test_'):  # entry points run, tests collect\n"
+        "            continue\n"
+        "        try:\n"
+        "            importlib.import_module(info.name)\n"
+        "        except Exception as err:\n"
+        "            failed.append(f'{info.name}: {type(err).__name__}: {err}')\n"
+        "print('imported; failures:', failed)\n")
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert "imported; failures: []" in child.stdout, child.stdout[-3000:]
+
 def test_prompt_cleaning_without_ftfy_fails_naming_it():
     """The text encoder imports without ftfy, but cleaning a prompt (which the official cleaner
     always runs ftfy for) refuses rather than silently producing other tokens."""
