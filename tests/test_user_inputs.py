@@ -68,3 +68,75 @@ def test_unknown_device_is_a_message_not_a_traceback(capsys):
     cli_refuses(capsys, ["generate", "--prompt", "p", "--device", "tpu"], "device must be")
     cli_refuses(capsys, ["bench", "--suite", "roofline", "--model", "tiny", "--device", "gpu0", "--no-write"],
                 "device must be")
+
+
+TINY_RUN = ["generate", "--model", "tiny", "--prompt", "p", "--size", "32x32", "--frames", "1", "--steps", "1"]
+
+
+def test_cli_refuses_bad_output_paths_before_loading(tmp_path, capsys):
+    """Each of these used to fail only after the whole generation: a traceback (directory), a
+    stray error after the MP4 was written (--save-frames folder), or MP4 data under another name."""
+    (tmp_path / "afile").write_text("not a folder")
+    absent_model = ["--model", str(tmp_path / "absent")]  # refused first, so no load is tried
+    cases = [
+        (["--output", str(tmp_path)], "--output .* is a directory"),
+        (["--output", str(tmp_path / "clip.gif")], "--output must name a .mp4 file"),
+        (["--output", str(tmp_path / "afile" / "x.mp4")], "--output .* cannot be written: .*afile is not a writable"),
+        (["--output", str(tmp_path / "x.mp4"), "--save-frames", str(tmp_path / "afile" / "f.npy")],
+         "--save-frames .* cannot be written"),
+        (["--output", str(tmp_path / "x.mp4"), "--save-frames", str(tmp_path / "f.txt")],
+         "--save-frames must name a .npy file"),
+        (["--output", str(tmp_path / "x.mp4"), "--fps", "0"], "fps must be > 0"),
+    ]
+    for args, match in cases:
+        cli_refuses(capsys, [*TINY_RUN, *absent_model, *args], match)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_cli_creates_missing_folders_and_writes_readable_files(tmp_path, capsys):
+    import numpy as np
+
+    from wan_engine.video import read_video
+
+    out, frames = tmp_path / "a" / "b" / "clip.mp4", tmp_path / "c" / "frames.npy"
+    assert cli_main([*TINY_RUN, "--output", str(out), "--save-frames", str(frames)]) == 0
+    assert np.array_equal(np.load(frames).shape, (1, 32, 32, 3)) and read_video(out).shape == (1, 32, 32, 3)
+    # The same permissions as any file the user creates (the temporary file used to be 0600).
+    reference = tmp_path / "reference"
+    reference.touch()
+    assert out.stat().st_mode == frames.stat().st_mode == reference.stat().st_mode
+    assert sorted(p.name for p in out.parent.iterdir()) == ["clip.mp4"]  # no temporary left
+    assert sorted(p.name for p in frames.parent.iterdir()) == ["frames.npy"]
+
+
+def test_save_video_leaves_nothing_when_ffmpeg_fails(tmp_path):
+    """An fps that rounds to 0/1 passes validation but makes ffmpeg fail at its start; the writer
+    reports nothing itself, and the empty file used to be renamed into place."""
+    import numpy as np
+
+    from wan_engine.video import save_video
+
+    frames = np.zeros((2, 16, 16, 3), dtype=np.uint8)
+    with pytest.raises(OSError, match="did not produce a complete MP4"):
+        save_video(frames, tmp_path / "x.mp4", fps=1e-9)
+    assert list(tmp_path.iterdir()) == []
+    for fps, match in [(0, "fps must be > 0"), (float("nan"), "fps must be finite")]:
+        with pytest.raises(ValueError, match=match):
+            save_video(frames, tmp_path / "x.mp4", fps=fps)
+    with pytest.raises(ValueError, match="path must name a .mp4 file"):
+        save_video(frames, tmp_path / "x.avi")
+
+
+def test_truncated_mp4_has_no_index_box(tmp_path):
+    import numpy as np
+
+    from wan_engine.video import _has_moov_box, save_video
+
+    path = save_video(np.full((3, 16, 16, 3), 100, dtype=np.uint8), tmp_path / "x.mp4")
+    data = path.read_bytes()
+    assert _has_moov_box(path)
+    # ffmpeg writes the moov box last: any prefix that stops before it is incomplete.
+    moov = data.index(b"moov") - 4
+    for cut in (0, 7, moov // 2, moov):
+        (tmp_path / "cut.mp4").write_bytes(data[:cut])
+        assert not _has_moov_box(tmp_path / "cut.mp4")

@@ -8,8 +8,10 @@ rank 0 prints and writes the video. A rank that fails makes the others exit non-
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -27,7 +29,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--model", default="tiny", help="model directory (original or diffusers layout) or preset")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None, help="default: the official Wan2.1 negative prompt")
-    p.add_argument("--output", default="out.mp4")
+    p.add_argument("--output", default="out.mp4", help="the .mp4 file to write (missing folders are created)")
     p.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT, multiples of 16 (default: preset's)")
     p.add_argument("--frames", type=int, default=None, help="4n+1 frames (default: preset's)")
     p.add_argument("--steps", type=int, default=None)
@@ -40,7 +42,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--t5-cpu", action="store_true", help="keep the text encoder on the CPU")
     p.add_argument("--offload", action="store_true",
                    help="move the text encoder off the GPU after encoding and the DiT off before VAE decode")
-    p.add_argument("--fps", type=int, default=16)
+    p.add_argument("--fps", type=int, default=16, help="frame rate of the MP4 (default 16, Wan2.1's)")
     p.add_argument("--engine", choices=ENGINES, default="executor",
                    help="executor (fused kernels, default) or reference (the eager official math)")
     p.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto",
@@ -75,8 +77,10 @@ def _check_given(args) -> None:
         raise ValueError(f"--seed must be in [0, 2**63), got {args.seed}")
     if args.dist_timeout is not None and not 0 < args.dist_timeout < float("inf"):
         raise ValueError(f"--dist-timeout must be a finite number of seconds > 0, got {args.dist_timeout}")
-    if args.save_frames is not None and not str(args.save_frames).endswith(".npy"):
-        raise ValueError(f"--save-frames must name a .npy file, got {args.save_frames!r}")
+    validation.check_fps(args.fps)
+    validation.check_output_file(args.output, "--output", ".mp4")
+    if args.save_frames is not None:
+        validation.check_output_file(args.save_frames, "--save-frames", ".npy")
 
 
 def cmd_generate(args) -> int:
@@ -113,7 +117,11 @@ def _write_outputs(args, result, load_s: float, parallel) -> None:
 
     path = save_video(result.frames, args.output, fps=args.fps)
     if args.save_frames is not None:
-        np.save(args.save_frames, result.frames)
+        frames_path = Path(args.save_frames).expanduser()
+        frames_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = frames_path.with_name(f".{frames_path.name}.partial.npy")  # renamed when complete
+        np.save(partial, result.frames)
+        os.replace(partial, frames_path)
     f, h, w, _ = result.frames.shape
     layout = f", {parallel.describe()}" if parallel.world_size > 1 else ""
     print(f"wrote {path} ({f} frames, {w}x{h}, seed {result.seed}{layout})")
@@ -153,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, AttentionBackendError) as e:
+    except (ValueError, OSError, AttentionBackendError) as e:  # OSError: unwritable output, full disk, ...
         print(f"wan-engine: error: {e}", file=sys.stderr)
         return 2
     except PeerFailure as e:

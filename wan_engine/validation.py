@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 import operator
+import os
+from pathlib import Path
 
 SOLVERS = ("unipc", "dpm++", "euler")
 SEED_BOUND = 2**63  # seeds are in [0, 2**63), the official range (sys.maxsize) and the parallel broadcast's
@@ -70,3 +72,27 @@ def check_solver(solver: str) -> str:
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     return solver
+
+
+def check_fps(fps) -> float:
+    fps = _finite_number("fps", fps)
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    return fps
+
+
+def check_output_file(path, name: str, suffix: str) -> Path:
+    """A file path a run may write: `suffix` (e.g. ".mp4"), not a directory, and under a folder
+    the user can write (missing folders are created by the writer, so the nearest existing one
+    counts). Checked before a long generation so that it cannot fail at the very end."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{name} {str(path)!r} is a directory; name a file inside it, e.g. {path / ('out' + suffix)}")
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"{name} must name a {suffix} file, got {str(path)!r}")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {str(path)!r} cannot be written: {folder} is not a writable folder")
+    return path
