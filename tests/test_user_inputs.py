@@ -140,3 +140,20 @@ def test_truncated_mp4_has_no_index_box(tmp_path):
     for cut in (0, 7, moov // 2, moov):
         (tmp_path / "cut.mp4").write_bytes(data[:cut])
         assert not _has_moov_box(tmp_path / "cut.mp4")
+
+
+def test_info_reports_damaged_dit_files_by_name(tmp_path, capsys):
+    """`info` reads only headers; an empty or garbage shard used to raise struct.error or
+    OverflowError from a hand-written header parser, and a truncated one went unnoticed."""
+    from checkpoint_factory import write_original
+
+    from wan_engine.configs import get_preset
+
+    root = write_original(tmp_path / "m", get_preset("tiny"), shards=2)
+    assert cli_main(["info", str(root)]) == 0
+    assert "48.0 k DiT parameters" in capsys.readouterr().out  # the tiny DiT, not "0.00 B"
+    shard = root / "diffusion_pytorch_model-00002-of-00002.safetensors"
+    data = shard.read_bytes()
+    for damaged in (b"", b"\xff" * 64, data[: len(data) - 16]):
+        shard.write_bytes(damaged)
+        cli_refuses(capsys, ["info", str(root)], f"{shard.name}: corrupt or truncated safetensors file")
