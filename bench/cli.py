@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from wan_engine import validation
 from wan_engine.configs import PRESETS, get_preset
 from wan_engine.device import resolve_device, resolve_dtype
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args.bench_command_line = shlex.join(["python", "-m", "wan_engine.bench", *argv])
     try:
         return run_command(args)
-    except ValueError as err:
+    except (ValueError, OSError) as err:
         print(f"wan_engine.bench: error: {err}", file=sys.stderr)
         return 2
 
@@ -115,6 +116,17 @@ def _positive(name: str, value, allow_zero: bool = False) -> None:
         raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
+def check_out_dir(out: Path) -> None:
+    """--out is a folder, or can be created: checked before the suites run, not after."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; it must name a folder")
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {str(out)!r} cannot be written: {folder} is not a writable folder")
+
+
 def make_context(args):
     """A BenchContext from parsed options (ValueError on bad values, before any model is built)."""
     from .suites.common import BenchContext
@@ -128,7 +140,9 @@ def make_context(args):
         _positive(f"--{name}", getattr(args, name))
     _positive("--warmup", args.warmup, allow_zero=True)
     defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
-    width, height = args.size or model.sample.size
+    # The pipeline's own rules (multiples of 16, 4n+1 frames), so no suite fails on them midway.
+    width, height = validation.check_size(args.size or model.sample.size)
+    validation.check_num_frames(args.frames or model.sample.num_frames)
     return BenchContext(
         preset=args.model, model=model, width=width, height=height,
         frames=args.frames or model.sample.num_frames, device=device, dtype=dtype,
@@ -222,6 +236,9 @@ def run_command(args) -> int:
 
     names = args.suite or list(SUITES)
     ctx = make_context(args)  # validates every option before anything is measured
+    write = args.write and (args.out is not None or names != ["roofline"])
+    if write:
+        check_out_dir(args.out or DEFAULT_OUT)
     ceilings = resolve_ceilings(args, ctx.device, names)
     ctx = ctx.replace(ceilings=ceilings)
     if ceilings is not None:
@@ -229,7 +246,6 @@ def run_command(args) -> int:
               f"({ceilings.label})")
     suites = run_suites(names, ctx)
     print_results(suites)
-    write = args.write and (args.out is not None or names != ["roofline"])
     if write:
         report = dict(schema=SCHEMA, environment=environment(ctx.device, command), settings=settings_of(ctx),
                       ceilings=ceilings.to_dict() if ceilings else None, suites=suites, extra={})

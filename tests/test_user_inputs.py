@@ -157,3 +157,15 @@ def test_info_reports_damaged_dit_files_by_name(tmp_path, capsys):
     for damaged in (b"", b"\xff" * 64, data[: len(data) - 16]):
         shard.write_bytes(damaged)
         cli_refuses(capsys, ["info", str(root)], f"{shard.name}: corrupt or truncated safetensors file")
+
+
+def test_bench_refuses_bad_size_and_out_before_running(tmp_path, capsys):
+    """840x480 passed the bench's multiple-of-8 check and then failed inside the suites (a
+    traceback in the notes, exit 1); --out naming a file failed after the suites had run."""
+    (tmp_path / "afile").write_text("")
+    bench = ["bench", "--suite", "roofline", "--model", "t2v-1.3B"]
+    cli_refuses(capsys, [*bench, "--size", "840x480", "--no-write"], "size must be positive multiples of 16")
+    cli_refuses(capsys, [*bench, "--out", str(tmp_path / "afile")], "--out .* is a file")
+    cli_refuses(capsys, [*bench, "--out", str(tmp_path / "afile" / "sub")], "--out .* cannot be written")
+    assert cli_main([*bench, "--out", str(tmp_path / "new" / "dir")]) == 0
+    assert any(p.suffix == ".json" for p in (tmp_path / "new" / "dir").iterdir())
