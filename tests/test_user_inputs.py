@@ -169,3 +169,12 @@ def test_bench_refuses_bad_size_and_out_before_running(tmp_path, capsys):
     cli_refuses(capsys, [*bench, "--out", str(tmp_path / "afile" / "sub")], "--out .* cannot be written")
     assert cli_main([*bench, "--out", str(tmp_path / "new" / "dir")]) == 0
     assert any(p.suffix == ".json" for p in (tmp_path / "new" / "dir").iterdir())
+
+
+def test_a_model_file_instead_of_its_directory_is_named_as_such(tmp_path, capsys):
+    weights = tmp_path / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"")
+    with pytest.raises(ValueError, match="is a file; pass the model directory"):
+        wan_engine.WanPipeline.from_pretrained(str(weights))
+    cli_refuses(capsys, ["generate", "--prompt", "p", "--model", str(weights)], "is a file; pass the model directory")
+    cli_refuses(capsys, ["info", str(weights)], "is a file; pass the model directory")

@@ -64,6 +64,8 @@ def _existing(path: Path) -> Path | None:
 def detect_layout(path: str | Path) -> ModelLayout:
     """The layout of a model directory; a clear error if it is in neither layout."""
     root = Path(path).expanduser()
+    if root.is_file():
+        raise CheckpointError(f"{root} is a file; pass the model directory that holds the checkpoint files")
     if not root.is_dir():
         raise CheckpointError(f"model directory not found: {root}")
     transformer = root / "transformer"

@@ -64,8 +64,16 @@ def peek_dit_config(path_or_preset: str) -> DiTConfig:
         return infer_dit_config(_shapes_of_safetensors(layout.dit_dir), layout.dit_config)
     if str(path_or_preset) in PRESETS:
         return get_preset(str(path_or_preset)).dit
-    raise ValueError(f"model {path_or_preset!r} is neither an existing model directory nor a preset "
-                     f"({', '.join(sorted(PRESETS))})")
+    raise _not_a_model(path_or_preset)
+
+
+def _not_a_model(path_or_preset) -> ValueError:
+    path = Path(str(path_or_preset)).expanduser()
+    if path.is_file():
+        return CheckpointError(f"model {str(path_or_preset)!r} is a file; pass the model directory that holds "
+                               f"the checkpoint files (or a preset: {', '.join(sorted(PRESETS))})")
+    return ValueError(f"model {path_or_preset!r} is neither an existing model directory nor a preset "
+                      f"({', '.join(sorted(PRESETS))})")
 
 
 def setup_parallel(path_or_preset: str, device: torch.device, engine: str, parallel: ParallelConfig | None,
@@ -164,8 +172,7 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         text, dit, vae = random_components(config, device, dtype, seed)
         text = TextEncoder(text.model, text.tokenizer, device=text_home, dtype=text_dtype)
     else:
-        raise ValueError(f"model {path_or_preset!r} is neither an existing model directory nor a preset "
-                         f"({', '.join(sorted(PRESETS))})")
+        raise _not_a_model(path_or_preset)
     if engine == "executor":
         from ..executor import build_executor
 
