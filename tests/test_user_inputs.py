@@ -178,3 +178,24 @@ def test_a_model_file_instead_of_its_directory_is_named_as_such(tmp_path, capsys
         wan_engine.WanPipeline.from_pretrained(str(weights))
     cli_refuses(capsys, ["generate", "--prompt", "p", "--model", str(weights)], "is a file; pass the model directory")
     cli_refuses(capsys, ["info", str(weights)], "is a file; pass the model directory")
+
+
+@pytest.mark.parametrize("component", ["Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth"])
+def test_a_checkpoint_of_another_model_is_a_message(tmp_path, capsys, component):
+    """A state dict that is not the expected component used to escape as a raw KeyError
+    (a traceback from the CLI)."""
+    import torch
+    from checkpoint_factory import write_original
+
+    from wan_engine.configs import get_preset
+
+    root = write_original(tmp_path / "m", get_preset("tiny"))
+    torch.save({"foo.weight": torch.zeros(3)}, root / component)
+    cli_refuses(capsys, ["generate", "--prompt", "p", "--model", str(root), "--output", str(tmp_path / "x.mp4")],
+                f"{component}: not a ")
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_load_vae_of_a_missing_path_says_not_found(tmp_path):
+    with pytest.raises(ValueError, match="VAE checkpoint not found"):  # was "unsupported weight file type ''"
+        wan_engine.load_vae(tmp_path / "absent")

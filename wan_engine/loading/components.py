@@ -23,6 +23,15 @@ def _rename(convert, sd: dict, source) -> dict:
         raise CheckpointError(f"{source}: unknown tensor name {e.args[0]!r} for this model format") from None
 
 
+def _infer(infer_config, sd: dict, source, *args):
+    """A config inferred from tensor shapes; a state dict of another model is a CheckpointError
+    naming the file (the format modules raise KeyError naming the key)."""
+    try:
+        return infer_config(sd, *args)
+    except KeyError as e:
+        raise CheckpointError(f"{source}: {e.args[0] if e.args else e}") from None
+
+
 def is_diffusers_dit(sd: dict) -> bool:
     return any(k.startswith(("condition_embedder.", "proj_out.")) or ".attn1." in k for k in sd)
 
@@ -48,7 +57,7 @@ def load_dit(path: str | Path, dtype: torch.dtype | None = None, device="cpu", c
     from .dit_format import infer_dit_config
 
     sd, config_json = read_dit_state_dict(path)
-    cfg = config or infer_dit_config(sd, config_json)
+    cfg = config or _infer(infer_dit_config, sd, path, config_json)
     with torch.device("meta"):
         model = WanDiT(cfg, compute_dtype=dtype or torch.float32)
     return load_into(model, sd, dtype=dtype, device=device, source=str(path), consume=True).eval().requires_grad_(False)
@@ -58,6 +67,8 @@ def read_vae_state_dict(path: str | Path) -> dict:
     from .vae_format import diffusers_to_official_vae
 
     path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"VAE checkpoint not found: {path}")
     if path.is_dir():
         if (path / ORIGINAL_VAE).is_file():
             path = path / ORIGINAL_VAE
@@ -80,7 +91,7 @@ def load_vae(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu",
     from .vae_format import infer_vae_config
 
     sd = read_vae_state_dict(path)
-    cfg = config or infer_vae_config(sd)
+    cfg = config or _infer(infer_vae_config, sd, path)
     with torch.device("meta"):
         model = WanVAE(cfg)
     return load_into(model, sd, dtype=dtype, device=device, source=str(path), consume=True).eval().requires_grad_(False)
@@ -104,4 +115,7 @@ def load_text_encoder(path: str | Path, dtype: torch.dtype = torch.float32, devi
         weights, tokenizer = layout.text_encoder, layout.tokenizer
     if tokenizer is None:
         raise ValueError("tokenizer: pass the tokenizer folder when `path` is a weights file")
-    return TextEncoder.from_files(weights, tokenizer, text_len=text_len, dtype=dtype, device=device)
+    try:
+        return TextEncoder.from_files(weights, tokenizer, text_len=text_len, dtype=dtype, device=device)
+    except KeyError as e:  # the format module names the key that belongs to no umT5 encoder
+        raise CheckpointError(f"{weights}: {e.args[0] if e.args else e}") from None
