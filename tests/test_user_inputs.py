@@ -199,3 +199,20 @@ def test_a_checkpoint_of_another_model_is_a_message(tmp_path, capsys, component)
 def test_load_vae_of_a_missing_path_says_not_found(tmp_path):
     with pytest.raises(ValueError, match="VAE checkpoint not found"):  # was "unsupported weight file type ''"
         wan_engine.load_vae(tmp_path / "absent")
+
+
+@pytest.mark.parametrize("damage, match", [
+    # a bad tokenizer.json used to give only the JSON parser's message, naming no file
+    ("google/umt5-xxl/tokenizer.json", "umt5-xxl: unreadable tokenizer files"),
+    # a weight_map that is not a mapping used to be an AttributeError traceback
+    ("diffusion_pytorch_model.safetensors.index.json", "index.json: not a valid shard index"),
+])
+def test_damaged_metadata_files_are_named(tmp_path, capsys, damage, match):
+    from checkpoint_factory import write_original
+
+    from wan_engine.configs import get_preset
+
+    root = write_original(tmp_path / "m", get_preset("tiny"))
+    (root / damage).write_text('{"weight_map": 5}' if damage.endswith("index.json") else "{garbage")
+    cli_refuses(capsys, ["generate", "--prompt", "p", "--model", str(root), "--output", str(tmp_path / "x.mp4")],
+                match)

@@ -66,6 +66,8 @@ def read_sharded(directory: Path, stem: str) -> dict[str, torch.Tensor]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise CheckpointError(f"{index}: not a valid shard index ({e})") from e
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: not a valid shard index (weight_map must map tensor names to file names)")
         shards: dict[str, list[str]] = {}
         for key, shard in weight_map.items():
             shards.setdefault(shard, []).append(key)

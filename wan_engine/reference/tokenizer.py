@@ -121,7 +121,12 @@ def find_tokenizer_folder(path: str | Path) -> Path:
 def load_tokenizer(path: str | Path, text_len: int = 512) -> Tokenizer:
     """The umT5 tokenizer from a local folder (never the network)."""
     folder = find_tokenizer_folder(path)
-    return Tokenizer(AutoTokenizer.from_pretrained(str(folder), local_files_only=True), text_len)
+    try:
+        hf_tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers/tokenizers raise many types for a bad folder
+        # ValueError, so the CLI reports it; the loading layer's CheckpointError is one too.
+        raise ValueError(f"{folder}: unreadable tokenizer files ({type(e).__name__}: {e})") from e
+    return Tokenizer(hf_tokenizer, text_len)
 
 
 def _byte_to_unicode() -> dict[int, str]:
