@@ -22,13 +22,13 @@ import pytest
 import torch
 
 pytest.importorskip("diffusers")
-from diffusers import UniPCMultistepScheduler  # noqa: E402
+from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler  # noqa: E402
 from diffusers import WanPipeline as DiffusersWanPipeline  # noqa: E402
 
 import wan_engine  # noqa: E402
 from wan_engine.bench.suites.dit import diffusers_transformer  # noqa: E402
 from wan_engine.bench.suites.vae import diffusers_vae  # noqa: E402
-from wan_engine.reference.schedule import flow_sigmas  # noqa: E402
+from wan_engine.reference.schedule import dpm_flow_sigmas, flow_sigmas  # noqa: E402
 
 # The official FlowUniPC base grid starts at the training schedule's top sigma, 1 - 1/1000 stored
 # in float32 and read back (wan/utils/fm_solvers_unipc.py), and runs linearly down to 0.
@@ -51,6 +51,26 @@ class OfficialGridUniPC(UniPCMultistepScheduler):
         if sigmas is None:
             sigmas = np.linspace(OFFICIAL_SIGMA_MAX, 0.0, num_inference_steps + 1)[:-1]
         super().set_timesteps(device=device, sigmas=sigmas, mu=mu)
+
+
+class OfficialDPMSolver(DPMSolverMultistepScheduler):
+    """diffusers' flow DPM-Solver++ (2M, midpoint) on the official DPM++ schedule, which starts at
+    sigma 1 (timestep 1000). Its set_timesteps takes no custom sigmas, so they are installed after
+    it; the schedule itself is checked against the official formula in test_schedulers.py."""
+
+    def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):
+        super().set_timesteps(num_inference_steps, device=device)
+        sigmas, timesteps = dpm_flow_sigmas(num_inference_steps, self.config.flow_shift)
+        self.sigmas, self.timesteps = sigmas, timesteps.to(device)
+
+
+def official_dpm(shift: float) -> OfficialDPMSolver:
+    """The official FlowDPMSolverMultistepScheduler configuration."""
+    return OfficialDPMSolver(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift, num_train_timesteps=1000,
+        algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint", lower_order_final=True,
+        final_sigmas_type="zero",
+    )
 
 
 def flow_unipc(scheduler_cls, shift: float):
@@ -202,6 +222,18 @@ def test_executor_generation_matches_diffusers_wan_pipeline(reference_pipe, peer
     peer_latents, _ = run_diffusers(peer, req, context, context_null, noise)
     latent_err = rel_l2(latents, peer_latents)
     assert latent_err <= LATENT_RTOL, f"executor latents differ from diffusers by {latent_err:.2e} rel-L2"
+
+
+def test_dpm_solver_generation_matches_diffusers_wan_pipeline(reference_pipe, peer_parts):
+    """The official alternative solver through the same chain (measured 1.7e-6 rel-L2)."""
+    req = reference_pipe.make_request("a corgi surfing a wave at sunset", seed=11, size=(48, 64), num_frames=5,
+                                      steps=9, shift=3.0, solver="dpm++")
+    context, context_null, noise, latents, _ = our_latents_and_video(reference_pipe, req)
+    peer = diffusers_pipeline(reference_pipe, peer_parts, official_dpm(req.shift))
+    peer_latents, _ = run_diffusers(peer, req, context, context_null, noise)
+    assert float(peer.scheduler.sigmas[0]) == 1.0 and int(peer.scheduler.timesteps[0]) == 1000
+    latent_err = rel_l2(latents, peer_latents)
+    assert latent_err <= LATENT_RTOL, f"dpm++ latents differ from diffusers by {latent_err:.2e} rel-L2"
 
 
 def test_control_diffusers_native_schedule_is_far_off(reference_pipe, peer_parts):
