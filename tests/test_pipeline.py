@@ -180,3 +180,10 @@ def test_offload_and_t5_cpu_give_the_same_video_on_cpu():
         warnings.simplefilter("error")
         off = wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", offload=True).generate("x", **kw)
     assert np.array_equal(base, off)
+
+
+def test_empty_negative_prompt_means_the_official_default(pipe):
+    default = pipe.make_request("a cat", seed=0)
+    assert default.negative_prompt == pipe.config.sample.negative_prompt
+    assert pipe.make_request("a cat", negative_prompt="", seed=0).negative_prompt == default.negative_prompt
+    assert pipe.make_request("a cat", negative_prompt="blurry", seed=0).negative_prompt == "blurry"

@@ -129,7 +129,8 @@ class WanPipeline:
             seed = random.randrange(validation.SEED_BOUND)
         return Request(
             prompt=prompt,
-            negative_prompt=d.negative_prompt if negative_prompt is None else negative_prompt,
+            # As the official code: an empty negative prompt means the default one.
+            negative_prompt=negative_prompt or d.negative_prompt,
             width=width,
             height=height,
             num_frames=validation.check_num_frames(d.num_frames if num_frames is None else num_frames),
