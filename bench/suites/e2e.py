@@ -8,7 +8,8 @@ row carrying the accuracy of its frames against the oracle: the reference pipeli
 Implementations: reference (engine="reference"), executor (engine="executor", the default
 engine), and diffusers' WanPipeline on the same DiT and VAE weights, the same text embeddings
 and the same initial noise (its text encoding is not timed: the embeddings are passed in; its
-scheduler uses diffusers' flow UniPC sigmas, which differ slightly from the official ones).
+flow UniPC scheduler is given the official Wan2.1 sigma grid, so the row measures the model and
+pipeline numerics; diffusers' own grid alone would cost ~30 dB).
 """
 from __future__ import annotations
 
@@ -68,6 +69,8 @@ def diffusers_generate(pipe, ctx: BenchContext, steps: int):
     from diffusers import UniPCMultistepScheduler
     from diffusers import WanPipeline as DiffusersWanPipeline
 
+    from wan_engine.reference.schedule import unipc_base_grid
+
     from .dit import diffusers_transformer
     from .vae import diffusers_vae
 
@@ -76,8 +79,15 @@ def diffusers_generate(pipe, ctx: BenchContext, steps: int):
                             seed=ctx.seed)
     transformer = diffusers_transformer(cfg.dit, pipe.dit.state_dict(), pipe.dtype, pipe.device)
     vae = diffusers_vae(cfg.vae, pipe.vae.state_dict(), pipe.device)
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                        num_train_timesteps=1000, flow_shift=req.shift)
+    class OfficialGridUniPC(UniPCMultistepScheduler):
+        # WanPipeline calls set_timesteps(N) itself; supply the official base grid (diffusers shifts it).
+        def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None):
+            if sigmas is None:
+                sigmas = unipc_base_grid(num_inference_steps)
+            super().set_timesteps(device=device, sigmas=sigmas, mu=mu)
+
+    scheduler = OfficialGridUniPC(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                  num_train_timesteps=1000, flow_shift=req.shift)
     peer = DiffusersWanPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler,
                                 transformer=transformer)
     peer.set_progress_bar_config(disable=True)

@@ -68,9 +68,13 @@ def flow_sigmas(steps: int, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
         timesteps: int64 [steps].
     """
     _check_steps_shift(steps, shift)
+    return _finish(unipc_base_grid(steps), shift)
+
+
+def unipc_base_grid(steps: int) -> np.ndarray:
+    """The official UniPC grid before the shift: float64 [steps], float32(0.999) down to 0 (excluded)."""
     sigma_max, sigma_min = _train_sigma_range()
-    base = np.linspace(sigma_max, sigma_min, steps + 1)[:-1]
-    return _finish(base, shift)
+    return np.linspace(sigma_max, sigma_min, steps + 1)[:-1]
 
 
 def dpm_flow_sigmas(steps: int, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
