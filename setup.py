@@ -6,6 +6,7 @@ PACKAGES = {
     "wan_engine": "wan_engine",
     "wan_engine.reference": "wan_engine/reference",
     "wan_engine.loading": "wan_engine/loading",
+    "wan_engine.assembly": "wan_engine/assembly",
     "wan_engine.pipelines": "wan_engine/pipelines",
     "wan_engine.executor": "wan_engine/executor",
     "wan_engine.kernels": "kernels",

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from wan_engine.executor import WanExecutor
+
 from .mesh import ParallelMesh
 from .shard_plan import ShardPlan
 from .usp import sequence_parallel_attention
@@ -57,8 +59,6 @@ def apply_parallel(executor, mesh: ParallelMesh):
     the executor's single-process path untouched: no sharding, no collective.
     Raises ValueError, before changing anything, if Ulysses does not divide the model's heads.
     """
-    from wan_engine.executor import WanExecutor  # here: the executor imports this package
-
     if not isinstance(executor, WanExecutor):
         raise ValueError(f"executor must be a WanExecutor (sequence parallelism needs engine='executor'), "
                          f"got {type(executor).__name__}")

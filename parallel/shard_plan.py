@@ -1,6 +1,7 @@
 """Where the DiT's token sequence is cut across the sequence-parallel ranks, and where it is joined.
 
-The executor holds a `ShardPlan` as data (no hooks): after patchifying, it pads the token sequence
+`ShardPlan` implements the executor's `TokenShardPlan` interface. The executor holds it as data
+(no hooks): after patchifying, it pads the token sequence
 to a multiple of the sp degree, keeps this rank's contiguous slice (`shard`) together with the
 same rows of the RoPE table, runs every block on the slice, and `gather`s the head's output before
 unpatchify. Self-attention sees the whole sequence through the sequence-parallel attention op,

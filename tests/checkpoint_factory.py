@@ -13,7 +13,7 @@ from wan_engine.loading.random_init import random_state_dict
 from wan_engine.loading.t5_format import hf_to_wan_t5
 from wan_engine.loading.vae_format import official_to_diffusers_vae
 from wan_engine.reference.dit import WanDiT
-from wan_engine.reference.text_encoder import TextEncoder
+from wan_engine.assembly import random_text_encoder
 from wan_engine.reference.vae import WanVAE
 
 
@@ -21,7 +21,7 @@ def random_weights(config: ModelConfig, seed: int = 0):
     """(dit, vae, text encoder HF) state dicts with official DiT/VAE names, fp32."""
     with torch.device("meta"):
         dit, vae = WanDiT(config.dit), WanVAE(config.vae)
-    text = TextEncoder.from_config(config.t5, seed=seed + 2)
+    text = random_text_encoder(config.t5, seed=seed + 2)
     return random_state_dict(dit, seed), random_state_dict(vae, seed + 1), text
 
 

@@ -1,20 +1,10 @@
-import os
-
 import pytest
+
+from wan_engine.env import use_triton_interpreter_without_gpu
 
 # Must happen before any Triton kernel module is imported: without a GPU, Triton can only run
 # kernels through its interpreter, and setting this later fails with "0 active drivers".
-def _has_cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:
-        return False
-
-
-if not _has_cuda():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+use_triton_interpreter_without_gpu()
 
 
 def pytest_configure(config):

@@ -284,10 +284,10 @@ def test_text_encoder_cost_matches_the_flop_counter():
 
     from wan_engine.bench.suites.common import text_encoder_cost
     from wan_engine.configs import TINY_T5
-    from wan_engine.reference.text_encoder import TextEncoder
+    from wan_engine.assembly import random_text_encoder
 
     # Eager attention so the counter sees the attention GEMMs as matmuls.
-    encoder = TextEncoder.from_config(TINY_T5, attn_implementation="eager")
+    encoder = random_text_encoder(TINY_T5, attn_implementation="eager")
     ids = torch.randint(0, TINY_T5.vocab_size, (2, TINY_T5.text_len), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         encoder.hidden_states(ids, torch.ones_like(ids))

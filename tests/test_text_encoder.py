@@ -25,7 +25,8 @@ from wan_engine.loading.t5_format import (
     to_hf_t5,
     wan_t5_to_hf,
 )
-from wan_engine.reference.text_encoder import TextEncoder, build_umt5_encoder, umt5_config
+from wan_engine.assembly import build_umt5_encoder, random_text_encoder
+from wan_engine.reference.text_encoder import TextEncoder, umt5_config
 from wan_engine.reference.tokenizer import (
     Tokenizer,
     clean_prompt,
@@ -293,7 +294,7 @@ TINY_T5_SHORT = dataclasses.replace(TINY_T5, text_len=24)
 
 @pytest.fixture(scope="module")
 def tiny_encoder() -> TextEncoder:
-    return TextEncoder.from_config(TINY_T5_SHORT, seed=3)
+    return random_text_encoder(TINY_T5_SHORT, seed=3)
 
 
 def test_encode_trims_each_prompt_to_its_token_count(tiny_encoder):
@@ -333,7 +334,7 @@ def test_long_prompt_truncates_with_warning_naming_counts():
 
 
 def test_bf16_encoder_close_to_fp32(tiny_encoder):
-    bf16 = TextEncoder.from_config(TINY_T5_SHORT, seed=3, dtype=torch.bfloat16)  # same draws, cast
+    bf16 = random_text_encoder(TINY_T5_SHORT, seed=3, dtype=torch.bfloat16)  # same draws, cast
     prompt = ["a bf16 prompt"]
     got, want = bf16.encode(prompt)[0], tiny_encoder.encode(prompt)[0]
     assert got.dtype == torch.bfloat16
@@ -387,7 +388,7 @@ def test_bad_inputs_raise_clear_errors(tiny_encoder, tmp_path):
         tiny_encoder.encode(["ok", 3])
     with pytest.raises(ValueError, match="vocab_size"):
         small_vocab = T5Config(vocab_size=200, d_model=8, d_kv=4, d_ff=8, num_layers=1, num_heads=2)
-        TextEncoder.from_config(small_vocab, tokenizer=tiny_tokenizer())
+        random_text_encoder(small_vocab, tokenizer=tiny_tokenizer())
     with pytest.raises(FileNotFoundError, match="no tokenizer"):
         load_tokenizer(tmp_path / "missing")
 

@@ -13,9 +13,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "WanPipeline": "wan_engine.pipelines.t2v",
     "GenerationResult": "wan_engine.pipelines.t2v",
-    "load_dit": "wan_engine.loading",
-    "load_vae": "wan_engine.loading",
-    "load_text_encoder": "wan_engine.loading",
+    "load_dit": "wan_engine.assembly",
+    "load_vae": "wan_engine.assembly",
+    "load_text_encoder": "wan_engine.assembly",
     "CheckpointError": "wan_engine.loading",
     "save_video": "wan_engine.video",
     "read_video": "wan_engine.video",

@@ -153,3 +153,11 @@ def get_preset(name: str) -> ModelConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def preset_for(dit_dim: int, model_type: str) -> ModelConfig | None:
+    """The published preset whose DiT matches, for sampling defaults and display names."""
+    for preset in PRESETS.values():
+        if preset.dit.dim == dit_dim and preset.dit.model_type == model_type:
+            return preset
+    return None

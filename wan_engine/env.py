@@ -1,7 +1,8 @@
 """The one place where wan_engine reads environment variables.
 
-Only the launch contract of `torchrun` (torch.distributed.run) is read: which process this is and
-where the rendezvous lives. Everything else is configured through typed arguments.
+Read here: the launch contract of `torchrun` (torch.distributed.run: which process this is and
+where the rendezvous lives) and Triton's interpreter switch, which must be set before the kernels
+are imported. Everything else is configured through typed arguments.
 """
 from __future__ import annotations
 
@@ -106,3 +107,15 @@ class LaunchEnv:
                              "(torchrun sets both)")
         host = f"[{self.master_addr}]" if ":" in self.master_addr else self.master_addr
         return f"tcp://{host}:{self.master_port}"
+
+
+def use_triton_interpreter_without_gpu(environ=os.environ) -> bool:
+    """Without a CUDA device, Triton kernels run only through its interpreter, and the switch must
+    be set before any kernel module is imported (triton binds it at import). Sets
+    TRITON_INTERPRET=1 unless the user set it already; returns whether the interpreter is on.
+    The single place that sets it: tests/conftest.py and the bench CLI call this."""
+    import torch
+
+    if not torch.cuda.is_available():
+        environ.setdefault("TRITON_INTERPRET", "1")
+    return environ.get("TRITON_INTERPRET", "0") not in ("", "0")

@@ -102,9 +102,9 @@ def _stages(ctx: BenchContext, result: SuiteResult):
         return stages
 
     def text_encoder():
-        from wan_engine.reference.text_encoder import TextEncoder
+        from wan_engine.assembly import random_text_encoder
 
-        encoder = TextEncoder.from_config(t5, seed=ctx.seed + 2, dtype=ctx.dtype, device=ctx.device)
+        encoder = random_text_encoder(t5, seed=ctx.seed + 2, dtype=ctx.dtype, device=ctx.device)
         return encoder.model, lambda: encoder.encode(["a corgi surfing a wave", ""])
 
     stages.append(("text encoding", "reference", ctx.dtype, f"2 prompts, text_len {t5.text_len}",

@@ -9,8 +9,9 @@ Two ways in:
   capture it as a CUDA graph or export it).
 
 Sequence parallelism is installed from outside by `wan_engine.parallel.apply_parallel`, which
-hands the executor two pieces of data through `parallelize`: the self-attention op and a
-`ShardPlan`. With no plan (the default) the forward is the single-process one, unchanged.
+hands the executor two pieces of data through `parallelize`: the self-attention op and a shard
+plan (the `TokenShardPlan` interface defined here, so the executor never imports the parallel
+layer). With no plan (the default) the forward is the single-process one, unchanged.
 """
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ from torch import nn
 from ..configs import DiTConfig
 from ..engine_config import EngineConfig
 from ..ops import OpSet, resolve_ops
-from ..parallel.shard_plan import ShardPlan
 from ..reference.dit import patchify, sinusoidal_embedding_1d, unpatchify, video_input
 from .block import BlockSpec, make_block_fn
 from .rope_cache import RopeCache, RopeTable
+from .sharding import TokenShardPlan
 from .text_cache import TextKV, prepare_context_kv
 from .weights import BlockWeights, ContextWeights, build_stores
 
@@ -39,7 +40,7 @@ class WanExecutor(nn.Module):
     """
 
     def __init__(self, config: DiTConfig, state_dict: dict[str, torch.Tensor], engine_config: EngineConfig,
-                 compute_dtype: torch.dtype, device: torch.device):
+                 compute_dtype: torch.dtype, device: torch.device, consume: bool = False):
         super().__init__()
         if not isinstance(engine_config, EngineConfig):
             raise ValueError(f"engine_config must be an EngineConfig; got {type(engine_config).__name__}")
@@ -48,18 +49,19 @@ class WanExecutor(nn.Module):
         self.compute_dtype = compute_dtype
         # Resolve first: an unusable backend is reported before any weight is cast or moved.
         self.ops: OpSet = resolve_ops(engine_config, device, compute_dtype, config.head_dim)
-        self.globals, self.blocks, self.contexts = build_stores(config, state_dict, compute_dtype)
+        self.globals, self.blocks, self.contexts = build_stores(config, state_dict, compute_dtype, consume)
         self.to(device)
         self.rope_cache = RopeCache(config.head_dim)
         self.parallelize(self.ops.attention, None)
 
-    def parallelize(self, self_attention, shard_plan: ShardPlan | None) -> None:
+    def parallelize(self, self_attention, shard_plan: TokenShardPlan | None) -> None:
         """Run self-attention with `self_attention` (called like `ops.attention`) on the token
         slice `shard_plan` assigns to this rank; `shard_plan` None computes the whole sequence.
         Normally called by `wan_engine.parallel.apply_parallel`, which builds both from a mesh.
         """
-        if shard_plan is not None and not isinstance(shard_plan, ShardPlan):
-            raise ValueError(f"shard_plan must be a ShardPlan or None, got {type(shard_plan).__name__}")
+        if shard_plan is not None and not isinstance(shard_plan, TokenShardPlan):
+            raise ValueError(f"shard_plan must implement TokenShardPlan (degree, padded_length, shard, "
+                             f"gather) or be None, got {type(shard_plan).__name__}")
         if not callable(self_attention):
             raise ValueError(f"self_attention must be callable like ops.attention, got {type(self_attention).__name__}")
         cfg = self.config
@@ -172,12 +174,17 @@ class WanExecutor(nn.Module):
 
 
 def build_executor(dit: nn.Module, engine_config: EngineConfig | None = None,
-                   device: torch.device | str | None = None) -> WanExecutor:
+                   device: torch.device | str | None = None, *, release_reference: bool = False) -> WanExecutor:
     """An executor with the weights of a reference `WanDiT` (official parameter names).
 
     The compute dtype is `engine_config.dtype`, or the reference's `compute_dtype`; the device is
     `device`, or the reference's. Tensors whose dtype already matches are shared, not copied;
     the executor keeps no reference to `dit`.
+
+    release_reference: move `dit` to the meta device first and free each of its tensors as soon
+    as the executor has fused or cast it, so building peaks at the checkpoint plus one block's
+    fused weights instead of holding the reference's q/k/v beside the fused copies (about 10 GB
+    for 14B). `dit` is unusable afterwards; the loaders pass True.
     """
     engine_config = EngineConfig() if engine_config is None else engine_config
     if not isinstance(engine_config, EngineConfig):
@@ -187,4 +194,7 @@ def build_executor(dit: nn.Module, engine_config: EngineConfig | None = None,
     if device is None:
         device = next(dit.parameters()).device
     dtype = engine_config.resolved_dtype(getattr(dit, "compute_dtype", FP32))
-    return WanExecutor(dit.config, dit.state_dict(), engine_config, dtype, torch.device(device))
+    state_dict = dict(dit.state_dict())  # detached tensors that share the parameters' storage
+    if release_reference:
+        dit.to("meta")  # the module drops its storages; `state_dict` now holds the only references
+    return WanExecutor(dit.config, state_dict, engine_config, dtype, torch.device(device), consume=release_reference)

@@ -82,15 +82,18 @@ class TensorStore(nn.Module):
 
 
 class _Reader:
-    """Reads official state-dict entries, cast, with a clear error for a missing name."""
+    """Reads official state-dict entries, cast, with a clear error for a missing name. With
+    `consume`, each entry is popped as it is read, so a tensor the executor copies (fused or cast)
+    is freed as soon as its copy exists."""
 
-    def __init__(self, state_dict: dict[str, torch.Tensor], compute_dtype: torch.dtype):
+    def __init__(self, state_dict: dict[str, torch.Tensor], compute_dtype: torch.dtype, consume: bool = False):
         self.sd = state_dict
         self.dtypes = {"compute": compute_dtype, "fp32": FP32}
+        self.consume = consume
 
     def __call__(self, name: str, kind: str) -> torch.Tensor:
         try:
-            tensor = self.sd[name]
+            tensor = self.sd.pop(name) if self.consume else self.sd[name]
         except KeyError:
             raise ValueError(f"state dict has no {name!r}: the executor needs the official WanModel names "
                              f"(convert diffusers checkpoints with wan_engine.loading first)") from None
@@ -182,14 +185,15 @@ def check_supported(cfg: DiTConfig) -> None:
         raise ValueError("the executor needs cross_attn_norm=True (every Wan2.1 model); use engine='reference'")
 
 
-def build_stores(cfg: DiTConfig, state_dict: dict[str, torch.Tensor], compute_dtype: torch.dtype
-                 ) -> tuple[TensorStore, nn.ModuleList, nn.ModuleList]:
+def build_stores(cfg: DiTConfig, state_dict: dict[str, torch.Tensor], compute_dtype: torch.dtype,
+                 consume: bool = False) -> tuple[TensorStore, nn.ModuleList, nn.ModuleList]:
     """(globals, per-block step weights, per-block context K/V weights) as buffer stores.
 
-    Tensors already in the target dtype are shared with `state_dict`, not copied.
+    Tensors already in the target dtype are shared with `state_dict`, not copied. With
+    `consume`, entries are popped from `state_dict` as they are read (see `_Reader`).
     """
     check_supported(cfg)
-    read = _Reader(state_dict, compute_dtype)
+    read = _Reader(state_dict, compute_dtype, consume)
     blocks = nn.ModuleList(TensorStore(block_tensors(cfg, read, i)) for i in range(cfg.num_layers))
     contexts = nn.ModuleList(TensorStore(context_tensors(cfg, read, i)) for i in range(cfg.num_layers))
     return TensorStore(global_tensors(cfg, read)), blocks, contexts

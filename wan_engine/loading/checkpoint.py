@@ -94,6 +94,27 @@ def read_sharded(directory: Path, stem: str) -> dict[str, torch.Tensor]:
     return sd
 
 
+def read_safetensors_shapes(directory: Path, stem: str) -> dict:
+    """Meta tensors shaped as in the safetensors headers (no tensor data is read).
+
+    safetensors validates each header, including that the file is long enough for the tensors
+    it lists, so an empty, corrupt or truncated file is reported by name here as at load time.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(directory.glob(f"{stem}*.safetensors"))
+    if not files:
+        raise CheckpointError(f"no {stem}*.safetensors files in {directory}")
+    shapes = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                shapes.update({k: torch.empty(fh.get_slice(k).get_shape(), device="meta") for k in fh.keys()})
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{f}: corrupt or truncated safetensors file ({e})") from e
+    return shapes
+
+
 def _summarize(keys: list[str], limit: int = 8) -> str:
     shown = ", ".join(repr(k) for k in keys[:limit])
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
@@ -106,15 +127,16 @@ def load_into(
     dtype: torch.dtype | None,
     device: torch.device | str = "cpu",
     source: str = "checkpoint",
-    keep_fp32: tuple[str, ...] = (),
     consume: bool = False,
 ) -> nn.Module:
     """Assign `state_dict` into `module` (typically built on the meta device), cast and moved.
 
     Missing, unexpected and wrong-shape tensors are reported by name before anything is assigned.
-    Tensors whose name contains one of `keep_fp32` stay in fp32 whatever `dtype` is. With
-    `consume`, entries are popped from `state_dict` as they are converted, so a checkpoint read
-    into memory is never held twice (a 14B DiT is 28 GB in bf16).
+    A module may declare tensors that must stay fp32 whatever `dtype` is with a method
+    `is_fp32_parameter(name) -> bool` (the reference DiT does: the official fp32 regions); those
+    keep full precision, converted to fp32 if stored otherwise. This layer knows no model: the
+    module states its own policy. With `consume`, entries are popped from `state_dict` as they
+    are converted, so a checkpoint read into memory is never held twice (a 14B DiT is 28 GB in bf16).
     """
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state_dict))
@@ -132,11 +154,12 @@ def load_into(
             )
     if problems:
         raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
+    keeps_fp32 = getattr(module, "is_fp32_parameter", None)
     converted = {}
     for key in list(state_dict):
         tensor = state_dict.pop(key) if consume else state_dict[key]
         target = expected[key].dtype if not tensor.is_floating_point() else dtype or tensor.dtype
-        if any(tag in key for tag in keep_fp32):
+        if tensor.is_floating_point() and dtype is not None and keeps_fp32 is not None and keeps_fp32(key):
             target = torch.float32
         moved = tensor.to(device=device, dtype=target)
         if moved.data_ptr() % 64:

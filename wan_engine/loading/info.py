@@ -4,39 +4,17 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .errors import CheckpointError
+from .checkpoint import read_safetensors_shapes
 from .layout import DIT_STEM, detect_layout
 
 
-def _shapes_of_safetensors(directory: Path) -> dict:
-    """Meta tensors shaped as in the safetensors headers (no tensor data is read).
-
-    safetensors validates each header, including that the file is long enough for the tensors
-    it lists, so an empty, corrupt or truncated file is reported by name here as at load time.
-    """
-    import torch
-    from safetensors import SafetensorError, safe_open
-
-    files = sorted(directory.glob(f"{DIT_STEM}*.safetensors"))
-    if not files:
-        raise CheckpointError(f"no {DIT_STEM}*.safetensors files in {directory}")
-    shapes = {}
-    for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as fh:
-                shapes.update({k: torch.empty(fh.get_slice(k).get_shape(), device="meta") for k in fh.keys()})
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{f}: corrupt or truncated safetensors file ({e})") from e
-    return shapes
-
-
 def describe_model(path: str | Path) -> str:
-    from .components import is_diffusers_dit
+    from ..configs import preset_for
     from .dit_format import diffusers_to_official_dit, infer_dit_config
-    from .pipeline_loader import preset_for
+    from .state_dicts import is_diffusers_dit
 
     layout = detect_layout(path)
-    shapes = _shapes_of_safetensors(layout.dit_dir)
+    shapes = read_safetensors_shapes(layout.dit_dir, DIT_STEM)
     if is_diffusers_dit(shapes):
         shapes = diffusers_to_official_dit(shapes)
     cfg = infer_dit_config(shapes, layout.dit_config)
@@ -47,7 +25,6 @@ def describe_model(path: str | Path) -> str:
              f"{_count(params)} DiT parameters",
              f"{'dit config':>13}: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())]
     return "\n".join(lines)
-
 
 
 def _count(n: int) -> str:

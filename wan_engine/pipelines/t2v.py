@@ -96,7 +96,7 @@ class WanPipeline:
         Call `wan_engine.parallel.shutdown()` when done. Only rank 0's `generate` returns frames
         (None elsewhere).
         """
-        from ..loading.pipeline_loader import load_pipeline_components
+        from ..assembly import load_pipeline_components
 
         return cls(**load_pipeline_components(path_or_preset, device=device, dtype=dtype, **options))
 
@@ -105,6 +105,13 @@ class WanPipeline:
     @property
     def is_parallel(self) -> bool:
         return self.mesh.config.world_size > 1
+
+    @property
+    def attention_backend(self) -> str:
+        """The DiT's attention: the executor's resolved backend and how it was chosen
+        ("sdpa-cudnn (auto: probe ...)"), or torch SDPA inside the eager reference."""
+        ops = getattr(self.dit, "ops", None)
+        return ops.attention.describe() if ops is not None else "reference (torch sdpa)"
 
     def generate(self, prompt: str, negative_prompt: str | None = None, size=None, num_frames=None,
                  steps=None, guidance=None, shift=None, seed=None, solver=None, progress=False) -> np.ndarray | None:

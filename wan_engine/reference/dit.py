@@ -17,14 +17,23 @@ With `compute_dtype=torch.float32` (the default) everything is fp32: the exact r
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from wan_engine.configs import DiTConfig
-from wan_engine.reference.rope import rope_apply, rope_freqs
+from wan_engine.reference.rope import rope_apply_table, rope_freqs, rope_grid_table
 
+# Parameters the official bf16 run reads in fp32 whatever the autocast dtype: its fp32 autocast
+# regions (time embedding, time projection, block and head modulation, the head) and every norm's
+# weights (norms compute in fp32 and multiply by the stored fp32 gain), plus flf2v's position table,
+# which is added in fp32. Everything else is a GEMM/conv weight that autocast casts to bf16.
+FP32_PARAMETERS = re.compile(
+    r"^(time_embedding\.|time_projection\.|head\.|img_emb\.proj\.[04]\.|img_emb\.emb_pos$)"
+    r"|\.modulation$|\.norm(_q|_k|_k_img|3)\.(weight|bias)$"
+)
 CLIP_DIM = 1280  # width of the CLIP ViT-H/14 penultimate features the official img_emb consumes
 CLIP_TOKENS = 257  # 16x16 patches + class token per image
 COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -192,13 +201,14 @@ class SelfAttention(nn.Module):
         self.norm_q = _qk_norm(dim, eps, qk_norm)
         self.norm_k = _qk_norm(dim, eps, qk_norm)
 
-    def forward(self, x, grid, freqs, key_len, compute_dtype):
-        """x [B, S, dim] -> [B, S, dim] in compute_dtype; RoPE on the first f*h*w rows."""
+    def forward(self, x, rope_table, key_len, compute_dtype):
+        """x [B, S, dim] -> [B, S, dim] in compute_dtype; RoPE (the grid's complex table) on the
+        first f*h*w rows."""
         heads = (self.num_heads, -1)
         q = self.norm_q(linear(x, self.q, compute_dtype)).unflatten(2, heads)
         k = self.norm_k(linear(x, self.k, compute_dtype)).unflatten(2, heads)
         v = linear(x, self.v, compute_dtype).unflatten(2, heads)
-        out = _attention(rope_apply(q, grid, freqs), rope_apply(k, grid, freqs), v, compute_dtype, key_len)
+        out = _attention(rope_apply_table(q, rope_table), rope_apply_table(k, rope_table), v, compute_dtype, key_len)
         return linear(out, self.o, compute_dtype)
 
 
@@ -247,13 +257,13 @@ class DiTBlock(nn.Module):
                                  nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.zeros(1, 6, cfg.dim))
 
-    def forward(self, x, e0, context, grid, freqs, key_len, compute_dtype):
+    def forward(self, x, e0, context, rope_table, key_len, compute_dtype):
         """x [B, S, dim] (compute_dtype before block 0, fp32 after), e0 [B, 6, dim] -> fp32 [B, S, dim]."""
         shift1, scale1, gate1, shift2, scale2, gate2 = block_modulation(self.modulation, e0)
         # The official rounds LN(x) to x's dtype, then modulates in fp32; the gated residual
         # promotes the stream to fp32.
         h = _layer_norm(x, self.eps).float() * (1 + scale1) + shift1
-        x = x + self.self_attn(h, grid, freqs, key_len, compute_dtype) * gate1
+        x = x + self.self_attn(h, rope_table, key_len, compute_dtype) * gate1
         h = x if self.norm3 is None else _layer_norm(x, self.eps, self.norm3)
         x = x + self.cross_attn(h, context, compute_dtype)
         h = _layer_norm(x, self.eps).float() * (1 + scale2) + shift2
@@ -321,6 +331,23 @@ class WanDiT(nn.Module):
         self.head = DiTHead(cfg)
         if cfg.model_type != "t2v":
             self.img_emb = ImageEmbedding(cfg.dim, flf2v=cfg.model_type == "flf2v")
+        self._rope_tables: dict[tuple, torch.Tensor] = {}
+
+    def rope_table(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+        """The official complex128 RoPE rotations of `grid` on `device`, built once per (grid,
+        device) and kept by this instance: the table and its host-to-device copy would otherwise
+        be rebuilt every forward (the GPU check runs the reference many times)."""
+        key = (tuple(grid), torch.device(device))
+        if key not in self._rope_tables:
+            self._rope_tables[key] = rope_grid_table(rope_freqs(self.config.head_dim), grid).to(device)
+        return self._rope_tables[key]
+
+    @staticmethod
+    def is_fp32_parameter(name: str) -> bool:
+        """True for the parameters (official state-dict names) that stay fp32 in a bf16/fp16 model:
+        the official fp32 regions and norm weights. Loaders honour it (`loading.checkpoint.load_into`),
+        so a low-precision load rounds only the GEMM and convolution weights, as autocast does."""
+        return FP32_PARAMETERS.search(name) is not None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, seq_len: int | None = None,
                 clip_fea: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -362,9 +389,9 @@ class WanDiT(nn.Module):
         else:
             context = torch.cat([self._embed_image(clip_fea, batch), text], dim=1)
 
-        freqs = rope_freqs(cfg.head_dim).to(x.device)
+        rope_table = self.rope_table(grid, x.device)
         for block in self.blocks:
-            tokens = block(tokens, e0, context, grid, freqs, real_len, cd)
+            tokens = block(tokens, e0, context, rope_table, real_len, cd)
         out = self.head(tokens, e)
         return unpatchify(out, grid, cfg.patch_size, cfg.out_dim).float()
 

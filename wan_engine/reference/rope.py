@@ -64,6 +64,11 @@ def _grid_table(freqs: torch.Tensor, grid) -> torch.Tensor:
     return table.reshape(f * h * w, c)
 
 
+def rope_grid_table(freqs: torch.Tensor, grid) -> torch.Tensor:
+    """complex128 `[f*h*w, head_dim//2]`: the rotation of every token of `grid` (frame-major)."""
+    return _grid_table(freqs, grid)
+
+
 def rope_apply(x: torch.Tensor, grid, freqs: torch.Tensor) -> torch.Tensor:
     """Rotate q or k the official way: float64 complex multiply, result fp32.
 
@@ -73,13 +78,21 @@ def rope_apply(x: torch.Tensor, grid, freqs: torch.Tensor) -> torch.Tensor:
     """
     if x.ndim != 4:
         raise ValueError(f"x must be [B, S, H, D], got shape {tuple(x.shape)}")
+    if freqs.shape[1] != x.shape[-1] // 2:
+        raise ValueError(f"freqs has {freqs.shape[1]} complex channels, x needs head_dim//2 = {x.shape[-1] // 2}")
+    return rope_apply_table(x, rope_grid_table(freqs.to(x.device), grid))
+
+
+def rope_apply_table(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """`rope_apply` with the grid's table (`rope_grid_table`) already built, on x's device."""
+    if x.ndim != 4:
+        raise ValueError(f"x must be [B, S, H, D], got shape {tuple(x.shape)}")
     b, s, n, d = x.shape
-    if freqs.shape[1] != d // 2:
-        raise ValueError(f"freqs has {freqs.shape[1]} complex channels, x needs head_dim//2 = {d // 2}")
-    table = _grid_table(freqs.to(x.device), grid)
+    if table.shape[1] != d // 2:
+        raise ValueError(f"the RoPE table has {table.shape[1]} complex channels, x needs head_dim//2 = {d // 2}")
     tokens = table.shape[0]
     if tokens > s:
-        raise ValueError(f"grid {tuple(grid)} has {tokens} tokens but x has only S={s}")
+        raise ValueError(f"the RoPE grid has {tokens} tokens but x has only S={s}")
     rotated = torch.view_as_complex(x[:, :tokens].to(torch.float64).reshape(b, tokens, n, -1, 2))
     rotated = torch.view_as_real(rotated * table.view(1, tokens, 1, -1)).flatten(3)
     return torch.cat([rotated, x[:, tokens:].to(torch.float64)], dim=1).float()

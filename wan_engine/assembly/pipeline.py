@@ -1,5 +1,8 @@
 """Assemble a pipeline's components from a model directory or from a preset's seeded weights.
 
+The one place that knows every layer: it reads checkpoints (`loading`), builds the reference
+modules, wraps the DiT in the executor and applies sequence parallelism to it.
+
 Multi-process launches (torchrun) are set up here too, in an order that refuses a bad layout
 before any work: the degrees are checked against the launch and the model's head count (read
 from a preset or from tensor headers, no weights), then the process group and mesh are created,
@@ -13,55 +16,47 @@ from pathlib import Path
 
 import torch
 
-from ..configs import PRESETS, DiTConfig, ModelConfig, T5Config, get_preset
+from ..configs import PRESETS, DiTConfig, ModelConfig, T5Config, get_preset, preset_for
 from ..device import resolve_device, resolve_dtype
 from ..engine_config import ENGINES, EngineConfig
 from ..env import LaunchEnv
+from ..executor import build_executor
+from ..loading.checkpoint import load_into, read_safetensors_shapes
+from ..loading.dit_format import infer_dit_config
+from ..loading.errors import CheckpointError
+from ..loading.layout import DIT_STEM, detect_layout
+from ..loading.random_init import random_state_dict
+from ..loading.t5_format import infer_t5_config
+from ..parallel.apply import apply_parallel
 from ..parallel.config import ParallelConfig
 from ..parallel.mesh import ParallelMesh
 from ..parallel.runtime import DEFAULT_TIMEOUT_S, init_distributed, rank_device
-from .checkpoint import load_into
+from ..reference.dit import WanDiT
+from ..reference.text_encoder import TextEncoder
+from ..reference.vae import WanVAE
 from .components import load_dit, load_text_encoder, load_vae
-from .errors import CheckpointError
-from .layout import detect_layout
-from .random_init import random_state_dict
-
-
-def preset_for(dit_dim: int, model_type: str) -> ModelConfig | None:
-    """The published preset whose DiT matches, for sampling defaults and display names."""
-    for preset in PRESETS.values():
-        if preset.dit.dim == dit_dim and preset.dit.model_type == model_type:
-            return preset
-    return None
+from .text_encoder import random_text_encoder
 
 
 def random_components(config: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int = 0):
     """Reference DiT, VAE and text encoder with seeded random weights (the embedded presets)."""
-    from ..reference.dit import WanDiT
-    from ..reference.text_encoder import TextEncoder
-    from ..reference.vae import WanVAE
-
     with torch.device("meta"):
         dit = WanDiT(config.dit, compute_dtype=dtype)
         vae = WanVAE(config.vae)
     dit = load_into(dit, random_state_dict(dit, seed), dtype=dtype, device=device, source=f"preset {config.name}")
     vae = load_into(vae, random_state_dict(vae, seed + 1), dtype=torch.float32, device=device,
                     source=f"preset {config.name}")
-    text = TextEncoder.from_config(config.t5, seed=seed + 2, dtype=dtype, device=device)
+    text = random_text_encoder(config.t5, seed=seed + 2, dtype=dtype, device=device)
     return text, dit.eval().requires_grad_(False), vae.eval().requires_grad_(False)
 
 
 def peek_dit_config(path_or_preset: str) -> DiTConfig:
     """The DiT config of a preset, or of a model directory read from its safetensors headers and
     config.json only (no tensor data): cheap enough to validate options before the load."""
-    from .dit_format import infer_dit_config
-    from .info import _shapes_of_safetensors
-    from .layout import detect_layout
-
     path = Path(str(path_or_preset)).expanduser()
     if path.is_dir():
         layout = detect_layout(path)
-        return infer_dit_config(_shapes_of_safetensors(layout.dit_dir), layout.dit_config)
+        return infer_dit_config(read_safetensors_shapes(layout.dit_dir, DIT_STEM), layout.dit_config)
     if str(path_or_preset) in PRESETS:
         return get_preset(str(path_or_preset)).dit
     raise _not_a_model(path_or_preset)
@@ -132,8 +127,6 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     takes a mesh the caller built on its own process group. A layout that the launch or the model
     cannot run is refused with a ValueError before the process group or any weight is touched.
     """
-    from ..reference.text_encoder import TextEncoder
-
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     device = resolve_device(device)
@@ -174,18 +167,12 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     else:
         raise _not_a_model(path_or_preset)
     if engine == "executor":
-        from ..executor import build_executor
-
-        dit = build_executor(dit, engine_config, device)
+        dit = build_executor(dit, engine_config, device, release_reference=True)
         if mesh.sp_size > 1:
-            from ..parallel.apply import apply_parallel
-
             dit = apply_parallel(dit, mesh)
     return dict(config=config, text_encoder=text, dit=dit, vae=vae, device=device, dtype=dtype,
                 text_device=text_device, offload=offload, mesh=mesh, decode_group=decode_group)
 
 
 def text_config(text) -> T5Config:
-    from .t5_format import infer_t5_config
-
     return infer_t5_config(text.model.state_dict(), text_len=text.text_len)
