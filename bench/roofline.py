@@ -150,8 +150,12 @@ def image_tokens(cfg: DiTConfig) -> int:
 # --------------------------------------------------------------------------------------------
 
 def dit_forward_cost(cfg: DiTConfig, width: int, height: int, frames: int, batch: int = 1,
-                     dtype_bytes: float = 2, vae_stride: tuple[int, int, int] = VAE_STRIDE) -> Cost:
+                     dtype_bytes: float = 2, vae_stride: tuple[int, int, int] = VAE_STRIDE,
+                     fused_gelu: bool = False) -> Cost:
     """FLOPs and bytes of one DiT forward on `batch` samples of a width x height x frames video.
+
+    fused_gelu: the FFN's GELU runs in the first GEMM's epilogue (the executor on CUDA), so its
+    separate read and write of the [B, S, ffn_dim] activation drop out of the byte count.
 
     Components: self_attn (scores+PV), self_attn_proj (fused QKV + O), cross_attn (scores+PV over
     text [+ image] tokens), cross_attn_proj (Q, K/V of the context, O), ffn, embed_head (patch,
@@ -191,7 +195,9 @@ def dit_forward_cost(cfg: DiTConfig, width: int, height: int, frames: int, batch
                        + 4 * a            # q, k RMSNorm+RoPE: read + write each
                        + 2 * a            # cross-attn q RMSNorm
                        + 3 * (2 * r + a)  # three residual adds: read x and y, write x
-                       + (n_img > 0) * 2 * a) * d + 2 * a * f  # i2v: add the two attn outputs; GELU
+                       + (n_img > 0) * 2 * a) * d  # i2v: add the two attn outputs
+    if not fused_gelu:
+        per_token_bytes += 2 * a * f  # a separate GELU pass reads and writes the FFN activation
     # k RMSNorm of the context tokens (text, and image for i2v/flf2v).
     ctx_norm_flops, ctx_norm_bytes = b * ctx * d * RMSNORM_FLOPS, b * ctx * d * 2 * a
     t_.add("norm_elementwise", layers * (b * s * per_token_flops + ctx_norm_flops),

@@ -222,3 +222,16 @@ def test_format_cost_table_lists_components_and_total():
 def test_bad_arguments_name_the_parameter(kwargs, match):
     with pytest.raises(ValueError, match=match):
         dit_forward_cost(DIT_1_3B, **kwargs)
+
+
+def test_fused_gelu_drops_exactly_the_gelu_pass_bytes():
+    """1.3B 480p, batch 2, bf16: the separate GELU reads and writes B*S*ffn_dim values per layer,
+    2 * 2 * 32,760 * 8,960 * 2 bytes = 2.35 GB (the issue's "about 2.3 GB per layer")."""
+    from wan_engine.bench.roofline import dit_forward_cost
+    from wan_engine.configs import get_preset
+
+    cfg = get_preset("t2v-1.3B").dit
+    unfused = dit_forward_cost(cfg, 832, 480, 81, 2, dtype_bytes=2)
+    fused = dit_forward_cost(cfg, 832, 480, 81, 2, dtype_bytes=2, fused_gelu=True)
+    assert unfused.bytes - fused.bytes == cfg.num_layers * 2 * 2 * 32760 * 8960 * 2
+    assert unfused.flops == fused.flops

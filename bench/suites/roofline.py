@@ -18,8 +18,18 @@ def costs(ctx: BenchContext):
     batches = (1,) if ctx.batch == 1 else (1, ctx.batch)
     dit = [(f"dit forward B{b}", dit_forward_cost(ctx.dit_config, w, h, f, b, dtype_bytes=ctx.dtype_bytes))
            for b in batches]
-    return [*dit, ("vae decode", vae_decode_cost(ctx.model.vae, w, h, f, 1)),
+    fused = [(f"dit forward B{ctx.batch}, GELU in the GEMM epilogue",
+              dit_forward_cost(ctx.dit_config, w, h, f, ctx.batch, dtype_bytes=ctx.dtype_bytes, fused_gelu=True))]
+    return [*dit, *fused, ("vae decode", vae_decode_cost(ctx.model.vae, w, h, f, 1)),
             ("vae encode", vae_encode_cost(ctx.model.vae, w, h, f, 1))]
+
+
+def gelu_bytes_saved(ctx: BenchContext) -> float:
+    """Bytes per DiT forward that fusing the FFN GELU into its GEMM saves at the run's batch."""
+    w, h, f = ctx.width, ctx.height, ctx.frames
+    unfused = dit_forward_cost(ctx.dit_config, w, h, f, ctx.batch, dtype_bytes=ctx.dtype_bytes)
+    return unfused.bytes - dit_forward_cost(ctx.dit_config, w, h, f, ctx.batch, dtype_bytes=ctx.dtype_bytes,
+                                            fused_gelu=True).bytes
 
 
 def run(ctx: BenchContext) -> SuiteResult:
@@ -39,6 +49,10 @@ def run(ctx: BenchContext) -> SuiteResult:
             if ceilings is not None:
                 row["floor_ms"] = 1e3 * floor_seconds(part, ceilings)
             result.rows.append(row)
+    saved = gelu_bytes_saved(ctx)
+    layers = ctx.dit_config.num_layers
+    result.notes.append(f"roofline: the FFN GELU fused into its GEMM saves {saved / 1e9:.2f} GB per DiT forward "
+                        f"at batch {ctx.batch} ({saved / layers / 1e9:.2f} GB per layer)")
     if ceilings is None:
         result.notes.append("roofline: no ceilings given, floor column empty (run another suite or pass "
                             "--tflops/--gbps)")
