@@ -1,5 +1,6 @@
 import pytest
 
+from wan_engine.device import exact_fp32
 from wan_engine.env import use_triton_interpreter_without_gpu
 
 # Must happen before any Triton kernel module is imported: without a GPU, Triton can only run
@@ -28,3 +29,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "multigpu" in item.keywords and n < 2:
             item.add_marker(skip_multi)
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """Every test compares against fp32 oracles; on a GPU, cuDNN would run their convolutions in
+    TF32 by default (~1e-3), so TF32 is off for every test and restored afterwards."""
+    with exact_fp32():
+        yield

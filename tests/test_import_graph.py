@@ -4,7 +4,8 @@ The graph is read from the source with `ast`, lazy imports inside functions incl
 """
 from import_graph import find_cycle, import_graph
 
-BASE = {"wan_engine.env", "wan_engine.configs", "wan_engine.device", "wan_engine.validation"}
+BASE = {"wan_engine.env", "wan_engine.configs", "wan_engine.device", "wan_engine.validation",
+        "wan_engine.placement"}
 
 # layer -> the other layers it may import (every layer may import BASE). A layer is a top-level
 # module or subpackage of the installed `wan_engine`.
@@ -14,6 +15,7 @@ ALLOWED = {
     "wan_engine.configs": set(),
     "wan_engine.device": set(),
     "wan_engine.validation": set(),
+    "wan_engine.placement": set(),
     "wan_engine.video": set(),
     "wan_engine.attention": set(),
     "wan_engine.kernels": set(),

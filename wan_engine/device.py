@@ -1,6 +1,9 @@
 """Device and dtype defaults resolved in one place."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
@@ -34,3 +37,19 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextmanager
+def exact_fp32() -> Iterator[None]:
+    """TF32 off for cuBLAS matmuls and cuDNN convolutions, restored afterwards.
+
+    cuDNN convolutions default to TF32 (a 10-bit mantissa), so an "fp32" oracle on a GPU would be
+    only ~1e-3 accurate and hide the error of whatever is measured against it. The flags exist
+    (and do nothing) on CPU-only builds.
+    """
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn

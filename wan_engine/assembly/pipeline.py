@@ -31,6 +31,7 @@ from ..parallel.apply import apply_parallel
 from ..parallel.config import ParallelConfig
 from ..parallel.mesh import ParallelMesh
 from ..parallel.runtime import DEFAULT_TIMEOUT_S, init_distributed, rank_device
+from ..placement import place, stage_placement
 from ..reference.dit import WanDiT
 from ..reference.text_encoder import TextEncoder
 from ..reference.vae import WanVAE
@@ -38,21 +39,26 @@ from .components import load_dit, load_text_encoder, load_vae
 from .text_encoder import random_text_encoder
 
 
-def random_components(config: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int = 0):
-    """Reference DiT, VAE and text encoder with seeded random weights (the embedded presets)."""
+def random_components(config: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int = 0,
+                      dit_device: torch.device | None = None):
+    """Reference DiT, VAE and text encoder with seeded random weights (the embedded presets); the
+    DiT on `dit_device` (default `device`)."""
     with torch.device("meta"):
         dit = WanDiT(config.dit, compute_dtype=dtype)
         vae = WanVAE(config.vae)
-    dit = load_into(dit, random_state_dict(dit, seed), dtype=dtype, device=device, source=f"preset {config.name}")
+    dit = load_into(dit, random_state_dict(dit, seed), dtype=dtype, device=dit_device or device,
+                    source=f"preset {config.name}")
     vae = load_into(vae, random_state_dict(vae, seed + 1), dtype=torch.float32, device=device,
                     source=f"preset {config.name}")
     text = random_text_encoder(config.t5, seed=seed + 2, dtype=dtype, device=device)
     return text, dit.eval().requires_grad_(False), vae.eval().requires_grad_(False)
 
 
-def peek_dit_config(path_or_preset: str) -> DiTConfig:
+def peek_dit_config(path_or_preset: str | ModelConfig) -> DiTConfig:
     """The DiT config of a preset, or of a model directory read from its safetensors headers and
     config.json only (no tensor data): cheap enough to validate options before the load."""
+    if isinstance(path_or_preset, ModelConfig):
+        return path_or_preset.dit
     path = Path(str(path_or_preset)).expanduser()
     if path.is_dir():
         layout = detect_layout(path)
@@ -137,15 +143,20 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     mesh, device, decode_group = setup_parallel(path_or_preset, device, engine, parallel, mesh, launch,
                                                 dist_timeout_s)
     text_device = torch.device("cpu") if t5_cpu else device
-    # The text encoder's first stop is the CPU when it will be offloaded anyway.
-    text_home = torch.device("cpu") if (t5_cpu or offload) else device
+    # Where the components wait until their stage runs (offload: on the CPU).
+    home = stage_placement("load", device=device, text_device=text_device, offload=offload)
+    text_home = home.text_encoder
     # bf16 on the CPU is slow in most torch builds, but the 5.7B-parameter umT5 needs it for memory.
     text_dtype = dtype if text_device.type == "cuda" else (torch.bfloat16 if t5_cpu else dtype)
 
     path = Path(str(path_or_preset)).expanduser()
-    if path.is_dir():
+    if isinstance(path_or_preset, ModelConfig):
+        config = path_or_preset  # a custom size with seeded random weights (benchmarks, memory tests)
+        text, dit, vae = random_components(config, device, dtype, seed, dit_device=home.dit)
+        text = TextEncoder(text.model, text.tokenizer, device=text_home, dtype=text_dtype)
+    elif path.is_dir():
         layout = detect_layout(path)
-        dit = load_dit(layout.root, dtype=dtype, device=device)
+        dit = load_dit(layout.root, dtype=dtype, device=home.dit)
         preset = preset_for(dit.config.dim, dit.config.model_type)
         config = ModelConfig(
             name=f"{preset.name if preset else 'custom'} ({path.name})",
@@ -162,12 +173,14 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         if config.name != "tiny":
             warnings.warn(f"preset {config.name!r} has no embedded weights: using seeded random weights "
                           f"(for benchmarks; the video will be noise)", stacklevel=2)
-        text, dit, vae = random_components(config, device, dtype, seed)
+        text, dit, vae = random_components(config, device, dtype, seed, dit_device=home.dit)
         text = TextEncoder(text.model, text.tokenizer, device=text_home, dtype=text_dtype)
     else:
         raise _not_a_model(path_or_preset)
     if engine == "executor":
-        dit = build_executor(dit, engine_config, device, release_reference=True)
+        # Ops for `device`; the weights stay where they wait (the CPU with offload), so an offloaded
+        # DiT never occupies the GPU before its stage.
+        dit = build_executor(dit, engine_config, device, release_reference=True, weights_device=home.dit)
         if mesh.sp_size > 1:
             dit = apply_parallel(dit, mesh)
     return dict(config=config, text_encoder=text, dit=dit, vae=vae, device=device, dtype=dtype,

@@ -40,7 +40,8 @@ class WanExecutor(nn.Module):
     """
 
     def __init__(self, config: DiTConfig, state_dict: dict[str, torch.Tensor], engine_config: EngineConfig,
-                 compute_dtype: torch.dtype, device: torch.device, consume: bool = False):
+                 compute_dtype: torch.dtype, device: torch.device, consume: bool = False,
+                 weights_device: torch.device | None = None):
         super().__init__()
         if not isinstance(engine_config, EngineConfig):
             raise ValueError(f"engine_config must be an EngineConfig; got {type(engine_config).__name__}")
@@ -50,7 +51,7 @@ class WanExecutor(nn.Module):
         # Resolve first: an unusable backend is reported before any weight is cast or moved.
         self.ops: OpSet = resolve_ops(engine_config, device, compute_dtype, config.head_dim)
         self.globals, self.blocks, self.contexts = build_stores(config, state_dict, compute_dtype, consume)
-        self.to(device)
+        self.to(device if weights_device is None else weights_device)
         self.rope_cache = RopeCache(config.head_dim)
         self.parallelize(self.ops.attention, None)
 
@@ -174,7 +175,8 @@ class WanExecutor(nn.Module):
 
 
 def build_executor(dit: nn.Module, engine_config: EngineConfig | None = None,
-                   device: torch.device | str | None = None, *, release_reference: bool = False) -> WanExecutor:
+                   device: torch.device | str | None = None, *, release_reference: bool = False,
+                   weights_device: torch.device | str | None = None) -> WanExecutor:
     """An executor with the weights of a reference `WanDiT` (official parameter names).
 
     The compute dtype is `engine_config.dtype`, or the reference's `compute_dtype`; the device is
@@ -185,6 +187,8 @@ def build_executor(dit: nn.Module, engine_config: EngineConfig | None = None,
     as the executor has fused or cast it, so building peaks at the checkpoint plus one block's
     fused weights instead of holding the reference's q/k/v beside the fused copies (about 10 GB
     for 14B). `dit` is unusable afterwards; the loaders pass True.
+    weights_device: where the weights are kept (default `device`, where the ops run); the CPU for
+    an offloaded model, which is moved to `device` for its stage.
     """
     engine_config = EngineConfig() if engine_config is None else engine_config
     if not isinstance(engine_config, EngineConfig):
@@ -197,4 +201,5 @@ def build_executor(dit: nn.Module, engine_config: EngineConfig | None = None,
     state_dict = dict(dit.state_dict())  # detached tensors that share the parameters' storage
     if release_reference:
         dit.to("meta")  # the module drops its storages; `state_dict` now holds the only references
-    return WanExecutor(dit.config, state_dict, engine_config, dtype, torch.device(device), consume=release_reference)
+    return WanExecutor(dit.config, state_dict, engine_config, dtype, torch.device(device), consume=release_reference,
+                       weights_device=None if weights_device is None else torch.device(weights_device))

@@ -26,6 +26,7 @@ from ..parallel.runtime import shared_noise, shared_seed
 from ..parallel.vae_decode import parallel_vae_decode
 from ..reference.schedulers import make_solver
 from ..runner import cfg_denoise
+from ..placement import place, stage_placement
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +155,13 @@ class WanPipeline:
         timings: dict[str, float] = {}
         with torch.inference_mode():
             with self._timed(timings, "text_encoding"):
+                self._place("text_encoding")
                 context, context_null = self.encode_prompts(req.prompt, req.negative_prompt)
             with self._timed(timings, "denoising"):
+                self._place("denoising")
                 latents = self.denoise(req, context, context_null, progress)
             with self._timed(timings, "vae_decode"):
-                if self.offload:
-                    self._move(self.dit, torch.device("cpu"))
+                self._place("vae_decode")
                 video = self.decode(latents.float())
         return GenerationResult(None if video is None else frames_to_uint8(video[0]), req.seed, timings)
 
@@ -167,12 +169,7 @@ class WanPipeline:
 
     def encode_prompts(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Both prompts -> `[1, text_len, text_dim]` each, zero beyond each prompt's real length."""
-        swap = self.offload and self.text_device.type == "cuda"
-        if swap:
-            self._move(self.text_encoder.model, self.text_device)
         embeds = self.text_encoder.encode([prompt, negative_prompt])
-        if swap:
-            self._move(self.text_encoder.model, torch.device("cpu"))
         text_len = self.config.dit.text_len
         padded = torch.zeros(2, text_len, embeds[0].shape[-1], device=self.device, dtype=self.dtype)
         for row, emb in zip(padded, embeds):
@@ -189,8 +186,6 @@ class WanPipeline:
         return torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
 
     def denoise(self, req: Request, context, context_null, progress=False) -> torch.Tensor:
-        if self.offload:
-            self._move(self.dit, self.device)
         solver = make_solver(req.solver, req.steps, req.shift)
         mesh = self.mesh if self.is_parallel else None
         return cfg_denoise(self.dit, self.initial_noise(req), context, context_null, solver,
@@ -222,8 +217,9 @@ class WanPipeline:
         synchronize(self.device)
         timings[name] = time.perf_counter() - start
 
-    def _move(self, module, device: torch.device) -> None:
-        if device.type == "cuda" or self.device.type == "cuda":
-            module.to(device)
-            if device.type == "cpu":
-                torch.cuda.empty_cache()
+    def _place(self, stage: str) -> None:
+        """Put the text encoder and the DiT where `stage` needs them (see `placement`)."""
+        target = stage_placement(stage, device=self.device, text_device=self.text_device, offload=self.offload)
+        moved = place(self.text_encoder.model, target.text_encoder) | place(self.dit, target.dit)
+        if moved and self.device.type == "cuda":
+            torch.cuda.empty_cache()  # return what moved off to the driver before the stage allocates
