@@ -38,6 +38,31 @@ def test_gpu_tests_collect_without_the_packages_the_gpu_image_lacks():
     assert "error" not in output.splitlines()[-1].lower(), output[-3000:]
 
 
+HAND_ORACLE_TESTS = (
+    "tests/test_reference_dit.py::test_sinusoid_is_float64_cos_then_sin",
+    "tests/test_reference_dit.py::test_rope_real_table_equals_complex_rope",
+    "tests/test_reference_dit.py::test_patchify_matches_conv_and_unpatchify_layout",
+    "tests/test_reference_dit.py::test_key_maps_round_trip",
+    "tests/test_reference_vae.py::test_key_map_round_trip",
+    "tests/test_reference_vae.py::test_chunked_decode_equals_whole_clip",
+)
+
+
+def test_hand_oracle_tests_run_without_diffusers():
+    """Only the comparisons with diffusers may skip on the GPU image; the hand-written oracles
+    (sinusoid, RoPE, patchify, key maps, the VAE's chunking) must run there."""
+    files = sorted({t.split("::")[0] for t in HAND_ORACLE_TESTS})
+    ids = [t.split("::")[1] for t in HAND_ORACLE_TESTS]
+    child = _run_without_gpu_image_packages(
+        "import pytest\n"
+        f"sys.exit(pytest.main([*{files!r}, '-q', '-rs', '-p', 'no:cacheprovider', '-k', {' or '.join(ids)!r}]))\n")
+    output = child.stdout + child.stderr
+    assert child.returncode == 0, output[-3000:]
+    summary = output.strip().splitlines()[-1]
+    passed = int(summary.split(" passed")[0].split()[-1]) if " passed" in summary else 0
+    assert passed >= len(HAND_ORACLE_TESTS) and "skipped" not in summary, summary
+    assert "diffusers" not in output.split("short test summary")[-1], output[-3000:]
+
 
 def test_every_module_imports_without_the_packages_the_gpu_image_lacks():
     """Optional packages are imported where they are used, never at module level (the benchmark

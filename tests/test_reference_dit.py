@@ -21,7 +21,13 @@ from wan_engine.reference.dit import (
 )
 from wan_engine.reference.rope import rope_apply, rope_apply_real, rope_cos_sin, rope_freqs
 
-diffusers = pytest.importorskip("diffusers")
+
+
+def _diffusers():
+    """diffusers, for the comparisons with it only: the hand-oracle tests here (sinusoid, RoPE,
+    patchify, key layout and maps) must run where diffusers is absent, as on the GPU image."""
+    return pytest.importorskip("diffusers", reason="diffusers is the independent oracle for this comparison")
+
 
 # Latent grid with odd F/H/W (patch grid 3 x 3 x 5 = 45 tokens) and batch 2 with distinct timesteps.
 GRID_SHAPE = (3, 6, 10)
@@ -64,7 +70,7 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def diffusers_model(cfg: DiTConfig, official_sd: dict):
     image = cfg.model_type != "t2v"
-    model = diffusers.WanTransformer3DModel(
+    model = _diffusers().WanTransformer3DModel(
         patch_size=cfg.patch_size, num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
         in_channels=cfg.in_dim, out_channels=cfg.out_dim, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim,
         ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, cross_attn_norm=cfg.cross_attn_norm, eps=cfg.eps,
@@ -222,9 +228,19 @@ def test_sinusoid_is_float64_cos_then_sin():
     got = sinusoidal_embedding_1d(256, torch.tensor(t))
     assert got.dtype == torch.float64
     np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-12)
-    # diffusers' fp32 version really differs at t ~ 1000, so this check pins the official choice.
-    fp32 = diffusers.models.embeddings.Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)(torch.tensor(t))
+    # An fp32 computation of the same formula (diffusers' choice) really differs at t ~ 1000, so
+    # this check pins the official float64 one.
+    angles32 = torch.tensor(t, dtype=torch.float32)[:, None] * torch.pow(
+        10000.0, -torch.arange(half, dtype=torch.float32) / half)[None, :]
+    fp32 = torch.cat([torch.cos(angles32), torch.sin(angles32)], dim=1)
     assert np.abs(fp32.double().numpy() - expected).max() > 1e-6
+
+
+def test_sinusoid_differs_from_diffusers_fp32_timesteps():
+    t = np.array([999.0, 241.0, 0.0, 17.5])
+    timesteps = _diffusers().models.embeddings.Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
+    ours = sinusoidal_embedding_1d(256, torch.tensor(t))
+    assert (timesteps(torch.tensor(t)).double() - ours).abs().max() > 1e-6
 
 
 def test_time_conditioning_is_fp32_and_unaffected_by_compute_dtype():

@@ -9,12 +9,10 @@ Everything runs in fp32 on the CPU with base_dim 8 (or smaller). Tolerances:
 """
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
-
-pytest.importorskip("diffusers", reason="diffusers is the independent oracle for these tests")
-from diffusers import AutoencoderKLWan  # noqa: E402
-from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers  # noqa: E402
 
 from wan_engine.configs import TINY_VAE, VAEConfig
 from wan_engine.loading.random_init import random_state_dict
@@ -48,23 +46,47 @@ def diffusers_kwargs(cfg: VAEConfig) -> dict:
                 latents_mean=list(cfg.latent_mean), latents_std=list(cfg.latent_std))
 
 
-def build_pair(cfg: VAEConfig, seed: int) -> tuple[WanVAE, AutoencoderKLWan]:
+def diffusers_module(name: str):
+    """A diffusers module, for the comparisons with diffusers only: the chunking, causality,
+    key-map and validation tests here run where diffusers is absent (the GPU image)."""
+    pytest.importorskip("diffusers", reason="diffusers is the independent oracle for this comparison")
+    return importlib.import_module(name)
+
+
+def autoencoder_kl_wan(**kwargs):
+    return diffusers_module("diffusers").AutoencoderKLWan(**kwargs)
+
+
+def build_ours(cfg: VAEConfig, seed: int) -> WanVAE:
     ours = WanVAE(cfg).eval()
-    sd = random_state_dict(ours, seed)
-    ours.load_state_dict(sd, strict=True)
-    theirs = AutoencoderKLWan(**diffusers_kwargs(cfg)).eval()
-    theirs.load_state_dict(official_to_diffusers_vae(sd), strict=True)
+    ours.load_state_dict(random_state_dict(ours, seed), strict=True)
+    return ours
+
+
+def build_pair(ours: WanVAE):
+    theirs = autoencoder_kl_wan(**diffusers_kwargs(ours.config)).eval()
+    theirs.load_state_dict(official_to_diffusers_vae(ours.state_dict()), strict=True)
     return ours, theirs
 
 
 @pytest.fixture(scope="module")
-def tiny_pair():
-    return build_pair(TINY_VAE, seed=3)
+def tiny_vae():
+    return build_ours(TINY_VAE, seed=3)
 
 
 @pytest.fixture(scope="module")
-def odd_pair():
-    return build_pair(ODD_VAE, seed=11)
+def odd_vae():
+    return build_ours(ODD_VAE, seed=11)
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tiny_vae):
+    return build_pair(tiny_vae)
+
+
+@pytest.fixture(scope="module")
+def odd_pair(odd_vae):
+    return build_pair(odd_vae)
 
 
 def random_video(b: int, f: int, h: int, w: int, seed: int) -> torch.Tensor:
@@ -116,11 +138,11 @@ def test_decode_matches_diffusers(request, pair_name, b, f, h, w):
 
 # -- chunked (feature cache) vs whole clip -----------------------------------------------------------
 
-@pytest.mark.parametrize("pair_name", ["tiny_pair", "odd_pair"])
+@pytest.mark.parametrize("vae_name", ["tiny_vae", "odd_vae"])
 @pytest.mark.parametrize("f,h,w", [(1, 16, 24), (9, 24, 16), (13, 8, 8)])
 @torch.no_grad()
-def test_chunked_encode_equals_whole_clip(request, pair_name, f, h, w):
-    ours = request.getfixturevalue(pair_name)[0]
+def test_chunked_encode_equals_whole_clip(request, vae_name, f, h, w):
+    ours = request.getfixturevalue(vae_name)
     video = random_video(1, f, h, w, seed=7 * f)
     chunked = ours.encode_mean(video, chunked=True)
     whole = ours.encode_mean(video, chunked=False)
@@ -129,11 +151,11 @@ def test_chunked_encode_equals_whole_clip(request, pair_name, f, h, w):
     assert err < CHUNK_RTOL, f"chunked vs whole encode rel L2 {err:.2e}"
 
 
-@pytest.mark.parametrize("pair_name", ["tiny_pair", "odd_pair"])
+@pytest.mark.parametrize("vae_name", ["tiny_vae", "odd_vae"])
 @pytest.mark.parametrize("f,h,w", [(1, 3, 2), (4, 2, 3)])
 @torch.no_grad()
-def test_chunked_decode_equals_whole_clip(request, pair_name, f, h, w):
-    ours = request.getfixturevalue(pair_name)[0]
+def test_chunked_decode_equals_whole_clip(request, vae_name, f, h, w):
+    ours = request.getfixturevalue(vae_name)
     mu = 2 * torch.randn(1, ours.config.z_dim, f, h, w, generator=torch.Generator().manual_seed(f))
     chunked = ours.decode_raw(mu, chunked=True)
     whole = ours.decode_raw(mu, chunked=False)
@@ -143,20 +165,20 @@ def test_chunked_decode_equals_whole_clip(request, pair_name, f, h, w):
 
 
 @torch.no_grad()
-def test_whole_clip_is_not_one_cached_chunk(tiny_pair):
+def test_whole_clip_is_not_one_cached_chunk(tiny_vae):
     """Running the cached path on one chunk holding every frame skips temporal resampling (the
     official first-chunk rule), which is why whole-clip has its own definition."""
-    ours = tiny_pair[0]
+    ours = tiny_vae
     video = random_video(1, 9, 16, 16, seed=0)
     one_chunk = ours.encoder(video, FeatureCache())
     assert one_chunk.shape[2] == 9 and ours.encoder(video).shape[2] == 3
 
 
 @torch.no_grad()
-def test_whole_clip_is_causal(tiny_pair):
+def test_whole_clip_is_causal(tiny_vae):
     """Latent frame k sees video frames <= 4k; decoded frames of a latent prefix do not change
     when later latents are appended."""
-    ours = tiny_pair[0]
+    ours = tiny_vae
     video = random_video(1, 9, 16, 16, seed=1)
     changed = video.clone()
     changed[:, :, 6:] = random_video(1, 3, 16, 16, seed=2)
@@ -179,7 +201,7 @@ def meta_state_dict(cfg: VAEConfig) -> dict[str, torch.Tensor]:
 
 def meta_diffusers_state_dict(cfg: VAEConfig) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
-        return AutoencoderKLWan(**diffusers_kwargs(cfg)).state_dict()
+        return autoencoder_kl_wan(**diffusers_kwargs(cfg)).state_dict()
 
 
 def shapes(sd: dict[str, torch.Tensor]) -> dict[str, tuple]:
@@ -193,7 +215,8 @@ def test_official_layout_matches_diffusers_converter():
     assert len(ours) == 194
     assert tuple(ours["decoder.upsamples.3.time_conv.weight"].shape) == (768, 384, 3, 1, 1)
     assert tuple(ours["encoder.downsamples.8.time_conv.weight"].shape) == (384, 384, 3, 1, 1)
-    converted = convert_wan_vae_to_diffusers(dict(ours))
+    convert = diffusers_module("diffusers.loaders.single_file_utils").convert_wan_vae_to_diffusers
+    converted = convert(dict(ours))
     assert shapes(converted) == shapes(meta_diffusers_state_dict(VAEConfig()))
     assert shapes(official_to_diffusers_vae(ours)) == shapes(converted)
 
@@ -201,12 +224,17 @@ def test_official_layout_matches_diffusers_converter():
 @pytest.mark.parametrize("cfg", [VAEConfig(), TINY_VAE, ODD_VAE], ids=["default", "tiny", "odd"])
 def test_key_map_round_trip(cfg):
     official = meta_state_dict(cfg)
-    diffusers_sd = meta_diffusers_state_dict(cfg)
-    assert shapes(official_to_diffusers_vae(official)) == shapes(diffusers_sd)
-    assert shapes(diffusers_to_official_vae(diffusers_sd)) == shapes(official)
     back = diffusers_to_official_vae(official_to_diffusers_vae(official))
     assert back.keys() == official.keys()
     assert all(back[k] is official[k] for k in official)
+
+
+@pytest.mark.parametrize("cfg", [VAEConfig(), TINY_VAE, ODD_VAE], ids=["default", "tiny", "odd"])
+def test_key_map_matches_diffusers_module(cfg):
+    official = meta_state_dict(cfg)
+    diffusers_sd = meta_diffusers_state_dict(cfg)
+    assert shapes(official_to_diffusers_vae(official)) == shapes(diffusers_sd)
+    assert shapes(diffusers_to_official_vae(diffusers_sd)) == shapes(official)
 
 
 @pytest.mark.parametrize("key", ["encoder.downsamples.0.residual.9.weight", "encoder.conv9.weight",
@@ -222,7 +250,7 @@ def test_unknown_official_key_raises(key):
                                  "decoder.up_blocks.0.upsamplers.0.norm1.gamma",
                                  "encoder.mid_block.attentions.1.proj.weight", "vae.quant_conv.weight"])
 def test_unknown_diffusers_key_raises(key):
-    sd = dict(meta_diffusers_state_dict(TINY_VAE))
+    sd = dict(official_to_diffusers_vae(meta_state_dict(TINY_VAE)))
     sd[key] = torch.empty(1)
     with pytest.raises(KeyError, match=key.replace(".", r"\.")):
         diffusers_to_official_vae(sd)
@@ -244,8 +272,8 @@ def test_decoder_attention_has_no_diffusers_name():
 def test_infer_vae_config(cfg):
     stats_kw = {} if cfg.z_dim == 16 else dict(latent_mean=cfg.latent_mean, latent_std=cfg.latent_std)
     assert infer_vae_config(meta_state_dict(cfg), **stats_kw) == cfg
-    if not cfg.attn_scales:  # diffusers' Wan2.1 decoder has no stage attention
-        assert infer_vae_config(meta_diffusers_state_dict(cfg), **stats_kw) == cfg
+    if not cfg.attn_scales:  # our diffusers names (diffusers' Wan2.1 decoder has no stage attention)
+        assert infer_vae_config(official_to_diffusers_vae(meta_state_dict(cfg)), **stats_kw) == cfg
 
 
 def test_infer_vae_config_needs_stats_for_other_z_dim():
@@ -263,15 +291,15 @@ def test_infer_vae_config_needs_stats_for_other_z_dim():
     ((1, 4, 5, 16, 16), "video must have shape"),
     ((3, 5, 16, 16), "video must have shape"),
 ])
-def test_encode_rejects_bad_video(tiny_pair, shape, match):
+def test_encode_rejects_bad_video(tiny_vae, shape, match):
     with pytest.raises(ValueError, match=match):
-        tiny_pair[0].encode(torch.zeros(shape))
+        tiny_vae.encode(torch.zeros(shape))
 
 
 @pytest.mark.parametrize("shape,match", [
     ((1, 8, 2, 2, 2), "latents must have shape"),
     ((1, 16, 0, 2, 2), "at least one latent frame"),
 ])
-def test_decode_rejects_bad_latents(tiny_pair, shape, match):
+def test_decode_rejects_bad_latents(tiny_vae, shape, match):
     with pytest.raises(ValueError, match=match):
-        tiny_pair[0].decode(torch.zeros(shape))
+        tiny_vae.decode(torch.zeros(shape))
