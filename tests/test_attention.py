@@ -11,12 +11,16 @@ import math
 import pytest
 import torch
 
+from wan_engine import attention as attention_module
 from wan_engine.attention import (
+    AUTO_ORDER,
     BACKENDS,
+    PROBE_MARGIN,
     AttentionBackend,
     AttentionBackendError,
     attention,
     resolve_attention_backend,
+    select_backend,
 )
 
 CPU_BACKENDS = ("sdpa", "math")
@@ -282,15 +286,104 @@ def test_gpu_kv_len_padding(name):
 
 
 @pytest.mark.gpu
-def test_gpu_auto_prefers_flash_attn_packages():
-    backend = resolve_attention_backend("auto", "cuda", torch.bfloat16, 128)
-    assert backend.name in ("fa3", "fa2", "sdpa")
-    for name in ("fa3", "fa2"):
+def test_gpu_auto_probes_the_backends_that_run_here():
+    available = []
+    for name in AUTO_ORDER:
         try:
             resolve_attention_backend(name, "cuda", torch.bfloat16, 128)
+            available.append(name)
         except AttentionBackendError:
             continue
-        assert backend.name == name
-        break
-    else:
-        assert backend.name == "sdpa"
+    auto = resolve_attention_backend("auto", "cuda", torch.bfloat16, 128)
+    print(f"auto: {auto.describe()}")
+    probed = dict(auto.probe_ms)
+    assert auto.name in available and auto.requested == "auto" and auto.label == f"{auto.name} (auto)"
+    if len(available) > 1:
+        # Every backend that resolves was timed (or reported as failing the probe).
+        assert set(probed) | {n for n in available if f"{n} (" in auto.selection} == set(available)
+        assert probed[auto.name] <= min(probed.values()) / (1 - PROBE_MARGIN)
+    assert resolve_attention_backend("auto-order", "cuda", torch.bfloat16, 128).name == available[0]
+    q, k, v = random_qkv((2, 300, 257, 3, 128), torch.bfloat16, device="cuda", seed=11)
+    check_against_oracle(auto, q, k, v)
+
+
+# ------------------------------------------------------------------------------------------
+# "auto": the choice among fake backends (no GPU needed)
+# ------------------------------------------------------------------------------------------
+
+def _fake_build(unavailable=()):
+    def build(name):
+        if name in unavailable:
+            raise AttentionBackendError(f"attention backend {name!r} requested but it is a fake that cannot run")
+        return lambda q, k, v, scale, return_lse, name=name: (q, None)
+
+    return build
+
+
+def _fake_times(seconds):
+    def time_call(name, impl):
+        value = seconds[name]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    return time_call
+
+
+def test_probe_picks_the_fastest_and_reports_every_candidate():
+    times = {"b": 2e-3, "c": 1e-3, "d": RuntimeError("kernel refused the shape"), "e": float("nan")}
+    choice = select_backend(("a", "b", "c", "d", "e"), _fake_build({"a"}), _fake_times(times))
+    assert choice.name == "c" and choice.probe_ms == (("b", 2.0), ("c", 1.0))
+    assert "b 2.000 ms, c 1.000 ms" in choice.selection
+    assert "d (RuntimeError: kernel refused the shape)" in choice.selection and "e (ValueError" in choice.selection
+    assert "unavailable: a (it is a fake that cannot run)" in choice.selection
+
+
+def test_probe_near_ties_keep_the_documented_order():
+    just_inside = 1.0 - PROBE_MARGIN / 2  # faster, but by less than the margin
+    choice = select_backend(("b", "c"), _fake_build(), _fake_times({"b": 1.0, "c": just_inside}))
+    assert choice.name == "b"
+    choice = select_backend(("b", "c"), _fake_build(), _fake_times({"b": 1.0, "c": 1.0 - 2 * PROBE_MARGIN}))
+    assert choice.name == "c"
+
+
+def test_without_a_probe_the_first_that_builds_wins():
+    choice = select_backend(("a", "b", "c"), _fake_build({"a"}))
+    assert choice.name == "b" and choice.probe_ms == () and choice.selection.startswith("order a > b > c")
+    only = select_backend(("a", "b"), _fake_build({"a"}), _fake_times({"b": RuntimeError("never timed")}))
+    assert only.name == "b" and "the only candidate" in only.selection  # nothing to compare: no probe
+    with pytest.raises(AttentionBackendError, match="no attention backend can run here: a .*; b "):
+        select_backend(("a", "b"), _fake_build({"a", "b"}))
+    with pytest.raises(AttentionBackendError, match="every attention backend failed the probe: b .*c "):
+        select_backend(("b", "c"), _fake_build(), _fake_times({"b": RuntimeError("x"), "c": 0.0}))
+
+
+def test_cuda_auto_probes_and_auto_order_does_not(monkeypatch):
+    """The wiring of resolve_attention_backend on CUDA, with fake backends and a fake timer."""
+    unavailable = {"fa3", "fa2"}
+    times = {"sdpa-cudnn": 1.0, "sdpa-flash": 0.5, "sdpa": 0.52}
+    probes = []
+
+    def fake_timer(device, dtype, head_dim):
+        probes.append((device.type, dtype, head_dim))
+        return _fake_times(times)
+
+    fake_build = _fake_build(unavailable)
+    monkeypatch.setattr(attention_module, "_build", lambda name, device, dtype, head_dim: fake_build(name))
+    monkeypatch.setattr(attention_module, "_probe_timer", fake_timer)
+    auto = resolve_attention_backend("auto", "cuda", torch.bfloat16, 128)
+    assert (auto.name, auto.requested, auto.label) == ("sdpa-flash", "auto", "sdpa-flash (auto)")
+    assert probes == [("cuda", torch.bfloat16, 128)] and dict(auto.probe_ms) == {k: 1e3 * t for k, t in times.items()}
+    assert auto.describe().startswith("sdpa-flash (auto: probe sdpa-cudnn 1000.000 ms")
+    ordered = resolve_attention_backend("auto-order", "cuda", torch.bfloat16, 128)
+    assert ordered.name == "sdpa-cudnn" and len(probes) == 1 and ordered.probe_ms == ()
+    assert "unavailable: fa3 (it is a fake that cannot run), fa2" in ordered.selection
+
+
+def test_auto_on_cpu_names_how_it_chose():
+    for name in ("auto", "auto-order"):
+        backend = resolve_attention_backend(name, "cpu", torch.bfloat16, 64)
+        assert backend.name == "sdpa" and backend.label == f"sdpa ({name})" and backend.probe_ms == ()
+        assert backend.describe() == f"sdpa ({name}: order sdpa)"
+    explicit = resolve_attention_backend("math", "cpu", torch.float32, 16)
+    assert explicit.label == explicit.describe() == "math"

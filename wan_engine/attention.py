@@ -18,9 +18,16 @@ Backends:
   sdpa-efficient  from the matching aten op
   sdpa-cudnn
   math            explicit softmax in (at least) fp32: the reference oracle, runs anywhere
-  auto            fa3 > fa2 > sdpa on CUDA, sdpa elsewhere
+  auto            on CUDA, the fastest of the candidates that can run here (AUTO_ORDER: fa3, fa2,
+                  sdpa-cudnn, sdpa-flash, sdpa), measured by a short probe when the backend is
+                  resolved (PROBE_*: a few ms per candidate; a candidate that raises or returns
+                  non-finite values is dropped); a later candidate must beat the earlier ones by
+                  PROBE_MARGIN, so near-ties keep the documented order. sdpa elsewhere.
+  auto-order      the same candidates without the probe: the first that can run
 
-flash-attn packages are optional and imported only when a backend needs them.
+The choice is made once, in the resolved object (its `selection` says how and its `probe_ms`
+what was measured); nothing is cached globally. flash-attn packages are optional and imported
+only when a backend needs them.
 """
 from __future__ import annotations
 
@@ -30,13 +37,23 @@ import importlib.util
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-BACKENDS = ("auto", "fa3", "fa2", "sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "math")
+BACKENDS = ("auto", "fa3", "fa2", "sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "math", "auto-order")
+AUTO = ("auto", "auto-order")
+# The documented preference on CUDA: FlashAttention-3 (Hopper), FlashAttention-2, then torch's
+# cuDNN and flash kernels, then torch's own choice (which also covers fp32/fp64).
+AUTO_ORDER = ("fa3", "fa2", "sdpa-cudnn", "sdpa-flash", "sdpa")
+# The probe: self-attention-like inputs [1, PROBE_TOKENS, PROBE_HEADS, head_dim], seeded.
+# ~0.1 ms per call at head_dim 128 on an H100; PROBE_WARMUP calls absorb kernel selection and
+# cuDNN's plan build, then the median of PROBE_REPEATS CUDA-event timings.
+PROBE_TOKENS, PROBE_HEADS = 4096, 16
+PROBE_WARMUP, PROBE_REPEATS = 2, 5
+PROBE_MARGIN = 0.05  # a later candidate must be 5% faster to displace an earlier one
 
 _HALF = (torch.float16, torch.bfloat16)
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -164,6 +181,8 @@ class AttentionBackend:
     """An attention backend resolved for one device, dtype and head_dim.
 
     `name` is the concrete backend ("fa3", "sdpa", ...; never "auto"). Call it like `attention`.
+    `requested` is the name it was resolved from, `selection` how it was chosen (for "auto": the
+    probe's timings or the order), `probe_ms` the probe's (candidate, median ms) pairs.
     """
 
     name: str
@@ -171,6 +190,18 @@ class AttentionBackend:
     dtype: torch.dtype
     head_dim: int
     _impl: _Impl = field(repr=False, compare=False)
+    requested: str = ""
+    selection: str = field(default="", compare=False)
+    probe_ms: tuple[tuple[str, float], ...] = field(default=(), compare=False)
+
+    @property
+    def label(self) -> str:
+        """The concrete name, marked when chosen automatically: "sdpa-cudnn (auto)"."""
+        return f"{self.name} ({self.requested})" if self.requested in AUTO else self.name
+
+    def describe(self) -> str:
+        """One line: the backend and how it was chosen."""
+        return f"{self.name} ({self.requested}: {self.selection})" if self.selection else self.name
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                  kv_len: int | None = None, return_lse: bool = False, scale: float | None = None):
@@ -322,12 +353,94 @@ def _build(name: str, device: torch.device, dtype: torch.dtype, head_dim: int) -
     raise AssertionError(name)  # unreachable: names are checked by the caller
 
 
+@dataclass(frozen=True)
+class AutoChoice:
+    """What `select_backend` chose: the backend, how, and the probe's (name, median ms) pairs."""
+
+    name: str
+    impl: _Impl = field(repr=False)
+    selection: str
+    probe_ms: tuple[tuple[str, float], ...] = ()
+
+
+def select_backend(candidates: Sequence[str], build: Callable[[str], _Impl],
+                   time_call: Callable[[str, _Impl], float] | None = None,
+                   margin: float = PROBE_MARGIN) -> AutoChoice:
+    """Choose among `candidates` (in preference order).
+
+    build(name) returns the implementation or raises AttentionBackendError (why it cannot run).
+    Without `time_call`, or with one candidate left, the first that builds wins. Otherwise
+    time_call(name, impl) returns seconds per call (an exception or a non-positive/non-finite
+    time drops that candidate, with its reason in the selection); walking in preference order, a
+    candidate replaces the current best only when faster by more than `margin`, so near-ties are
+    decided by the order, not by timing noise.
+    """
+    built, skipped = [], []
+    for name in candidates:
+        try:
+            built.append((name, build(name)))
+        except AttentionBackendError as err:
+            skipped.append(f"{name} ({str(err).split(' but ', 1)[-1]})")
+    if not built:
+        raise AttentionBackendError("no attention backend can run here: " + "; ".join(skipped))
+    unavailable = f"; unavailable: {', '.join(skipped)}" if skipped else ""
+    if time_call is None or len(built) == 1:
+        why = "order" if time_call is None else "the only candidate"
+        return AutoChoice(built[0][0], built[0][1], f"{why} {' > '.join(candidates)}{unavailable}")
+    timed, failed = [], []
+    for name, impl in built:
+        try:
+            seconds = float(time_call(name, impl))
+            if not (seconds > 0 and math.isfinite(seconds)):
+                raise ValueError(f"probe time {seconds!r}")
+            timed.append((name, impl, seconds))
+        except Exception as err:  # noqa: BLE001 - a backend that fails the probe is not chosen
+            failed.append(f"{name} ({type(err).__name__}: {' '.join(str(err).split())[:120]})")
+    if not timed:
+        raise AttentionBackendError("every attention backend failed the probe: " + "; ".join(failed))
+    best = timed[0]
+    for entry in timed[1:]:
+        if entry[2] < best[2] * (1 - margin):
+            best = entry
+    probe_ms = tuple((name, 1e3 * seconds) for name, _, seconds in timed)
+    measured = ", ".join(f"{name} {ms:.3f} ms" for name, ms in probe_ms)
+    failures = f"; failed: {', '.join(failed)}" if failed else ""
+    return AutoChoice(best[0], best[1], f"probe {measured}{failures}{unavailable}", probe_ms)
+
+
+def _probe_timer(device: torch.device, dtype: torch.dtype, head_dim: int) -> Callable[[str, _Impl], float]:
+    """time_call for `select_backend`: median seconds of one call on seeded probe inputs."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(1, PROBE_TOKENS, PROBE_HEADS, head_dim, generator=gen, device=device).to(dtype)
+               for _ in range(3))
+    scale = 1.0 / math.sqrt(head_dim)
+
+    def time_call(name: str, impl: _Impl) -> float:
+        with torch.no_grad():
+            for _ in range(PROBE_WARMUP):
+                out, _ = impl(q, k, v, scale, False)
+            if not bool(torch.isfinite(out).all()):  # a sync: fine once, at resolve time
+                raise ValueError("non-finite output")
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                      for _ in range(PROBE_REPEATS)]
+            for start, end in events:
+                start.record()
+                impl(q, k, v, scale, False)
+                end.record()
+            torch.cuda.synchronize(device)
+        return sorted(start.elapsed_time(end) for start, end in events)[PROBE_REPEATS // 2] / 1e3
+
+    return time_call
+
+
 def resolve_attention_backend(name: str, device: torch.device | str, dtype: torch.dtype,
                               head_dim: int) -> AttentionBackend:
     """Pick and check a backend once, for inputs on `device` with `dtype` and `head_dim`.
 
-    "auto" takes the first that can run: fa3 > fa2 > sdpa on CUDA, sdpa elsewhere. A named backend
-    that cannot run raises AttentionBackendError saying why; an unknown name raises ValueError.
+    "auto": on CUDA the fastest of AUTO_ORDER that can run here, by a short probe (see the
+    module docstring); "auto-order": the first of AUTO_ORDER that can run; both are sdpa
+    elsewhere. A named backend that cannot run raises AttentionBackendError saying why; an
+    unknown name raises ValueError.
     """
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
@@ -337,17 +450,15 @@ def resolve_attention_backend(name: str, device: torch.device | str, dtype: torc
     if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
         raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
 
-    if name == "auto":
-        candidates = ("fa3", "fa2", "sdpa") if device.type == "cuda" else ("sdpa",)
-        reasons = []
-        for candidate in candidates:
-            try:
-                return AttentionBackend(candidate, device.type, dtype, head_dim,
-                                        _build(candidate, device, dtype, head_dim))
-            except AttentionBackendError as err:
-                reasons.append(str(err))
-        raise AttentionBackendError("no attention backend can run here: " + "; ".join(reasons))
-    return AttentionBackend(name, device.type, dtype, head_dim, _build(name, device, dtype, head_dim))
+    if name in AUTO:
+        on_cuda = device.type == "cuda"
+        timer = _probe_timer(device, dtype, head_dim) if on_cuda and name == "auto" else None
+        choice = select_backend(AUTO_ORDER if on_cuda else ("sdpa",),
+                                lambda candidate: _build(candidate, device, dtype, head_dim), timer)
+        return AttentionBackend(choice.name, device.type, dtype, head_dim, choice.impl, requested=name,
+                                selection=choice.selection, probe_ms=choice.probe_ms)
+    return AttentionBackend(name, device.type, dtype, head_dim, _build(name, device, dtype, head_dim),
+                            requested=name)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
@@ -358,9 +469,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     return_lse: also return lse `[B,H,Sq]` float32 (natural log of the softmax denominator,
     scale included). kv_len: keys at positions >= kv_len are padding and are not attended.
     scale defaults to 1/sqrt(D). `backend` may be a name (resolved on every call, fine for
-    tests and one-off use) or an AttentionBackend resolved once by the caller (the fast path).
+    tests and one-off use; "auto" then takes the documented order, since a probe on every call
+    would cost more than it saves) or an AttentionBackend resolved once by the caller (the fast
+    path).
     """
     if not isinstance(backend, AttentionBackend):
         _check_qkv(q, k, v)
-        backend = resolve_attention_backend(backend, q.device, q.dtype, q.shape[-1])
+        name = "auto-order" if backend == "auto" else backend
+        backend = resolve_attention_backend(name, q.device, q.dtype, q.shape[-1])
     return backend(q, k, v, kv_len=kv_len, return_lse=return_lse, scale=scale)

@@ -106,11 +106,11 @@ def cmd_generate(args) -> int:
     shutdown()
     if result.frames is None:  # ranks other than 0: their share is in rank 0's frames
         return 0
-    _write_outputs(args, result, load_s, parallel)
+    _write_outputs(args, result, load_s, parallel, pipe.attention_backend)
     return 0
 
 
-def _write_outputs(args, result, load_s: float, parallel) -> None:
+def _write_outputs(args, result, load_s: float, parallel, attention: str) -> None:
     import numpy as np
 
     from .video import save_video
@@ -125,6 +125,7 @@ def _write_outputs(args, result, load_s: float, parallel) -> None:
     f, h, w, _ = result.frames.shape
     layout = f", {parallel.describe()}" if parallel.world_size > 1 else ""
     print(f"wrote {path} ({f} frames, {w}x{h}, seed {result.seed}{layout})")
+    print(f"  attention: {attention}")
     print(f"  load           {load_s:8.2f} s")
     for stage, seconds in result.timings.items():
         print(f"  {stage:<14} {seconds:8.2f} s")
