@@ -13,8 +13,6 @@ import argparse
 import os
 import shlex
 import sys
-import time
-import traceback
 from pathlib import Path
 
 import torch
@@ -22,7 +20,9 @@ import torch
 from wan_engine import validation
 from wan_engine.configs import PRESETS, get_preset
 from wan_engine.device import resolve_device, resolve_dtype
+from wan_engine.env import use_triton_interpreter_without_gpu
 
+from .run import failures, print_results, run_suites, settings_of
 from .suites import SUITE_CHOICES, SUITES, expand
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -68,7 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tflops", type=float, default=None, help="use this matmul ceiling instead of measuring")
     p.add_argument("--gbps", type=float, default=None, help="use this copy ceiling instead of measuring")
     p.add_argument("--gpu-check", action="store_true",
-                   help="GPU-only tests + full-size kernels/DiT/VAE benchmarks, one report (see bench/README.md)")
+                   help="GPU-only tests + full-size kernels/attention/DiT/VAE suites, one report with a verdict "
+                        "(see bench/README.md); --suite picks a subset of those four")
     p.add_argument("--dry-run", action="store_true", help="with --gpu-check: the same flow at reduced sizes")
     p.add_argument("--tests", default="tests", help="with --gpu-check: the test folder for the GPU-only tests")
 
@@ -102,13 +103,6 @@ def main(argv: list[str] | None = None) -> int:
 # ------------------------------------------------------------------------------------------------
 # Running
 # ------------------------------------------------------------------------------------------------
-
-def use_triton_interpreter_without_gpu() -> None:
-    """Without CUDA, Triton kernels only run interpreted, and the switch must be set before the
-    kernel modules are imported (they bind it at import); a value the user set is kept."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-
 
 def _positive(name: str, value, allow_zero: bool = False) -> None:
     low = 0 if allow_zero else 1
@@ -169,64 +163,17 @@ def resolve_ceilings(args, device: torch.device, suites: list[str]):
     return measure_ceilings(device)
 
 
-def run_suites(names: list[str], ctx, log=print) -> dict:
-    """{suite: {"rows", "notes", "text", "telemetry", "seconds"}}; a suite that raises is recorded
-    as a note with its error (the others still run)."""
-    from .suites import run_suite
-    from .telemetry import GpuTelemetry
-
-    suites = {}
-    for name in names:
-        log(f"[bench] {name} ...")
-        start = time.perf_counter()
-        with GpuTelemetry(ctx.device) as telemetry:
-            try:
-                result = run_suite(name, ctx)
-                entry = dict(rows=result.rows, notes=result.notes, text=result.text)
-            except Exception as err:  # noqa: BLE001 - one broken suite must not lose the others
-                tail = traceback.format_exc().strip().splitlines()[-3:]
-                entry = dict(rows=[], notes=[f"{name}: suite failed: {type(err).__name__}: {err}", *tail],
-                             text="", failed=True)
-        entry["telemetry"] = telemetry.summary().to_dict()
-        entry["seconds"] = time.perf_counter() - start
-        suites[name] = entry
-        log(f"[bench] {name} done in {entry['seconds']:.1f} s")
-    return suites
-
-
-def settings_of(ctx) -> dict:
-    from .suites.common import dtype_name
-
-    return dict(model=ctx.preset, size=f"{ctx.width}x{ctx.height}", frames=ctx.frames, device=str(ctx.device),
-                dtype=dtype_name(ctx.dtype), batch=ctx.batch, layers=ctx.layers or ctx.model.dit.num_layers,
-                repeats=ctx.repeats, warmup=ctx.warmup, steps=ctx.steps or ctx.model.sample.steps,
-                compile=ctx.compile, seed=ctx.seed)
-
-
-def print_results(suites: dict, log=print) -> None:
-    from .report import format_table, telemetry_line
-
-    for name, suite in suites.items():
-        log(f"\n== {name} ({suite['seconds']:.1f} s) ==")
-        if suite.get("text"):
-            log(suite["text"])
-        if suite["rows"] and name != "roofline":
-            log(format_table(suite["rows"]))
-        for note in suite["notes"]:
-            log(f"  note: {note}")
-        if (suite.get("telemetry") or {}).get("available"):
-            log(f"  {telemetry_line(suite['telemetry'])}")
-
-
 def run_command(args) -> int:
-    """Handler of the parsed options (also the `wan-engine bench` subcommand's func)."""
-    use_triton_interpreter_without_gpu()
+    """Handler of the parsed options (also the `wan-engine bench` subcommand's func); 1 when a
+    suite raised or a row failed (crashed, or over its accuracy bound), else 0."""
+    use_triton_interpreter_without_gpu()  # before any suite imports a Triton kernel
     command = getattr(args, "bench_command_line", None) or shlex.join(sys.argv)
     if args.gpu_check:
+        from .gpu_check import SUITES as CHECK_SUITES
         from .gpu_check import run_gpu_check
 
         paths = run_gpu_check(args.out or DEFAULT_OUT, dry_run=args.dry_run, device=args.device,
-                              tests=args.tests, command=command)
+                              tests=args.tests, suites=args.suite or CHECK_SUITES, command=command)
         print(f"[gpu-check] wrote {paths['markdown']} and {paths['json']}")
         return 1 if paths.get("failed") else 0
     if args.dry_run:
@@ -252,4 +199,4 @@ def run_command(args) -> int:
         label = f"{'-'.join(names) if len(names) < len(SUITES) else 'all'}-{ctx.preset}"
         paths = write_outputs(report, args.out or DEFAULT_OUT, label)
         print("\n" + "\n".join(f"[bench] wrote {kind}: {path}" for kind, path in paths.items()))
-    return 1 if any(s.get("failed") for s in suites.values()) else 0
+    return 1 if failures(suites) else 0

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .bounds import FAIL
 from .suites.common import ROW_FIELDS
 
 SCHEMA = 1
@@ -35,9 +36,11 @@ TABLE_COLUMNS = (
     ("GB", "bytes", "giga"), ("TFLOP/s", "tflops", ".3g"), ("GB/s", "gbps", ".3g"),
     ("%floor", "pct_of_floor", ".1f"), ("max abs", "max_abs", ".2e"), ("rel L2", "rel_l2", ".2e"),
     ("cosine", "cosine", ".6f"), ("PSNR dB", "psnr", ".1f"), ("SSIM", "ssim", ".4f"),
-    ("mem MiB", "peak_mem_mib", ".1f"),
+    ("mem MiB", "peak_mem_mib", ".1f"), ("attention", "attention", "s"), ("bound", None, "limit"),
+    ("verdict", "verdict", "s"),
 )
 MARKDOWN_COLUMNS = (*TABLE_COLUMNS, ("oracle", "oracle", "s"), ("note", "note", "s"))
+LEFT_ALIGNED = {"suite", "case", "impl", "dtype", "attention", "bound", "verdict", "note"}
 TERMINAL_NOTE_CHARS = 48
 
 
@@ -112,10 +115,39 @@ def all_rows(report: dict) -> list[dict]:
     return [row for suite in report["suites"].values() for row in suite["rows"]]
 
 
+def failures(suites: dict) -> list[str]:
+    """One line per failure: a suite that raised, a row that crashed or is over its bound."""
+    out = []
+    for name, suite in suites.items():
+        if suite.get("failed"):
+            out.append(f"{name}: the suite raised ({suite['notes'][0] if suite['notes'] else 'no message'})")
+        for row in suite["rows"]:
+            if row.get("verdict") != FAIL:
+                continue
+            what = f"{name} / {row['case']} / {row['impl']} ({row.get('dtype') or '?'})"
+            if row.get("acc_metric") and row.get(row["acc_metric"]) is not None:
+                value = row[row["acc_metric"]]
+                out.append(f"{what}: {row['acc_metric']} {value:.3g} outside its bound "
+                           f"({'<=' if row['acc_metric'] == 'rel_l2' else '>='} {row['acc_limit']:.3g}: "
+                           f"{row['acc_rule']})")
+            else:
+                out.append(f"{what}: {row.get('note') or 'failed'}")
+    return out
+
+
+def bound_lines(rows: list[dict]) -> list[str]:
+    """One line per judged row: its bound and where the limit comes from (bench/bounds.py)."""
+    return [f"{r['case']} / {r['impl']} ({r['dtype']}): {r['verdict']}, {_cell(r, None, 'limit')} "
+            f"[{r['acc_rule']}]" for r in rows if r.get("acc_rule")]
+
+
 def _cell(row: dict, key: str | None, fmt: str) -> str:
     if fmt == "spread":
         low, high = row.get("p20_ms"), row.get("p80_ms")
         return "" if low is None or high is None else f"{low:.4g}-{high:.4g}"
+    if fmt == "limit":  # the accuracy bound: "rel_l2 <= 9.5e-03", "psnr >= 36.1"
+        metric, limit = row.get("acc_metric"), row.get("acc_limit")
+        return "" if metric is None or limit is None else f"{metric} {'<=' if metric == 'rel_l2' else '>='} {limit:.3g}"
     value = row.get(key)
     if value is None:
         return ""
@@ -145,10 +177,8 @@ def format_table(rows: list[dict]) -> str:
             if len(c[-1]) > TERMINAL_NOTE_CHARS:
                 c[-1] = c[-1][: TERMINAL_NOTE_CHARS - 3] + "..."
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    left = {"suite", "case", "impl", "dtype", "note"}
-
     def line(values):
-        return "  ".join(v.ljust(w) if h in left else v.rjust(w) for v, w, h in zip(values, widths, headers))
+        return "  ".join(v.ljust(w) if h in LEFT_ALIGNED else v.rjust(w) for v, w, h in zip(values, widths, headers))
 
     return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(c) for c in cells)])
 
@@ -295,12 +325,19 @@ def markdown_report(report: dict, plot_name: str | None = None, title: str = "wa
     if ceilings:
         lines.append(f"- ceilings: {ceilings['matmul_tflops']:.3g} TFLOP/s matmul, {ceilings['copy_gbps']:.4g} GB/s "
                      f"copy ({ceilings['label']})")
+    problems = report["failures"] if "failures" in report else failures(report["suites"])
+    lines += ["", f"## Verdict: {'FAIL' if problems else 'PASS'}", ""]
+    lines += [f"- {p}" for p in problems] or ["No suite raised, no implementation crashed, every judged row is "
+                                              "within its accuracy bound."]
     for name, extra in report.get("extra", {}).items():
         lines += ["", f"## {name}", "", "```", str(extra).strip(), "```"]
     for name, suite in report["suites"].items():
         lines += ["", f"## {name} ({suite.get('seconds', 0):.1f} s)", ""]
         # A suite with preformatted text (the roofline breakdown) shows that instead of its rows.
         lines += ["```", suite["text"], "```"] if suite.get("text") else [markdown_table(suite["rows"])]
+        bounds = bound_lines(suite["rows"])
+        if bounds:
+            lines += ["", "Accuracy bounds (bench/bounds.py):", ""] + [f"- {b}" for b in bounds]
         notes = list(suite.get("notes", []))
         telemetry = telemetry_line(suite.get("telemetry"))
         if telemetry:

@@ -7,16 +7,15 @@ it replaces and (GPU only) torch.compile of them.
 Each case records the compulsory bytes and the achieved GB/s in `extra_info`. The Triton output is
 checked against the eager output first, so a fast wrong kernel fails instead of scoring.
 """
-import os
-
 import pytest
 import torch
 
+from wan_engine.env import use_triton_interpreter_without_gpu
+
 ON_GPU = torch.cuda.is_available()
-if not ON_GPU:
-    # Triton runs kernels on CPU only through its interpreter, which must be chosen before the first
-    # kernel module is imported (tests/conftest.py does the same for tests/).
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+# Triton runs kernels on CPU only through its interpreter, which must be chosen before the first
+# kernel module is imported (tests/conftest.py makes the same call for tests/).
+use_triton_interpreter_without_gpu()
 
 from wan_engine.bench.kernels import OPS, SHAPE_PRESETS, bytes_moved, op_cases  # noqa: E402
 

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from wan_engine.bench import accuracy, cli, report, timing
+from wan_engine.bench import accuracy, bounds, cli, report, run, timing
 from wan_engine.bench.ceilings import MeasuredCeilings, measure_ceilings
+from wan_engine.bench.gpu_check import SUITES as CHECK_SUITES
 from wan_engine.bench.gpu_check import run_gpu_check
 from wan_engine.bench.roofline import dit_forward_cost
 from wan_engine.bench.suites import expand
@@ -312,7 +313,7 @@ def sample_report() -> dict:
                                  ("bf16", 0.005, dict(rel_l2=1e-2, psnr=math.inf, ssim=0.99)),
                                  ("whole", 0.02, dict(rel_l2=0.0, psnr=60.0, ssim=1.0)))]
     env = report.environment(torch.device("cpu"), "python -m wan_engine.bench --suite vae")
-    return dict(schema=report.SCHEMA, environment=env, settings=cli.settings_of(ctx), ceilings=None,
+    return dict(schema=report.SCHEMA, environment=env, settings=run.settings_of(ctx), ceilings=None,
                 suites={"vae": dict(rows=rows, notes=["a note"], text="", telemetry=None, seconds=1.0)}, extra={})
 
 
@@ -404,21 +405,61 @@ def test_suites_fill_accuracy_and_write_every_output(tmp_path, capsys):
     assert "== step" in capsys.readouterr().out
 
 
+GPU_TESTS = """
+import pytest
+
+@pytest.mark.gpu
+def test_gpu_passes():
+    assert 1 + 1 == 2
+
+def test_not_selected():
+    assert False, "deselected by -m 'gpu or multigpu'"
+"""
+
+
 def test_gpu_check_dry_run(tmp_path):
-    result = run_gpu_check(tmp_path, dry_run=True, log=lambda *_: None)
-    assert not result["failed"], result["report"]["extra"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([result["markdown"].name, result["json"].name])
+    """The whole check at reduced sizes, pinned to the CPU; every threshold comes from the dtype
+    the check used (read from its report) through bench.bounds, never from fixed fp32 names."""
+    tests, out = tmp_path / "gpu_tests", tmp_path / "out"
+    tests.mkdir()
+    (tests / "test_fake_gpu.py").write_text(GPU_TESTS)
+    result = run_gpu_check(out, dry_run=True, device="cpu", tests=str(tests), log=lambda *_: None)
+    assert not result["failed"], result["report"]["failures"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([result["markdown"].name, result["json"].name])
     loaded = json.loads(result["json"].read_text())
-    assert loaded["tests"]["ok"] and "deselected" in loaded["tests"]["summary"]
-    assert set(loaded["suites"]) == {"kernels", "attention", "dit", "vae"}
+    dtype = loaded["settings"]["dtype"]
+    assert loaded["settings"]["device"] == "cpu" and dtype == "fp32"  # the device's default dtype
+    ran = {t["id"].split("::")[-1]: t["outcome"] for t in loaded["tests"]["tests"]}
+    assert ran == {"test_gpu_passes": "passed"}
+    assert loaded["tests"]["counts"] | {} == dict(passed=1, failed=0, error=0, skipped=0, deselected=1)
+    assert "NCCL tests (marker multigpu) did not run" in loaded["tests"]["nccl"]
+    assert set(loaded["suites"]) == set(CHECK_SUITES) and set(loaded["part_seconds"]) == {"setup", "tests",
+                                                                                            *CHECK_SUITES}
+    rows = [r for s in loaded["suites"].values() for r in s["rows"]]
+    assert all(r["verdict"] != bounds.FAIL for r in rows)
+
     triton = [r for r in loaded["suites"]["kernels"]["rows"] if r["impl"] == "triton"]
-    assert len(triton) == 5 and all(r["rel_l2"] < 1e-6 for r in triton)  # fp32 kernels vs fp32 torch ops
+    assert len(triton) == 5 and all(r["acc_limit"] == bounds.kernel_bound(dtype).limit >= r["rel_l2"]
+                                    and r["verdict"] == bounds.PASS for r in triton)
+    attention = [r for r in loaded["suites"]["attention"]["rows"]]
+    assert attention and all(r["attention"] == r["impl"] and r["verdict"] == bounds.PASS for r in attention)
+
+    layers = loaded["settings"]["layers"]
     dit = {r["impl"]: r for r in loaded["suites"]["dit"]["rows"]}
-    assert dit["executor"]["rel_l2"] < 1e-5 and dit["reference-bf16"]["rel_l2"] < 0.05
-    vae = [r for r in loaded["suites"]["vae"]["rows"] if r["psnr"] is not None]
-    assert vae and all(0 < r["ssim"] <= 1 for r in vae)
+    low = "bf16" if dtype == "fp32" else dtype  # the baseline's dtype: bf16 beside an fp32 engine
+    baseline = dit["reference-bf16" if dtype == "fp32" else "reference"]
+    assert baseline["dtype"] == low and baseline["acc_limit"] == bounds.reference_bound(low, layers).limit
+    same_dtype_error = 0.0 if dtype == "fp32" else baseline["rel_l2"]  # in fp32 the reference is the oracle
+    expected = bounds.optimized_bound(dtype, layers, same_dtype_error, "").limit
+    assert dit["executor"]["dtype"] == dtype and dit["executor"]["acc_limit"] == pytest.approx(expected)
+    assert dit["executor"]["rel_l2"] <= expected and dit["executor"]["attention"] == "sdpa (auto)"
+    vae = [r for r in loaded["suites"]["vae"]["rows"] if r["psnr"] is not None and r["impl"] != "diffusers"]
+    assert vae and all(r["psnr"] >= bounds.vae_frames_bound(r["dtype"]).limit and 0 < r["ssim"] <= 1 for r in vae)
     md = result["markdown"].read_text()
-    assert "GPU-only tests" in md and "## dit" in md and "## vae" in md
+    for text in ("Verdict: PASS", "Time per part", "test_fake_gpu.py::test_gpu_passes", "counts: passed 1",
+                 "## dit", "## vae", "Accuracy bounds", bounds.kernel_bound(dtype).rule):
+        assert text in md, text
+    assert "CUDA graph" not in md
 
 
 def test_parallel_suite_matches_one_process():

@@ -6,6 +6,7 @@ Triton kernels are imported only by the suites that use them.
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from .common import BenchContext, SuiteResult
 
@@ -26,10 +27,23 @@ def expand(names: list[str] | tuple[str, ...]) -> list[str]:
     return out
 
 
-def run_suite(name: str, ctx: BenchContext) -> SuiteResult:
+def run_suite(name: str, ctx: BenchContext, extra=()) -> SuiteResult:
+    """Run one suite. `extra`: implementations the suite adds after its own (only suites whose
+    `run` takes `extra`, e.g. dit with `bench.suites.dit.Candidate`s)."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
-    return importlib.import_module(f"{__name__}.{name}").run(ctx)
+    if not extra:
+        return importlib.import_module(f"{__name__}.{name}").run(ctx)
+    check_extra(name)
+    return importlib.import_module(f"{__name__}.{name}").run(ctx, extra=tuple(extra))
 
 
-__all__ = ["SUITES", "SUITE_CHOICES", "BenchContext", "SuiteResult", "expand", "run_suite"]
+def check_extra(name: str) -> None:
+    """ValueError unless suite `name` takes extra implementations (its `run` has `extra`)."""
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
+    if "extra" not in inspect.signature(importlib.import_module(f"{__name__}.{name}").run).parameters:
+        raise ValueError(f"suite {name!r} takes no extra implementations")
+
+
+__all__ = ["SUITES", "SUITE_CHOICES", "BenchContext", "SuiteResult", "check_extra", "expand", "run_suite"]

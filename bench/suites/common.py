@@ -7,19 +7,23 @@ A row is a flat dict (JSON/CSV-ready) describing one timed implementation:
   floor_ms, pct_of_floor, bound              against the measured ceilings
   max_abs, rel_l2, cosine, psnr, ssim        accuracy against `oracle` (bench.accuracy)
   peak_mem_mib                               memory a run added at its peak (the memory suite)
+  attention                                  the concrete attention backend the row ran on
+  acc_metric, acc_limit, acc_rule, verdict   its accuracy bound (bench.bounds) and pass/FAIL; a
+                                             crashed implementation is a row with verdict FAIL
   note                                       anything a reader must know
 """
 from __future__ import annotations
 
 import dataclasses
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
 from wan_engine.configs import DiTConfig, ModelConfig
+from wan_engine.device import exact_fp32 as device_exact_fp32
 
+from ..bounds import FAIL, Bound
 from ..ceilings import MeasuredCeilings
 from ..roofline import ComponentCost, Cost, latent_shape, roofline_point
 from ..timing import TimingStats
@@ -30,8 +34,11 @@ ROW_FIELDS = (
     "suite", "case", "impl", "shape", "dtype", "device",
     "median_ms", "p20_ms", "p80_ms", "repeats", "warmup", "timer",
     "flops", "bytes", "tflops", "gbps", "floor_ms", "pct_of_floor", "bound",
-    "oracle", "max_abs", "rel_l2", "cosine", "psnr", "ssim", "peak_mem_mib", "note",
+    "oracle", "max_abs", "rel_l2", "cosine", "psnr", "ssim", "peak_mem_mib", "attention",
+    "acc_metric", "acc_limit", "acc_rule", "verdict", "note",
 )
+# What the eager reference DiT attends with: F.scaled_dot_product_attention, torch's kernel choice.
+REFERENCE_ATTENTION = "reference (torch sdpa)"
 
 
 @dataclass(frozen=True)
@@ -125,8 +132,10 @@ def text_encoder_cost(t5, prompts: int, dtype_bytes: int) -> Cost:
 
 def make_row(ctx: BenchContext, suite: str, case: str, impl: str, stats: TimingStats | None, *,
              shape: str, dtype: str, cost: Cost | None = None, accuracy: dict | None = None,
-             oracle: str = "", note: str = "", **extra) -> dict:
-    """One result row; rates and % of floor are filled when `cost` (and measured ceilings) exist."""
+             oracle: str = "", note: str = "", bound: Bound | None = None, attention: str | None = None,
+             **extra) -> dict:
+    """One result row; rates and % of floor are filled when `cost` (and measured ceilings) exist,
+    the verdict when `bound` is given (judged on the row's accuracy)."""
     row = dict.fromkeys(ROW_FIELDS)
     row.update(suite=suite, case=case, impl=impl, shape=shape, dtype=dtype, device=ctx.device.type,
                oracle=oracle or None, note=note or None)
@@ -143,7 +152,24 @@ def make_row(ctx: BenchContext, suite: str, case: str, impl: str, stats: TimingS
     if accuracy:
         row.update(accuracy)
     row.update(extra)
+    if attention is not None:
+        row["attention"] = attention
+    if bound is not None:
+        row.update(bound.fields(row))
     return row
+
+
+def crash_row(ctx: BenchContext, suite: str, case: str, impl: str, err: BaseException, *, shape: str = "",
+              dtype: str = "", attention: str | None = None) -> dict:
+    """The row of an implementation that raised while being built, run or timed: verdict FAIL, the
+    exception in the note (a crash is a result, never a silent note)."""
+    message = " ".join(str(err).split())[:240]
+    return make_row(ctx, suite, case, impl, None, shape=shape, dtype=dtype, attention=attention,
+                    note=f"crashed: {type(err).__name__}: {message}") | dict(verdict=FAIL)
+
+
+def failed_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r.get("verdict") == FAIL]
 
 
 def generator(ctx: BenchContext, offset: int = 0) -> torch.Generator:
@@ -195,22 +221,12 @@ def executor_factory() -> tuple[Callable | None, str]:
     return build, ""
 
 
-@contextmanager
-def exact_fp32(device: torch.device) -> Iterator[None]:
-    """TF32 off while an fp32 oracle runs on a GPU, restored afterwards.
-
-    cuDNN convolutions default to TF32 (10-bit mantissa), which would make an "fp32" oracle only
-    ~1e-3 accurate and hide the error of the implementations measured against it.
-    """
-    if device.type != "cuda":
-        yield
-        return
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+def exact_fp32(device: torch.device):
+    """TF32 off while an fp32 oracle runs, restored afterwards (wan_engine.device.exact_fp32):
+    cuDNN convolutions default to TF32, which would make an "fp32" oracle only ~1e-3 accurate
+    and hide the error of the implementations measured against it. `device` is unused (the
+    flags do nothing off CUDA)."""
+    return device_exact_fp32()
 
 
 def release_memory(device: torch.device) -> None:

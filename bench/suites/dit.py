@@ -6,8 +6,7 @@ default: the CFG pair the executor runs as one batch). The oracle is the eager r
 weights and the others' are never resident together. Implementations:
 
   reference          the eager reference in the engine dtype (the official amp run in bf16)
-  reference-bf16     when the engine dtype is fp32: the low-precision baseline an optimized
-                     bf16 path is judged against
+  reference-bf16     when the engine dtype is fp32: the official bf16 run, measured beside it
   executor           wan_engine.executor.build_executor, same dtype; timed as `predict` with the
                      text K/V prepared once beforehand (they are per request, not per step)
   executor+compile   the executor with EngineConfig(compile=True)      (with --compile)
@@ -16,22 +15,31 @@ weights and the others' are never resident together. Implementations:
 
 The first call of a compiled variant compiles; it is part of the warm-up (at least one) and its
 duration is reported in the row's note.
+
+Verdicts (bench/bounds.py): the same-dtype reference is held to `reference_bound` (a few
+roundings of its dtype per layer); the executor and the compiled variants to twice that
+reference's measured error plus one rounding and the fp32 accumulation term (in fp32 the
+reference is the oracle, so only the last two remain); diffusers is a peer with other numerics
+(measured, not judged). An implementation that raises while built or timed is a FAIL row.
+`run(ctx, extra=[Candidate(...)])` adds implementations after the built-in ones.
 """
 from __future__ import annotations
 
 import importlib.util
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..accuracy import compare_tensors
+from ..bounds import optimized_bound, reference_bound
 from ..roofline import dit_forward_cost
 from ..timing import measure
 from .common import (
-    BenchContext, SuiteResult, dit_inputs, dtype_name, exact_fp32, executor_factory, make_row,
-    random_dit_weights, reference_dit, release_memory,
+    REFERENCE_ATTENTION, BenchContext, SuiteResult, crash_row, dit_inputs, dtype_name, exact_fp32,
+    executor_factory, make_row, random_dit_weights, reference_dit, release_memory,
 )
 
 SUITE = "dit"
@@ -64,36 +72,156 @@ def diffusers_call(model, cfg, inputs: dict, dtype: torch.dtype) -> Callable[[],
     return lambda: model(x, t, context, return_dict=False)[0].float()
 
 
+@dataclass(frozen=True)
+class DitSetup:
+    """What a candidate builds from: the run's context, config, seeded weights and inputs."""
+
+    ctx: BenchContext
+    cfg: object
+    weights: dict
+    inputs: dict
+
+    def reference(self, dtype: torch.dtype):
+        """A fresh eager reference in `dtype` (each candidate builds its own, freed after it)."""
+        return reference_dit(self.cfg, self.weights, dtype, self.ctx.device)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A built implementation: the timed call and the attention it runs on."""
+
+    call: Callable[[], torch.Tensor]
+    attention: str
+    detail: str = ""  # how the attention backend was chosen, reported once per suite
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One DiT-forward implementation the suite builds, times and judges.
+
+    judge: "baseline" (the eager reference in `dtype`: held to bounds.reference_bound, and the
+    yardstick of the others), "optimized" (held to twice the same-dtype baseline's error,
+    bounds.optimized_bound) or "peer" (another library's numerics: measured, not judged).
+    """
+
+    impl: str
+    dtype: torch.dtype
+    build: Callable[[DitSetup], Prepared]
+    judge: str = "optimized"
+    compiled: bool = False
+    note: str = ""
+
+    def __post_init__(self):
+        if self.judge not in ("baseline", "optimized", "peer"):
+            raise ValueError(f"judge must be 'baseline', 'optimized' or 'peer', got {self.judge!r}")
+
+
+def _reference_candidate(impl: str, dtype: torch.dtype) -> Candidate:
+    def build(setup: DitSetup) -> Prepared:
+        return Prepared(_call(setup.reference(dtype), setup.inputs), REFERENCE_ATTENTION)
+
+    return Candidate(impl, dtype, build, judge="baseline")
+
+
+def _compiled_reference(dtype: torch.dtype) -> Candidate:
+    def build(setup: DitSetup) -> Prepared:
+        return Prepared(_call(torch.compile(setup.reference(dtype)), setup.inputs), REFERENCE_ATTENTION)
+
+    return Candidate("torch.compile", dtype, build, compiled=True)
+
+
+def _executor_candidate(impl: str, dtype: torch.dtype, make, **options) -> Candidate:
+    def build(setup: DitSetup) -> Prepared:
+        executor = make(setup.reference(dtype), dtype=dtype, **options)
+        attention = executor.ops.attention
+        return Prepared(_executor_call(executor, setup.inputs), attention.label, attention.describe())
+
+    return Candidate(impl, dtype, build, compiled=bool(options.get("compile")))
+
+
+def _diffusers_candidate(dtype: torch.dtype) -> Candidate:
+    def build(setup: DitSetup) -> Prepared:
+        model = diffusers_transformer(setup.cfg, setup.weights, dtype, setup.ctx.device)
+        return Prepared(diffusers_call(model, setup.cfg, setup.inputs, dtype), "diffusers (torch sdpa)")
+
+    return Candidate("diffusers", dtype, build, judge="peer",
+                     note="WanTransformer3DModel, all weights in the engine dtype")
+
+
+def default_candidates(ctx: BenchContext, notes: list[str]) -> list[Candidate]:
+    """The built-in implementations in run order (the baseline first); skipped ones get a note."""
+    low = torch.bfloat16 if ctx.dtype == torch.float32 else ctx.dtype
+    out = [_reference_candidate("reference-bf16" if ctx.dtype == torch.float32 else "reference", low)]
+    if ctx.compile:
+        out.append(_compiled_reference(ctx.dtype))
+    make, why = executor_factory()
+    if make is None:
+        notes.append(f"dit executor: skipped ({why})")
+    else:
+        out.append(_executor_candidate("executor", ctx.dtype, make))
+        if ctx.compile:
+            out.append(_executor_candidate("executor+compile", ctx.dtype, make, compile=True))
+    if importlib.util.find_spec("diffusers") is None:
+        notes.append("dit diffusers: skipped (diffusers is not installed)")
+    else:
+        out.append(_diffusers_candidate(ctx.dtype))
+    return out
+
+
 class _Runner:
-    """Times variants against one oracle output and collects rows and notes."""
+    """Builds, times and judges candidates against one oracle output; collects rows and notes."""
 
-    def __init__(self, ctx: BenchContext, result: SuiteResult, oracle_out: torch.Tensor, shape: str):
-        self.ctx, self.result, self.oracle_out, self.shape = ctx, result, oracle_out, shape
+    def __init__(self, setup: DitSetup, result: SuiteResult, oracle_out: torch.Tensor, shape: str):
+        self.setup, self.result, self.oracle_out, self.shape = setup, result, oracle_out, shape
+        self.layers = setup.cfg.num_layers
+        # dtype -> (rel L2 of the same-dtype reference, its label): fp32's is the oracle itself.
+        self.baselines = {torch.float32: (0.0, "the fp32 reference (the oracle)")}
+        self.attention_details: dict[str, str] = {}
 
-    def time(self, impl: str, fn: Callable[[], torch.Tensor], dtype: torch.dtype, *, compiled: bool = False,
-             note: str = "") -> None:
-        ctx = self.ctx
-        warmup = ctx.warmup
-        if compiled:
+    def _bound(self, candidate: Candidate):
+        if candidate.judge == "peer":
+            return None
+        if candidate.judge == "baseline":
+            return reference_bound(candidate.dtype, self.layers)
+        if candidate.dtype not in self.baselines:  # the baseline crashed: its own bound stands in
+            limit = reference_bound(candidate.dtype, self.layers).limit
+            return optimized_bound(candidate.dtype, self.layers, limit, "the baseline's bound (no baseline row)")
+        err, label = self.baselines[candidate.dtype]
+        return optimized_bound(candidate.dtype, self.layers, err, label)
+
+    def time(self, candidate: Candidate, prepared: Prepared) -> dict:
+        ctx = self.setup.ctx
+        warmup, note = ctx.warmup, candidate.note
+        if candidate.compiled:
             start = time.perf_counter()
-            fn()  # compiles
+            prepared.call()  # compiles
             note = f"{note} first call (compile) {time.perf_counter() - start:.1f} s".strip()
             warmup = max(0, warmup - 1)
-        stats, out = measure(fn, ctx.device, ctx.repeats, warmup)
+        stats, out = measure(prepared.call, ctx.device, ctx.repeats, warmup)
         cost = dit_forward_cost(ctx.dit_config, ctx.width, ctx.height, ctx.frames, out.shape[0],
-                                dtype_bytes=torch.empty((), dtype=dtype).element_size())
-        self.result.rows.append(make_row(
-            ctx, SUITE, CASE, impl, stats, shape=self.shape, dtype=dtype_name(dtype), cost=cost,
-            accuracy=compare_tensors(out, self.oracle_out), oracle="reference fp32", note=note))
+                                dtype_bytes=torch.empty((), dtype=candidate.dtype).element_size())
+        row = make_row(ctx, SUITE, CASE, candidate.impl, stats, shape=self.shape, dtype=dtype_name(candidate.dtype),
+                       cost=cost, accuracy=compare_tensors(out, self.oracle_out), oracle="reference fp32",
+                       note=note, attention=prepared.attention)
+        bound = self._bound(candidate)
+        if bound is not None:
+            row.update(bound.fields(row))
+        if candidate.judge == "baseline" and candidate.dtype not in self.baselines:
+            self.baselines[candidate.dtype] = (row["rel_l2"], f"reference {dtype_name(candidate.dtype)}")
+        return row
 
-    def attempt(self, impl: str, build: Callable[[], Callable[[], torch.Tensor]], dtype: torch.dtype,
-                **kwargs) -> None:
-        """Build and time one variant; a failure becomes a note, not a crashed suite."""
+    def attempt(self, candidate: Candidate) -> None:
+        """Build, time and judge one candidate; an exception is a crashed (FAIL) row."""
         try:
-            self.time(impl, build(), dtype, **kwargs)
-        except Exception as err:  # noqa: BLE001 - reported in the results
-            self.result.notes.append(f"dit {impl}: failed ({type(err).__name__}: {str(err)[:200]})")
-        release_memory(self.ctx.device)
+            prepared = candidate.build(self.setup)
+            if prepared.detail:
+                self.attention_details.setdefault(prepared.attention, prepared.detail)
+            row = self.time(candidate, prepared)
+        except Exception as err:  # noqa: BLE001 - a crash is a result: the row fails
+            row = crash_row(self.setup.ctx, SUITE, CASE, candidate.impl, err, shape=self.shape,
+                            dtype=dtype_name(candidate.dtype))
+        self.result.rows.append(row)
+        release_memory(self.setup.ctx.device)
 
 
 def _oracle(ctx: BenchContext, cfg, weights: dict, inputs: dict):
@@ -115,7 +243,9 @@ def _executor_call(executor, inputs: dict) -> Callable[[], torch.Tensor]:
     return lambda: executor.predict(inputs["x"], inputs["t"], text)
 
 
-def run(ctx: BenchContext) -> SuiteResult:
+def run(ctx: BenchContext, extra: Sequence[Candidate] = ()) -> SuiteResult:
+    """The oracle, then the built-in candidates, then `extra` ones (e.g. a new implementation
+    under evaluation, or the test doubles of the GPU check's own tests)."""
     result = SuiteResult()
     cfg = ctx.dit_config
     weights = random_dit_weights(cfg, ctx.seed)
@@ -123,9 +253,7 @@ def run(ctx: BenchContext) -> SuiteResult:
     lf, lh, lw = ctx.latent_grid
     shape = f"{ctx.size_label} B{ctx.batch} {cfg.num_layers}L latent {lf}x{lh}x{lw}"
     oracle_is_engine = ctx.dtype == torch.float32
-
-    def reference(dtype):  # each variant builds its own model, freed when its attempt ends
-        return reference_dit(cfg, weights, dtype, ctx.device)
+    candidates = [*default_candidates(ctx, result.notes), *extra]
 
     with torch.inference_mode():
         stats, oracle_out = _oracle(ctx, cfg, weights, inputs)
@@ -133,30 +261,10 @@ def run(ctx: BenchContext) -> SuiteResult:
         result.rows.append(make_row(
             ctx, SUITE, CASE, "reference", stats, shape=shape, dtype="fp32",
             cost=dit_forward_cost(cfg, ctx.width, ctx.height, ctx.frames, ctx.batch, dtype_bytes=4),
-            oracle="(is the oracle)", note="" if oracle_is_engine else "oracle: one run, no warm-up"))
-
-        runner = _Runner(ctx, result, oracle_out, shape)
-        low = torch.bfloat16 if oracle_is_engine else ctx.dtype
-        runner.attempt("reference-bf16" if oracle_is_engine else "reference",
-                       lambda: _call(reference(low), inputs), low)
-        if ctx.compile:
-            runner.attempt("torch.compile", lambda: _call(torch.compile(reference(ctx.dtype)), inputs), ctx.dtype,
-                           compiled=True)
-
-        build, why = executor_factory()
-        if build is None:
-            result.notes.append(f"dit executor: {why}")
-        else:
-            runner.attempt("executor", lambda: _executor_call(build(reference(ctx.dtype), dtype=ctx.dtype), inputs),
-                           ctx.dtype)
-            if ctx.compile:
-                runner.attempt("executor+compile", lambda: _executor_call(
-                    build(reference(ctx.dtype), dtype=ctx.dtype, compile=True), inputs), ctx.dtype, compiled=True)
-
-        if importlib.util.find_spec("diffusers") is None:
-            result.notes.append("dit diffusers: skipped (diffusers is not installed)")
-        else:
-            runner.attempt("diffusers", lambda: diffusers_call(
-                diffusers_transformer(cfg, weights, ctx.dtype, ctx.device), cfg, inputs, ctx.dtype), ctx.dtype,
-                note="WanTransformer3DModel, all weights in the engine dtype")
+            oracle="(is the oracle)", attention=REFERENCE_ATTENTION,
+            note="" if oracle_is_engine else "oracle: one run, no warm-up"))
+        runner = _Runner(DitSetup(ctx, cfg, weights, inputs), result, oracle_out, shape)
+        for candidate in candidates:
+            runner.attempt(candidate)
+    result.notes += [f"dit attention {label}: {detail}" for label, detail in runner.attention_details.items()]
     return result

@@ -25,7 +25,8 @@ from ..accuracy import compare_frames, compare_tensors
 from ..roofline import Cost, dit_forward_cost, vae_decode_cost
 from ..timing import summarize
 from .common import (
-    BenchContext, SuiteResult, dtype_name, exact_fp32, make_row, release_memory, single_cost, text_encoder_cost,
+    BenchContext, SuiteResult, crash_row, dtype_name, exact_fp32, make_row, release_memory, single_cost,
+    text_encoder_cost,
 )
 
 SUITE = "e2e"
@@ -121,7 +122,7 @@ def run(ctx: BenchContext) -> SuiteResult:
         return lambda: pipe.run(PROMPT, size=(ctx.width, ctx.height), num_frames=ctx.frames, steps=steps,
                                 seed=ctx.seed)
 
-    def add_rows(impl, dtype, stats, frames=None, oracle_frames=None, note=""):
+    def add_rows(impl, dtype, stats, frames=None, oracle_frames=None, note="", attention=None):
         costs = stage_costs(ctx, steps, torch.empty((), dtype=dtype).element_size())
         if impl == "diffusers":
             costs["total"] = costs["total_without_text"]
@@ -135,7 +136,7 @@ def run(ctx: BenchContext) -> SuiteResult:
                                         dtype=dtype_name(dtype), cost=costs.get(stage), accuracy=accuracy,
                                         oracle=oracle or ("(is the oracle)" if impl == "reference" and
                                                           dtype == torch.float32 and stage == "total" else ""),
-                                        note=note if stage == "total" else ""))
+                                        note=note if stage == "total" else "", attention=attention))
 
     with torch.inference_mode():
         oracle_pipe = load("reference", torch.float32)
@@ -144,7 +145,7 @@ def run(ctx: BenchContext) -> SuiteResult:
         with exact_fp32(ctx.device):
             stats, last = timed_runs(ctx, generate_with(oracle_pipe), repeats, warmup)
         oracle_frames = last.frames
-        add_rows("reference", torch.float32, stats)
+        add_rows("reference", torch.float32, stats, attention=oracle_pipe.attention_backend)
 
     if importlib.util.find_spec("diffusers") is None:
         result.notes.append("e2e diffusers: skipped (diffusers is not installed)")
@@ -152,9 +153,9 @@ def run(ctx: BenchContext) -> SuiteResult:
         try:
             stats, frames = _time_frames(ctx, diffusers_generate(oracle_pipe, ctx, steps))
             add_rows("diffusers", torch.float32, {"total": stats}, frames, oracle_frames,
-                     note="WanPipeline, text embeddings given (not timed)")
-        except Exception as err:  # noqa: BLE001 - reported in the results
-            result.notes.append(f"e2e diffusers: failed ({type(err).__name__}: {str(err)[:200]})")
+                     note="WanPipeline, text embeddings given (not timed)", attention="diffusers (torch sdpa)")
+        except Exception as err:  # noqa: BLE001 - installed but broken: a failed row
+            result.rows.append(crash_row(ctx, SUITE, "total", "diffusers", err, shape=shape, dtype="fp32"))
     del oracle_pipe
     release_memory(ctx.device)
 
@@ -166,10 +167,10 @@ def run(ctx: BenchContext) -> SuiteResult:
             with torch.inference_mode():
                 pipe = load(engine, dtype)
                 stats, last = timed_runs(ctx, generate_with(pipe), ctx.repeats, ctx.warmup)
-            add_rows(engine, dtype, stats, last.frames, oracle_frames)
+            add_rows(engine, dtype, stats, last.frames, oracle_frames, attention=pipe.attention_backend)
             del pipe
-        except Exception as err:  # noqa: BLE001 - reported in the results
-            result.notes.append(f"e2e {engine}: failed ({type(err).__name__}: {str(err)[:200]})")
+        except Exception as err:  # noqa: BLE001 - a crash is a failed row
+            result.rows.append(crash_row(ctx, SUITE, "total", engine, err, shape=shape, dtype=dtype_name(dtype)))
         release_memory(ctx.device)
     return result
 

@@ -5,16 +5,19 @@ the kernels run under Triton's interpreter, so tokens are capped at CPU_MAX_TOKE
 numbers only prove the plumbing). Timing and GB/s come from `bench.kernels.bench_kernels`;
 this suite adds the roofline columns (the ops are memory-bound: 0 FLOPs, compulsory bytes) and
 the accuracy of each Triton output against the eager torch ops, which compute in fp32 and round
-to the output dtype (the kernels' oracle).
+to the output dtype (the kernels' oracle), judged by `bench.bounds.kernel_bound` (one ulp of the
+dtype per element plus fp32 reduction order). A kernel that raises is a FAIL row; the Triton
+kernels are the product here, so no fallback hides them.
 """
 from __future__ import annotations
 
 import torch
 
 from ..accuracy import compare_tensors
+from ..bounds import kernel_bound
 from ..roofline import dit_tokens
 from ..timing import TimingStats
-from .common import BenchContext, SuiteResult, dtype_name, make_row, single_cost
+from .common import BenchContext, SuiteResult, crash_row, dtype_name, make_row, single_cost
 
 SUITE = "kernels"
 CPU_MAX_TOKENS = 64
@@ -35,12 +38,14 @@ def _flat(out) -> torch.Tensor:
     return torch.cat([p.detach().double().flatten() for p in parts])
 
 
-def triton_accuracy(shape, dtype: torch.dtype, device: torch.device) -> dict[str, dict]:
+def triton_accuracy(shape, dtype: torch.dtype, device: torch.device, ops=None) -> dict[str, dict]:
     """Per op: compare_tensors(Triton output, eager torch output) on bench/kernels.py's inputs."""
     from ..kernels import op_cases
 
     accuracy = {}
     for op, case in op_cases(shape, dtype, device).items():
+        if ops is not None and op not in ops:
+            continue
         out = case.kernel(*case.args, **case.kwargs)
         ref = case.reference(*case.args, **case.kwargs)
         accuracy[op] = compare_tensors(_flat(out), _flat(ref))
@@ -58,11 +63,8 @@ def _stats(row: dict, repeats: int, warmup: int) -> TimingStats:
 
 def run(ctx: BenchContext) -> SuiteResult:
     result = SuiteResult()
-    try:
-        from ..kernels import bench_kernels, default_providers
-    except ImportError as err:
-        result.notes.append(f"kernels: bench/kernels.py or the Triton kernels are unavailable ({err})")
-        return result
+    from ..kernels import OPS, bench_kernels, default_providers
+
     shape = bench_shape(ctx)
     full_tokens = dit_tokens(ctx.dit_config, ctx.width, ctx.height, ctx.frames)
     if shape.seq < full_tokens:
@@ -70,23 +72,32 @@ def run(ctx: BenchContext) -> SuiteResult:
                             f"(Triton interpreter)")
     providers = tuple(p for p in default_providers(ctx.device) if ctx.compile or p != "torch.compile")
     copy_gbps = ctx.ceilings.copy_gbps if ctx.ceilings else None
-    try:
-        accuracy = triton_accuracy(shape, ctx.dtype, ctx.device)
-    except Exception as err:  # noqa: BLE001 - e.g. no GPU and no interpreter
-        result.notes.append(f"kernels: Triton unavailable here ({type(err).__name__}: {str(err)[:160]}); "
-                            f"timing the torch ops only")
-        accuracy, providers = {}, tuple(p for p in providers if p != "triton")
-    rows = bench_kernels([shape], ctx.dtype, ctx.device, ctx.repeats, ctx.warmup, providers=providers,
-                         copy_gbps=copy_gbps)
     label = f"B{shape.batch} S{shape.seq} dim{shape.dim} H{shape.num_heads}"
-    for r in rows:
-        is_oracle = r["provider"] == "torch"
-        acc = accuracy.get(r["op"]) if r["provider"] == "triton" else None
-        if r["provider"] == "torch.compile":
-            acc = {"max_abs": r["max_abs_diff_vs_torch"]}
-        extras = {k: r[k] for k in ("speedup_vs_torch", "speedup_vs_torch_compile", "pct_of_copy") if k in r}
-        result.rows.append(make_row(
-            ctx, SUITE, r["op"], r["provider"], _stats(r, ctx.repeats, ctx.warmup), shape=label,
-            dtype=dtype_name(ctx.dtype), cost=single_cost(r["op"], 0, r["bytes"]), accuracy=acc,
-            oracle="(is the oracle)" if is_oracle else "eager torch ops (fp32 compute)", **extras))
+    dtype = dtype_name(ctx.dtype)
+    bound = kernel_bound(ctx.dtype)
+    for op in OPS:
+        # One op at a time, so a kernel that fails is that op's FAIL row and the rest still run.
+        op_providers = providers
+        try:
+            accuracy = triton_accuracy(shape, ctx.dtype, ctx.device, ops=(op,))[op]
+        except Exception as err:  # noqa: BLE001 - a kernel that raises is a failed row
+            result.rows.append(crash_row(ctx, SUITE, op, "triton", err, shape=label, dtype=dtype))
+            accuracy, op_providers = None, tuple(p for p in providers if p != "triton")
+        try:
+            rows = bench_kernels([shape], ctx.dtype, ctx.device, ctx.repeats, ctx.warmup, providers=op_providers,
+                                 ops=(op,), copy_gbps=copy_gbps)
+        except Exception as err:  # noqa: BLE001 - timing failed: every provider of this op fails
+            result.rows += [crash_row(ctx, SUITE, op, p, err, shape=label, dtype=dtype) for p in op_providers]
+            continue
+        for r in rows:
+            provider = r["provider"]
+            acc = accuracy if provider == "triton" else None
+            if provider == "torch.compile":
+                acc = {"max_abs": r["max_abs_diff_vs_torch"]}
+            extras = {k: r[k] for k in ("speedup_vs_torch", "speedup_vs_torch_compile", "pct_of_copy") if k in r}
+            result.rows.append(make_row(
+                ctx, SUITE, r["op"], provider, _stats(r, ctx.repeats, ctx.warmup), shape=label, dtype=dtype,
+                cost=single_cost(r["op"], 0, r["bytes"]), accuracy=acc,
+                bound=bound if provider == "triton" else None,
+                oracle="(is the oracle)" if provider == "torch" else "eager torch ops (fp32 compute)", **extras))
     return result

@@ -19,8 +19,8 @@ from ..roofline import dit_forward_cost, vae_decode_cost
 from ..telemetry import MIB, RssSampler
 from ..timing import summarize
 from .common import (
-    BenchContext, SuiteResult, dit_inputs, dtype_name, executor_factory, make_row, random_dit_weights,
-    reference_dit, release_memory, text_encoder_cost,
+    REFERENCE_ATTENTION, BenchContext, SuiteResult, dit_inputs, dtype_name, executor_factory, make_row,
+    random_dit_weights, reference_dit, release_memory, text_encoder_cost,
 )
 from .vae import random_vae_weights, reference_vae
 
@@ -119,9 +119,13 @@ def run(ctx: BenchContext) -> SuiteResult:
             module, call = build()
             seconds, added, method = peak_memory(ctx.device, call, ctx.warmup)
             weights_mib = module_bytes(module) / MIB
+            ops = getattr(module, "ops", None)  # the executor's resolved ops; the reference has none
+            attention = ops.attention.label if ops is not None else (
+                REFERENCE_ATTENTION if case == "dit forward" else None)
             result.rows.append(make_row(
                 ctx, SUITE, case, impl, summarize([seconds], 0), shape=shape, dtype=dtype_name(dtype), cost=cost,
-                peak_mem_mib=added, weights_mib=weights_mib, note=f"weights {weights_mib:.1f} MiB; peak: {method}"))
+                peak_mem_mib=added, weights_mib=weights_mib, attention=attention,
+                note=f"weights {weights_mib:.1f} MiB; peak: {method}"))
             module = call = None  # free this stage's model before the next is built
             release_memory(ctx.device)
     return result

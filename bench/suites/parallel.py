@@ -24,7 +24,7 @@ from ..parallel import spawn_ranks
 from ..roofline import dit_forward_cost, dit_tokens
 from ..timing import measure, summarize
 from .attention import exact_attention, oracle_rows
-from .common import BenchContext, SuiteResult, dtype_name, make_row, single_cost
+from .common import BenchContext, SuiteResult, crash_row, dtype_name, make_row, single_cost
 
 SUITE = "parallel"
 WORLD = 2
@@ -71,7 +71,7 @@ def _local_attention(device: torch.device, dtype: torch.dtype, head_dim: int):
     def local(q, k, v, kv_len):
         return backend(q, k, v, kv_len=kv_len, return_lse=True)
 
-    return local
+    return local, backend.label
 
 
 def _rank_main(rank: int, world: int, init_file: str, backend: str, spec: dict, results) -> None:
@@ -94,7 +94,7 @@ def _rank_main(rank: int, world: int, init_file: str, backend: str, spec: dict, 
         gen = torch.Generator().manual_seed(spec["seed"])  # the same full tensors on every rank
         full = [torch.randn(b, s, h, d, generator=gen) for _ in range(3)]
         shards = [split_sequence(t, group).to(device, dtype) for t in full]
-        local = _local_attention(device, dtype, d)
+        local, attention = _local_attention(device, dtype, d)
         out = {}
 
         def timed(name, fn):
@@ -118,6 +118,7 @@ def _rank_main(rank: int, world: int, init_file: str, backend: str, spec: dict, 
             compared[name] = (result[:, rows.to(device)].double().cpu().numpy(), oracle.numpy())
         if spec["dit_ctx"] is not None:
             compared |= _dit_forwards(spec["dit_ctx"].replace(device=device), world, timed)
+        compared["attention"] = attention
         everyone = [None] * world
         dist.all_gather_object(everyone, compared)
         results.put((rank, True, {"samples": out, "outputs": everyone}))
@@ -182,9 +183,11 @@ def _measured_rows(ctx: BenchContext, result: SuiteResult) -> None:
                 dit_ctx=ctx.replace(dtype=dtype, ceilings=None) if run_dit else None)
     try:
         report = spawn_ranks(_rank_main, WORLD, (backend, spec))
-    except RuntimeError as err:
-        result.notes.append(f"parallel: measured part failed ({str(err)[-300:]})")
+    except RuntimeError as err:  # a rank failed: the measured part is a failed row
+        result.rows.append(crash_row(ctx, SUITE, "measured (spawned ranks)", f"{backend}-{WORLD}",
+                                     RuntimeError(str(err)[-300:]), dtype=dtype_name(dtype)))
         return
+    attention = ", ".join(sorted({str(o.get("attention")) for o in report["outputs"]}))
     elem = torch.empty((), dtype=dtype).element_size()
     shard = ctx.batch * -(-tokens // WORLD) * cfg.dim * elem
     sent = {"all-to-all q/k/v": 3 * shard * (WORLD - 1) / WORLD,
@@ -207,11 +210,12 @@ def _measured_rows(ctx: BenchContext, result: SuiteResult) -> None:
         result.rows.append(make_row(
             ctx, SUITE, name, f"{backend}-{WORLD}", stats, shape=shape, dtype=dtype_name(dtype),
             cost=single_cost(name, 0, sent[name]), accuracy=accuracy, oracle=oracle,
-            note="GB/s = bytes sent per rank / time"))
-    _dit_rows(ctx, result, dit_times, report["outputs"][0], backend, dtype)
+            attention=attention if kind in ("ulysses", "ring") else None, note="GB/s = bytes sent per rank / time"))
+    _dit_rows(ctx, result, dit_times, report["outputs"][0], backend, dtype, attention)
 
 
-def _dit_rows(ctx: BenchContext, result: SuiteResult, times: dict, outputs: dict, backend: str, dtype) -> None:
+def _dit_rows(ctx: BenchContext, result: SuiteResult, times: dict, outputs: dict, backend: str, dtype,
+              attention: str) -> None:
     """Rows of the sequence-parallel forwards: the per-rank share of the work (so %floor is per
     device), accuracy against the single-process executor, speedup and scaling efficiency."""
     if "executor-1" not in times:
@@ -232,7 +236,7 @@ def _dit_rows(ctx: BenchContext, result: SuiteResult, times: dict, outputs: dict
         result.rows.append(make_row(
             ctx, SUITE, "dit forward", impl, stats, shape=shape, dtype=dtype_name(dtype),
             cost=single_cost("dit forward", forward.flops / ranks, forward.bytes / ranks), accuracy=accuracy,
-            oracle=oracle, note=note))
+            oracle=oracle, note=note, attention=attention))
 
 
 def run(ctx: BenchContext) -> SuiteResult:

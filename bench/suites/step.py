@@ -8,6 +8,11 @@ the updated latents would mostly compare the unchanged input latents.
 
 Implementations: reference (engine dtype; `reference-bf16` beside an fp32 oracle), and, when the
 executor exists, executor with cond+uncond as one batch-2 forward and as two forwards.
+
+Verdicts: the executor rows by `bench.bounds.optimized_bound` against the same-dtype reference's
+measured error (which the guidance amplifies alike), its rounding terms scaled by
+`guidance_amplification`; the reference's own bound is the dit suite's business. A crash is a
+FAIL row.
 """
 from __future__ import annotations
 
@@ -18,11 +23,12 @@ import torch
 from wan_engine.reference.schedulers import make_solver
 
 from ..accuracy import compare_tensors
+from ..bounds import guidance_amplification, optimized_bound
 from ..roofline import dit_forward_cost
 from ..timing import measure
 from .common import (
-    BenchContext, SuiteResult, dit_inputs, dtype_name, exact_fp32, executor_factory, make_row,
-    random_dit_weights, reference_dit, release_memory,
+    REFERENCE_ATTENTION, BenchContext, SuiteResult, crash_row, dit_inputs, dtype_name, exact_fp32,
+    executor_factory, make_row, random_dit_weights, reference_dit, release_memory,
 )
 
 SUITE = "step"
@@ -87,36 +93,51 @@ def run(ctx: BenchContext) -> SuiteResult:
             stats, (_, oracle_v) = measure(step_fn(ctx, guided_velocity_fn(oracle, context, context_null, guidance),
                                                    latents), ctx.device, repeats, warmup)
         result.rows.append(make_row(ctx, SUITE, CASE, "reference", stats, shape=shape, dtype="fp32",
-                                    cost=cost(torch.float32), oracle="(is the oracle)",
+                                    cost=cost(torch.float32), oracle="(is the oracle)", attention=REFERENCE_ATTENTION,
                                     note="" if oracle_is_engine else "oracle: one run, no warm-up"))
         del oracle
         release_memory(ctx.device)
 
-        def timed(impl: str, dit, dtype, cfg_batch=None, note=""):
+        # The same-dtype reference's error: fp32's is the oracle itself.
+        baseline = {torch.float32: (0.0, "the fp32 reference (the oracle)")}
+
+        def timed(impl: str, dit, dtype, attention: str, cfg_batch=None, note=""):
             try:
                 fn = step_fn(ctx, guided_velocity_fn(dit, context, context_null, guidance, cfg_batch), latents)
                 stats, (_, v) = measure(fn, ctx.device, ctx.repeats, ctx.warmup)
-            except Exception as err:  # noqa: BLE001 - reported in the results
-                result.notes.append(f"step {impl}: failed ({type(err).__name__}: {str(err)[:200]})")
+            except Exception as err:  # noqa: BLE001 - a crash is a failed row
+                result.rows.append(crash_row(ctx, SUITE, CASE, impl, err, shape=shape, dtype=dtype_name(dtype),
+                                             attention=attention))
                 return
+            accuracy = compare_tensors(v, oracle_v)
+            bound = None
+            if impl.startswith("executor") and dtype in baseline:
+                bound = optimized_bound(dtype, cfg.num_layers, *baseline[dtype],
+                                        amplification=guidance_amplification(guidance))
+            elif impl.startswith("reference"):
+                baseline.setdefault(dtype, (accuracy["rel_l2"], f"reference {dtype_name(dtype)}"))
             result.rows.append(make_row(ctx, SUITE, CASE, impl, stats, shape=shape, dtype=dtype_name(dtype),
-                                        cost=cost(dtype), accuracy=compare_tensors(v, oracle_v),
+                                        cost=cost(dtype), accuracy=accuracy, bound=bound, attention=attention,
                                         oracle="reference fp32 guided velocity", note=note))
 
         low = torch.bfloat16 if oracle_is_engine else ctx.dtype
         reference = reference_dit(cfg, weights, low, ctx.device)
-        timed("reference-bf16" if oracle_is_engine else "reference", reference, low)
+        timed("reference-bf16" if oracle_is_engine else "reference", reference, low, REFERENCE_ATTENTION)
         del reference
 
         build, why = executor_factory()
         if build is None:
-            result.notes.append(f"step executor: {why}")
+            result.notes.append(f"step executor: skipped ({why})")
             return result
-        engine_reference = reference_dit(cfg, weights, ctx.dtype, ctx.device)
-        executor = build(engine_reference, dtype=ctx.dtype)
-        del engine_reference
-        timed("executor", executor, ctx.dtype, cfg_batch=True, note="cond+uncond as one batch-2 forward")
-        timed("executor-2x", executor, ctx.dtype, cfg_batch=False, note="cond and uncond as two forwards")
+        try:
+            executor = build(reference_dit(cfg, weights, ctx.dtype, ctx.device), dtype=ctx.dtype)
+        except Exception as err:  # noqa: BLE001 - a crash is a failed row
+            result.rows += [crash_row(ctx, SUITE, CASE, impl, err, shape=shape, dtype=dtype_name(ctx.dtype))
+                            for impl in ("executor", "executor-2x")]
+            return result
+        attention = executor.ops.attention.label
+        timed("executor", executor, ctx.dtype, attention, cfg_batch=True, note="cond+uncond as one batch-2 forward")
+        timed("executor-2x", executor, ctx.dtype, attention, cfg_batch=False, note="cond and uncond as two forwards")
         del executor
         release_memory(ctx.device)
     return result

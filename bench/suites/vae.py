@@ -8,6 +8,10 @@ pipeline's uint8 conversion, by PSNR and SSIM; encodes by the posterior mean.
 Implementations: reference (fp32, chunked: the oracle), reference-whole-clip (one pass over all
 frames, no feature cache), reference-bf16 (weights and activations in bf16), diffusers
 (AutoencoderKLWan on the converted weights, when installed).
+
+Verdicts (bench/bounds.py): decodes by a PSNR floor derived from the row's dtype
+(`vae_frames_bound`), encodes by a relative-L2 bound (`vae_tensor_bound`); diffusers is a peer
+(measured, not judged). A build or a call that raises is a FAIL row.
 """
 from __future__ import annotations
 
@@ -20,9 +24,12 @@ import torch
 from wan_engine.pipelines.t2v import frames_to_uint8
 
 from ..accuracy import compare_frames, compare_tensors
+from ..bounds import vae_frames_bound, vae_tensor_bound
 from ..roofline import vae_decode_cost, vae_encode_cost
 from ..timing import measure
-from .common import BenchContext, SuiteResult, dtype_name, exact_fp32, generator, make_row, release_memory
+from .common import (
+    BenchContext, SuiteResult, crash_row, dtype_name, exact_fp32, generator, make_row, release_memory,
+)
 
 SUITE = "vae"
 WHOLE_CLIP_LIMIT_BYTES = 8 << 30
@@ -108,8 +115,10 @@ def run(ctx: BenchContext) -> SuiteResult:
         for impl, dtype, build, decode, encode, note in impls:
             try:
                 model = build()
-            except Exception as err:  # noqa: BLE001 - reported in the results
-                result.notes.append(f"vae {impl}: failed to build ({type(err).__name__}: {str(err)[:200]})")
+            except Exception as err:  # noqa: BLE001 - a crash is a failed row
+                for case, call in (("vae decode", decode), ("vae encode", encode)):
+                    if call is not None:
+                        result.rows.append(crash_row(ctx, SUITE, case, impl, err, shape=shape, dtype=dtype_name(dtype)))
                 continue
             size = torch.empty((), dtype=dtype).element_size()
             for case, call, cost in (
@@ -121,21 +130,28 @@ def run(ctx: BenchContext) -> SuiteResult:
                 try:
                     with exact_fp32(ctx.device) if dtype == fp32 else contextlib.nullcontext():
                         stats, out = measure(lambda: call(model), ctx.device, ctx.repeats, ctx.warmup)
-                except Exception as err:  # noqa: BLE001 - reported in the results
-                    result.notes.append(f"vae {impl} {case}: failed ({type(err).__name__}: {str(err)[:200]})")
+                except Exception as err:  # noqa: BLE001 - a crash is a failed row
+                    result.rows.append(crash_row(ctx, SUITE, case, impl, err, shape=shape, dtype=dtype_name(dtype)))
                     continue
                 row_note = note if case == "vae decode" else f"posterior mean{'; ' + note if note else ''}"
-                if case not in oracle:
+                if impl == impls[0][0]:
                     oracle[case] = out.float()
                     result.rows.append(make_row(ctx, SUITE, case, impl, stats, shape=shape, dtype=dtype_name(dtype),
                                                 cost=cost, oracle="(is the oracle)", note=row_note))
                     continue
+                if case not in oracle:  # the oracle crashed (its FAIL row says why): nothing to judge by
+                    result.rows.append(make_row(ctx, SUITE, case, impl, stats, shape=shape, dtype=dtype_name(dtype),
+                                                cost=cost, note=f"{row_note}; not compared: the oracle crashed"))
+                    continue
                 accuracy = compare_tensors(out.float(), oracle[case])
                 if case == "vae decode":
                     accuracy |= _frame_metrics(_frames(out), _frames(oracle[case]), result)
+                bound = None
+                if impl != "diffusers":  # a peer with its own numerics: measured, not judged
+                    bound = vae_frames_bound(dtype) if "psnr" in accuracy else vae_tensor_bound(dtype)
                 result.rows.append(make_row(ctx, SUITE, case, impl, stats, shape=shape, dtype=dtype_name(dtype),
                                             cost=cost, accuracy=accuracy, oracle="reference fp32 (chunked)",
-                                            note=row_note))
+                                            note=row_note, bound=bound))
             model = None  # free this implementation's weights before building the next
             release_memory(ctx.device)
     return result
