@@ -1,9 +1,11 @@
-"""Test helpers: spawn gloo process groups on CPU, plus exact attention oracles.
+"""Test helpers: spawn gloo process groups on CPU (or NCCL ones, one GPU per rank), plus exact
+attention oracles.
 
 `run_ranks` starts one spawned process per rank (fresh interpreters: no inherited threads or
 process-group state), joins them through a file:// rendezvous, runs `worker(rank, world_size,
 *args)` in each and returns what every rank returned or raised. Nothing it starts can outlive
-the call: on a deadline or a failure the remaining children are killed by their handles.
+the call: on a deadline or a failure the remaining children are killed by their handles. With
+backend="nccl", rank r runs on cuda:r (set as its current device before the group forms).
 """
 from __future__ import annotations
 
@@ -30,11 +32,13 @@ class RankOutcome:
     exitcode: int | None = None
 
 
-def _rank_main(rank, world_size, init_file, pg_timeout_s, results, worker, args):
+def _rank_main(rank, world_size, init_file, pg_timeout_s, results, worker, args, backend="gloo"):
     # Two shared cores: intra-op threads in every rank would only fight each other.
     torch.set_num_threads(1)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)  # NCCL binds a communicator to the current device
     dist.init_process_group(
-        "gloo",
+        backend,
         init_method=f"file://{init_file}",
         rank=rank,
         world_size=world_size,
@@ -63,12 +67,19 @@ def run_ranks(
     *args: Any,
     pg_timeout_s: float = 60.0,
     deadline_s: float = 120.0,
+    backend: str = "gloo",
 ) -> list[RankOutcome]:
-    """Run `worker(rank, world_size, *args)` on `world_size` gloo ranks; outcomes by rank.
+    """Run `worker(rank, world_size, *args)` on `world_size` ranks of `backend` ("gloo" on the
+    CPU, "nccl" with one GPU per rank); outcomes by rank.
 
     `worker` must be a module-level function of an importable module (spawn pickles it by
     name). Raises AssertionError when a rank neither reports nor exits before `deadline_s`.
     """
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+    if backend == "nccl" and torch.cuda.device_count() < world_size:
+        raise ValueError(f"backend 'nccl' with {world_size} ranks needs {world_size} GPUs, "
+                         f"found {torch.cuda.device_count()}")
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     outcomes: dict[int, RankOutcome] = {}
@@ -77,7 +88,7 @@ def run_ranks(
         procs = [
             ctx.Process(
                 target=_rank_main,
-                args=(rank, world_size, init_file, pg_timeout_s, results, worker, args),
+                args=(rank, world_size, init_file, pg_timeout_s, results, worker, args, backend),
                 daemon=True,
             )
             for rank in range(world_size)
