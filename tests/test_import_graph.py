@@ -32,6 +32,8 @@ ALLOWED = {
     # The one place that knows every layer below the pipelines.
     "wan_engine.assembly": {"wan_engine.loading", "wan_engine.reference", "wan_engine.executor",
                             "wan_engine.parallel", "wan_engine.engine_config"},
+    # The toy world (torch only) and the training of the `shapes` model on it.
+    "wan_engine.shapes": {"wan_engine.assembly", "wan_engine.reference", "wan_engine.loading"},
     "wan_engine.pipelines": {"wan_engine.assembly", "wan_engine.runner", "wan_engine.parallel",
                              "wan_engine.reference", "wan_engine.executor"},
 }

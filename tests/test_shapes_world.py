@@ -1,0 +1,84 @@
+"""The `shapes` world generator and a few steps of the training at toy size."""
+from collections import Counter
+
+import pytest
+import torch
+
+from wan_engine.shapes.world import (
+    BACKGROUNDS, COLORS, DIRECTIONS, HELD_OUT, SHAPES, Combo, all_combos, make_clip, parse_caption, random_clips,
+    training_combos,
+)
+
+
+def test_combinations_and_held_out_set():
+    combos = all_combos()
+    assert len(combos) == 7 * 3 * 4 * 3 - 3 * 4  # white never on white
+    assert len(HELD_OUT) == 24 and not set(HELD_OUT) & set(training_combos())
+    assert len(training_combos()) + len(HELD_OUT) == len(combos)
+    # Every single attribute value is still seen in training; only the pairings are held out.
+    seen = training_combos()
+    for attr, values in (("color", COLORS), ("shape", SHAPES), ("direction", DIRECTIONS), ("background", BACKGROUNDS)):
+        assert set(values) == {getattr(c, attr) for c in seen}, attr
+    with pytest.raises(ValueError, match="invisible"):
+        Combo("white", "circle", "left", "white")
+    with pytest.raises(ValueError, match="color must be one of"):
+        Combo("orange", "circle", "left", "black")
+
+
+def test_captions_follow_the_grammar_and_parse_back():
+    c = Combo("cyan", "triangle", "up", "gray")
+    assert c.caption == "a cyan triangle moving up on a gray background"
+    assert all(parse_caption(x.caption) == x for x in all_combos())
+    with pytest.raises(ValueError, match="caption must read"):
+        parse_caption("a cyan triangle going up on a gray background")
+
+
+def test_clips_show_the_combination():
+    combo = Combo("red", "square", "right", "black")
+    clip = make_clip(combo, size=(96, 64), frames=9, seed=3)
+    assert clip.shape == (3, 9, 64, 96) and clip.dtype == torch.float32
+    assert torch.equal(clip, make_clip(combo, size=(96, 64), frames=9, seed=3))  # seeded
+    rgb = ((clip + 1) * 127.5).round()
+    bg = torch.tensor(BACKGROUNDS["black"], dtype=torch.float32)[:, None, None, None]
+    fg = torch.tensor(COLORS["red"], dtype=torch.float32)[:, None, None, None]
+    on_fg = (rgb - fg).abs().amax(0) < 2
+    assert ((rgb - bg).abs().amax(0) < 2).float().mean() > 0.8  # mostly background
+    assert on_fg[0].sum() > 100  # a sizeable shape in every frame
+    xs = [torch.nonzero(on_fg[f])[:, 1].float().mean().item() for f in range(9)]
+    assert all(b > a for a, b in zip(xs, xs[1:]))  # the centroid moves right every frame
+    ys = [torch.nonzero(on_fg[f])[:, 0].float().mean().item() for f in range(9)]
+    assert max(ys) - min(ys) < 0.5
+
+
+def test_random_clips_cover_the_training_combinations():
+    clips, combos = random_clips(64, (32, 32), 5, seed=1)
+    assert clips.shape == (64, 3, 5, 32, 32) and clips.abs().max() <= 1
+    assert not set(combos) & set(HELD_OUT)
+    assert len(Counter(combos)) > 40
+
+
+def test_a_few_training_steps_at_toy_size_export_the_official_layout(tmp_path):
+    from wan_engine.assembly import load_dit, load_text_encoder, load_vae
+    from wan_engine.shapes.train import export, toy_plan, train_all
+
+    plan = toy_plan()
+    logs = []
+    trained = train_all(plan, tmp_path / "work", logs.append)
+    assert any("[vae] step 3" in line for line in logs) and any("[dit] step 4" in line for line in logs)
+    out = export(trained, tmp_path / "out", plan)
+    dit, vae = load_dit(out), load_vae(out)
+    assert dit.config == plan.dit and vae.config.base_dim == plan.vae.base_dim
+    for name, tensor in trained.dit.state_dict().items():
+        assert torch.equal(dit.state_dict()[name], tensor), name
+    text = load_text_encoder(out, text_len=plan.dit.text_len)
+    assert torch.equal(text.encode_padded(["a red circle moving left on a black background"]),
+                       trained.text_encoder.encode_padded(["a red circle moving left on a black background"]))
+    # The folded latent statistics: the exported VAE's normalized latents are unit-scale.
+    clips, _ = random_clips(8, plan.size, plan.frames, seed=5)
+    with torch.no_grad():
+        latents = vae.encode(clips)
+    assert 0.5 < latents.std().item() < 2.0
+    # Resuming from the checkpoints continues where the run stopped.
+    more = train_all(toy_plan(vae_steps=4, dit_steps=5), tmp_path / "work", logs.append)
+    assert any("resumed at step 3" in line for line in logs) and any("[dit] step 5" in line for line in logs)
+    assert more.dit is not None

@@ -1,0 +1,421 @@
+"""Training the `shapes` model on the CPU: a small Wan-VAE, then a small Wan DiT on its latents.
+
+Both are the reference modules of the real Wan2.1 architecture at toy width, trained from scratch:
+
+1. VAE: reconstruction (MSE + L1) of random 5-frame crops around the moving shape, through the
+   whole-clip pass (the chunked inference pass computes the same function). Afterwards the
+   latent statistics are folded into its 1x1 `conv1`/`conv2`, so that its normalized latents
+   use the official Wan2.1 mean/std (the loaders infer those for z_dim 16) and stay unit-scale.
+2. Latents: clips of the training combinations are encoded once (normalized, official encode).
+3. DiT: the official flow-matching objective. sigma = shift*u / (1 + (shift-1)*u) with u uniform
+   (the distribution the shifted sampling schedule implies), x_t = (1 - sigma) x0 + sigma noise,
+   target noise - x0, timestep 1000*sigma; conditioned on the frozen seeded tiny umT5's caption
+   embeddings, with caption dropout (the empty caption) so that CFG works. EMA weights are kept.
+
+Every phase runs to a time budget (and optional step cap), prints its losses and checkpoints to
+`work_dir` every `checkpoint_s` seconds; a rerun resumes from the checkpoints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..assembly.text_encoder import random_text_encoder
+from ..configs import TINY_T5, WAN21_LATENT_MEAN, WAN21_LATENT_STD, DiTConfig, T5Config, VAEConfig
+from ..reference.dit import WanDiT
+from ..reference.vae import WanVAE
+from ..reference.vae_blocks import AttentionBlock, ResidualBlock, Resample
+from .world import Combo, all_combos, random_clips, render, sample_spec, training_combos
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    seed: int = 0
+    size: tuple[int, int] = (96, 96)  # (width, height) of the DiT's training clips
+    frames: int = 17
+    vae: VAEConfig = VAEConfig(base_dim=16, num_res_blocks=1)
+    vae_minutes: float = 20.0
+    vae_steps: int | None = None
+    vae_batch: int = 6
+    vae_crop: tuple[int, int, int] = (5, 32, 32)  # frames, height, width
+    vae_lr: float = 3e-4
+    latent_clips: int = 1100
+    dit: DiTConfig = DiTConfig(dim=192, ffn_dim=768, num_heads=4, num_layers=5, text_dim=32, text_len=64,
+                               freq_dim=256)
+    t5: T5Config = dataclasses.replace(TINY_T5, text_len=64)
+    t5_seed: int = 2
+    dit_minutes: float = 30.0
+    dit_steps: int | None = None
+    dit_batch: int = 16
+    dit_lr: float = 5e-4
+    caption_dropout: float = 0.1
+    shift: float = 3.0
+    ema: float = 0.999
+    checkpoint_s: float = 120.0
+    log_every: int = 50
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def toy_plan(**changes) -> TrainPlan:
+    """A few seconds of every phase at toy size (tests)."""
+    base = dict(size=(32, 32), frames=5, vae=VAEConfig(base_dim=4, num_res_blocks=1), vae_minutes=1, vae_steps=3,
+                vae_batch=2, vae_crop=(5, 16, 16), latent_clips=8,
+                dit=DiTConfig(dim=32, ffn_dim=64, num_heads=4, num_layers=2, text_dim=32, text_len=64,
+                              freq_dim=256), dit_minutes=1, dit_steps=4, dit_batch=4, log_every=1)
+    return TrainPlan(**(base | changes))
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints (plain tensors and numbers only: read back with weights_only=True)
+# ------------------------------------------------------------------------------------------------
+
+def _save(path: Path, state: dict) -> None:
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    partial.replace(path)  # never leave a half-written checkpoint under the real name
+
+
+def _load(path: Path) -> dict | None:
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+
+class _Clock:
+    """Budget and checkpoint timing of one phase, carried across resumes."""
+
+    def __init__(self, budget_s: float, spent_s: float = 0.0):
+        self.budget_s, self.spent_before, self.start = budget_s, spent_s, time.perf_counter()
+        self.last_checkpoint = self.start
+
+    @property
+    def spent(self) -> float:
+        return self.spent_before + time.perf_counter() - self.start
+
+    def expired(self) -> bool:
+        return self.spent >= self.budget_s
+
+    def checkpoint_due(self, every_s: float) -> bool:
+        if time.perf_counter() - self.last_checkpoint >= every_s:
+            self.last_checkpoint = time.perf_counter()
+            return True
+        return False
+
+
+def _lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
+    """Linear warm-up, then cosine decay to 10 % of the peak over `total` steps (estimated)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. VAE
+# ------------------------------------------------------------------------------------------------
+
+def vae_crops(plan: TrainPlan, generator: torch.Generator) -> torch.Tensor:
+    """A batch of random crops `[B, 3, f, h, w]` of fresh clips, centred near the shape (so that
+    most crops hold an edge, not only background)."""
+    frames, ch, cw = plan.vae_crop
+    width, height = plan.size
+    combos = training_combos()
+    crops = []
+    for _ in range(plan.vae_batch):
+        combo = combos[int(torch.randint(len(combos), (1,), generator=generator))]
+        spec = sample_spec(combo, plan.size, plan.frames, generator)
+        clip = render(spec, plan.size, plan.frames)
+        f0 = int(torch.randint(plan.frames - frames + 1, (1,), generator=generator))
+        jitter = (torch.rand(2, generator=generator) - 0.5) * 2 * torch.tensor([cw, ch]) * 0.6
+        cx, cy = spec.center[0] + float(jitter[0]), spec.center[1] + float(jitter[1])
+        x0 = int(min(max(cx - cw / 2, 0), width - cw))
+        y0 = int(min(max(cy - ch / 2, 0), height - ch))
+        crops.append(clip[:, f0:f0 + frames, y0:y0 + ch, x0:x0 + cw])
+    return torch.stack(crops)
+
+
+@torch.no_grad()
+def init_vae(cfg: VAEConfig, seed: int) -> WanVAE:
+    """PyTorch's default initialisation plus the official one where it differs (the attention
+    output projection starts at zero; the temporal resampling convs start as frame copies), and
+    each residual branch's last convolution at zero, so that every block starts as its shortcut.
+    Without the last, the decoder's output barely depends on its input at first and training on
+    the CPU stalls near the all-zero reconstruction for hundreds of steps (measured)."""
+    torch.manual_seed(seed)
+    vae = WanVAE(cfg)
+    for module in vae.modules():
+        if isinstance(module, AttentionBlock):
+            nn.init.zeros_(module.proj.weight)
+        elif isinstance(module, ResidualBlock):
+            nn.init.zeros_(module.residual[6].weight)
+            nn.init.zeros_(module.residual[6].bias)
+        elif isinstance(module, Resample) and hasattr(module, "time_conv"):
+            weight = module.time_conv.weight  # [out, in, 3, 1, 1]
+            weight.zero_()
+            out_ch, in_ch = weight.shape[:2]
+            if out_ch == in_ch:  # downsampling: the middle tap copies the frame
+                weight[:, :, 1, 0, 0] = torch.eye(out_ch)
+            else:  # upsampling to 2x channels: both halves copy the newest frame
+                half = torch.eye(out_ch // 2, in_ch)
+                weight[: out_ch // 2, :, -1, 0, 0] = half
+                weight[out_ch // 2:, :, -1, 0, 0] = half
+            module.time_conv.bias.zero_()
+    return vae
+
+
+def train_vae(plan: TrainPlan, work_dir: Path, log=print) -> WanVAE:
+    vae = init_vae(plan.vae, plan.seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=plan.vae_lr, weight_decay=0.0)
+    ckpt_path = work_dir / "vae.ckpt"
+    state = _load(ckpt_path)
+    step, spent = 0, 0.0
+    if state is not None:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, spent = int(state["step"]), float(state["spent"])
+        log(f"[vae] resumed at step {step} ({spent:.0f} s spent)")
+    generator = torch.Generator().manual_seed(plan.seed * 1000 + step)
+    clock = _Clock(plan.vae_minutes * 60, spent)
+    expected_steps = plan.vae_steps or max(200, int(plan.vae_minutes * 60 / 0.6))
+    running = None
+    vae.train()
+    while not clock.expired() and (plan.vae_steps is None or step < plan.vae_steps):
+        x = vae_crops(plan, generator)
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, expected_steps, plan.vae_lr)
+        mu = vae.encode_mean(x, chunked=False)
+        rec = vae.decode_raw(mu, chunked=False)
+        # The latent penalty keeps the posterior mean at unit scale for the diffusion model.
+        loss = F.mse_loss(rec, x) + 0.1 * F.l1_loss(rec, x) + 1e-4 * mu.pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        mse = F.mse_loss(rec.detach().clamp(-1, 1), x).item()
+        running = mse if running is None else 0.95 * running + 0.05 * mse
+        if step % plan.log_every == 0:
+            psnr = 10 * math.log10(4 / max(running, 1e-12))  # range [-1, 1]: peak-to-peak 2
+            log(f"[vae] step {step} loss {loss.item():.5f} crop PSNR ~{psnr:.1f} dB ({clock.spent:.0f} s)")
+        if clock.checkpoint_due(plan.checkpoint_s):
+            _save(ckpt_path, dict(model=vae.state_dict(), opt=opt.state_dict(), step=step, spent=clock.spent))
+    _save(ckpt_path, dict(model=vae.state_dict(), opt=opt.state_dict(), step=step, spent=clock.spent))
+    log(f"[vae] done: {step} steps in {clock.spent:.0f} s")
+    vae.trained_steps = step  # the latent cache is only valid for this VAE
+    return vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def fold_latent_stats(vae: WanVAE, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rescale the VAE so that its posterior mean has the official Wan2.1 per-channel mean/std
+    (M, S) on `clips`: conv1's mean half maps mu -> (mu - m) * S/s + M, and conv2 first undoes
+    it. Encode-decode is unchanged (exactly, up to rounding). Returns the measured (m, s)."""
+    z = vae.config.z_dim
+    mu = torch.cat([vae.encode_mean(c[None], chunked=False) for c in clips])
+    m = mu.mean(dim=(0, 2, 3, 4)).double()
+    s = mu.std(dim=(0, 2, 3, 4)).double().clamp_min(1e-6)
+    big_m = torch.tensor(WAN21_LATENT_MEAN[:z], dtype=torch.float64)
+    big_s = torch.tensor(WAN21_LATENT_STD[:z], dtype=torch.float64)
+    scale = big_s / s  # mu' = (mu - m) * scale + M
+    conv1, conv2 = vae.conv1, vae.conv2
+    w1, b1 = conv1.weight.double(), conv1.bias.double()
+    w1[:z] *= scale.view(-1, 1, 1, 1, 1)
+    b1[:z] = (b1[:z] - m) * scale + big_m
+    conv1.weight.copy_(w1.float())
+    conv1.bias.copy_(b1.float())
+    # conv2(mu) = W2 mu + b2 with mu = (mu' - M) / scale + m.
+    w2, b2 = conv2.weight.double(), conv2.bias.double()
+    inv = 1 / scale
+    b2 = b2 + (w2[:, :, 0, 0, 0] @ (m - big_m * inv))
+    w2 = w2 * inv.view(1, -1, 1, 1, 1)
+    conv2.weight.copy_(w2.float())
+    conv2.bias.copy_(b2.float())
+    return m.float(), s.float()
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Latents and captions
+# ------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def encode_dataset(plan: TrainPlan, vae: WanVAE, work_dir: Path, log=print) -> dict:
+    """{"latents" [N, 16, f, h, w] normalized, "captions" [N] indices into all_combos()}, cached."""
+    path = work_dir / "latents.ckpt"
+    cached = _load(path)
+    vae_steps = getattr(vae, "trained_steps", -1)
+    if cached is not None and cached["latents"].shape[0] == plan.latent_clips and int(cached["vae_steps"]) == vae_steps:
+        log(f"[latents] cached: {plan.latent_clips} clips")
+        return cached
+    start = time.perf_counter()
+    index = {c: i for i, c in enumerate(all_combos())}
+    latents, captions = [], []
+    batch = 8
+    for first in range(0, plan.latent_clips, batch):
+        count = min(batch, plan.latent_clips - first)
+        clips, combos = random_clips(count, plan.size, plan.frames, seed=plan.seed * 7919 + first)
+        latents.append(vae.encode(clips, chunked=False))
+        captions.extend(index[c] for c in combos)
+        if (first // batch) % 25 == 0:
+            log(f"[latents] {first + count}/{plan.latent_clips} ({time.perf_counter() - start:.0f} s)")
+    data = dict(latents=torch.cat(latents), captions=torch.tensor(captions), vae_steps=vae_steps)
+    _save(path, data)
+    log(f"[latents] {plan.latent_clips} clips in {time.perf_counter() - start:.0f} s, latent std "
+        f"{data['latents'].std():.3f}")
+    return data
+
+
+@torch.no_grad()
+def caption_table(plan: TrainPlan, text_encoder) -> torch.Tensor:
+    """Embeddings `[len(all_combos()) + 1, text_len, text_dim]` of every caption, then of "" (the
+    unconditional caption), zero past each one's length as the pipeline pads them."""
+    captions = [c.caption for c in all_combos()] + [""]
+    return text_encoder.encode_padded(captions).float()
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. DiT
+# ------------------------------------------------------------------------------------------------
+
+def init_dit(cfg: DiTConfig, seed: int) -> WanDiT:
+    """The official initialisation: Xavier-uniform linears with zero bias, N(0, 0.02) text/time
+    embeddings, zero head, modulation tables N(0, 1/dim)."""
+    torch.manual_seed(seed)
+    dit = WanDiT(cfg)
+    for module in dit.modules():
+        if isinstance(module, (nn.Linear, nn.Conv3d)):
+            nn.init.xavier_uniform_(module.weight.flatten(1) if isinstance(module, nn.Conv3d) else module.weight)
+            nn.init.zeros_(module.bias)
+    for seq in (dit.text_embedding, dit.time_embedding):
+        for module in seq:
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+    nn.init.zeros_(dit.head.head.weight)
+    with torch.no_grad():
+        for block in dit.blocks:
+            block.modulation.normal_(0, cfg.dim ** -0.5)
+        dit.head.modulation.normal_(0, cfg.dim ** -0.5)
+    return dit
+
+
+def flow_matching_batch(plan: TrainPlan, x0: torch.Tensor, generator: torch.Generator):
+    """(x_t, timesteps, target) of the official objective for clean latents x0 [B, ...]."""
+    b = x0.shape[0]
+    u = torch.rand(b, generator=generator)
+    sigma = plan.shift * u / (1 + (plan.shift - 1) * u)
+    noise = torch.randn(x0.shape, generator=generator)
+    s = sigma.view(b, 1, 1, 1, 1)
+    return (1 - s) * x0 + s * noise, sigma * 1000, noise - x0
+
+
+def train_dit(plan: TrainPlan, data: dict, table: torch.Tensor, work_dir: Path, log=print) -> WanDiT:
+    dit = init_dit(plan.dit, plan.seed + 1)
+    ema = {k: v.detach().clone() for k, v in dit.state_dict().items()}
+    opt = torch.optim.AdamW(dit.parameters(), lr=plan.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
+    ckpt_path = work_dir / "dit.ckpt"
+    state = _load(ckpt_path)
+    step, spent = 0, 0.0
+    if state is not None:
+        dit.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        ema = state["ema"]
+        step, spent = int(state["step"]), float(state["spent"])
+        log(f"[dit] resumed at step {step} ({spent:.0f} s spent)")
+    generator = torch.Generator().manual_seed(plan.seed * 1000 + 17 + step)
+    clock = _Clock(plan.dit_minutes * 60, spent)
+    expected_steps = plan.dit_steps or max(400, int(plan.dit_minutes * 60 / 0.5))
+    latents, captions = data["latents"], data["captions"]
+    empty = table.shape[0] - 1
+    running = None
+    dit.train()
+
+    def save():
+        _save(ckpt_path, dict(model=dit.state_dict(), opt=opt.state_dict(), ema=ema, step=step, spent=clock.spent))
+
+    while not clock.expired() and (plan.dit_steps is None or step < plan.dit_steps):
+        idx = torch.randint(latents.shape[0], (plan.dit_batch,), generator=generator)
+        drop = torch.rand(plan.dit_batch, generator=generator) < plan.caption_dropout
+        context = table[torch.where(drop, torch.full_like(idx, empty), captions[idx])]
+        xt, t, target = flow_matching_batch(plan, latents[idx], generator)
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, expected_steps, plan.dit_lr, warmup=200)
+        loss = F.mse_loss(dit(xt, t, context), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
+        opt.step()
+        step += 1
+        with torch.no_grad():
+            decay = min(plan.ema, (1 + step) / (10 + step))
+            for k, v in dit.state_dict().items():
+                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % plan.log_every == 0:
+            log(f"[dit] step {step} loss {loss.item():.4f} (avg {running:.4f}) lr {opt.param_groups[0]['lr']:.2e} "
+                f"({clock.spent:.0f} s)")
+        if clock.checkpoint_due(plan.checkpoint_s):
+            save()
+    save()
+    log(f"[dit] done: {step} steps in {clock.spent:.0f} s")
+    dit.load_state_dict(ema)
+    return dit.eval().requires_grad_(False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Everything, and the export in the official layout
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainedShapes:
+    vae: WanVAE
+    dit: WanDiT
+    text_encoder: object
+    stats: dict = field(default_factory=dict)
+
+
+def train_all(plan: TrainPlan, work_dir: Path, log=print) -> TrainedShapes:
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "plan.json").write_text(json.dumps(plan.to_json(), indent=1))
+    start = time.perf_counter()
+    vae = train_vae(plan, work_dir, log)
+    stats_clips, _ = random_clips(64 if plan.latent_clips > 64 else 8, plan.size, plan.frames, seed=plan.seed + 99)
+    m, s = fold_latent_stats(vae, stats_clips)
+    log(f"[vae] latent stats folded: raw mean {m.abs().mean():.3f}, raw std {s.mean():.3f}")
+    text = random_text_encoder(plan.t5, seed=plan.t5_seed)
+    data = encode_dataset(plan, vae, work_dir, log)
+    dit = train_dit(plan, data, caption_table(plan, text), work_dir, log)
+    log(f"[all] trained in {time.perf_counter() - start:.0f} s")
+    return TrainedShapes(vae, dit, text, dict(seconds=time.perf_counter() - start))
+
+
+def export(trained: TrainedShapes, out_dir: Path, plan: TrainPlan) -> Path:
+    """The official Wan2.1 layout, readable by the normal loaders: DiT safetensors + config.json,
+    Wan2.1_VAE.pth, the umT5 .pth with Wan names, and the tokenizer folder."""
+    from safetensors.torch import save_file
+
+    from ..loading.layout import ORIGINAL_T5, ORIGINAL_TOKENIZER, ORIGINAL_VAE
+    from ..loading.t5_format import hf_to_wan_t5
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    d = plan.dit
+    save_file({k: v.contiguous() for k, v in trained.dit.state_dict().items()},
+              str(out_dir / "diffusion_pytorch_model.safetensors"))
+    config = {"_class_name": "WanModel", "dim": d.dim, "eps": d.eps, "ffn_dim": d.ffn_dim, "freq_dim": d.freq_dim,
+              "in_dim": d.in_dim, "model_type": d.model_type, "num_heads": d.num_heads,
+              "num_layers": d.num_layers, "out_dim": d.out_dim, "text_len": d.text_len}
+    (out_dir / "config.json").write_text(json.dumps(config, indent=1))
+    torch.save({k: v.contiguous().clone() for k, v in trained.vae.state_dict().items()}, out_dir / ORIGINAL_VAE)
+    wan_t5 = hf_to_wan_t5(trained.text_encoder.model.state_dict())
+    torch.save({k: v.contiguous().clone() for k, v in wan_t5.items()}, out_dir / ORIGINAL_T5)
+    trained.text_encoder.tokenizer.hf.save_pretrained(out_dir / ORIGINAL_TOKENIZER)
+    (out_dir / "training.json").write_text(json.dumps(dict(plan=plan.to_json(), **trained.stats), indent=1))
+    return out_dir
