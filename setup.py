@@ -7,6 +7,7 @@ PACKAGES = {
     "wan_engine.reference": "wan_engine/reference",
     "wan_engine.loading": "wan_engine/loading",
     "wan_engine.assembly": "wan_engine/assembly",
+    "wan_engine.shapes": "wan_engine/shapes",
     "wan_engine.pipelines": "wan_engine/pipelines",
     "wan_engine.executor": "wan_engine/executor",
     "wan_engine.kernels": "kernels",
@@ -21,6 +22,9 @@ setup(
     python_requires=">=3.10",
     packages=list(PACKAGES),
     package_dir=PACKAGES,
+    # The `shapes` preset's trained weights (a few MB, official layout) ship inside the package.
+    package_data={"wan_engine.shapes": ["weights/*.json", "weights/*.safetensors", "weights/*.pth",
+                                        "weights/google/umt5-xxl/*"]},
     install_requires=[
         "torch>=2.4",
         "numpy",

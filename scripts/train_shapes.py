@@ -3,8 +3,8 @@
     python scripts/train_shapes.py                      # ~60 min on 2 cores, seed 0
     python scripts/train_shapes.py --work-dir DIR       # resume an interrupted run from DIR
 
-Phases and budgets (wan_engine.shapes.train.TrainPlan): VAE 20 min on 32x32x5 crops, 1,100 clips
-encoded (~8 min), DiT 30 min at 96x96x17. Checkpoints go to --work-dir every 2 minutes; the
+Phases and budgets (wan_engine.shapes.train.TrainPlan): VAE 22 min on 48x48x9 crops, 1,000 clips
+encoded (~8 min), DiT 28 min at 96x96x17. Checkpoints go to --work-dir every 2 minutes; the
 export (a few MB) goes to --out, by default the package's own weights folder.
 """
 from __future__ import annotations

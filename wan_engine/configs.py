@@ -123,6 +123,9 @@ class ModelConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     t5: T5Config = field(default_factory=T5Config)
     sample: SampleDefaults = field(default_factory=SampleDefaults)
+    # Embedded weights: a folder in the official layout, relative to the wan_engine package
+    # (None: the preset builds seeded random weights).
+    weights: str | None = None
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -137,6 +140,14 @@ TINY_T5 = T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, nu
 TINY_DIT = DiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=32, freq_dim=256)
 TINY_VAE = VAEConfig(base_dim=8)
 
+# The `shapes` model (wan_engine/shapes): the real architecture at toy size, trained on the CPU
+# on the shapes world (scripts/train_shapes.py). 4 heads so that Ulysses 2 and 4 divide them; a
+# 64-token text_len holds the world's captions in the byte-level tiny tokenizer.
+SHAPES_T5 = dataclasses.replace(TINY_T5, text_len=64)
+SHAPES_DIT = DiTConfig(dim=192, ffn_dim=768, num_heads=4, num_layers=5, text_dim=32, text_len=64, freq_dim=256)
+SHAPES_VAE = VAEConfig(base_dim=16, num_res_blocks=1)
+SHAPES_SHIFT = 3.0  # training draws sigmas from this shifted schedule; sampling uses the same
+
 PRESETS: dict[str, ModelConfig] = {
     # Official generate.py defaults (shift 5, guidance 5); its README suggests shift 8 / guide 6 for 1.3B.
     "t2v-1.3B": ModelConfig("t2v-1.3B", _T2V_1_3B),
@@ -144,6 +155,12 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(
         "tiny", TINY_DIT, TINY_VAE, TINY_T5,
         SampleDefaults(steps=8, size=(64, 64), num_frames=9),
+    ),
+    # An empty negative prompt: the caption dropout in training used the empty caption.
+    "shapes": ModelConfig(
+        "shapes", SHAPES_DIT, SHAPES_VAE, SHAPES_T5,
+        SampleDefaults(steps=25, shift=SHAPES_SHIFT, guidance=5.0, size=(96, 96), num_frames=17, negative_prompt=""),
+        weights="shapes/weights",
     ),
 }
 

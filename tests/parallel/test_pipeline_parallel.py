@@ -73,6 +73,8 @@ def test_torchrun_layout_gives_the_single_process_video(workdir, single_frames, 
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     # Only rank 0 prints (and writes): one report for the whole launch.
     assert len(re.findall(r"^wrote ", proc.stdout, flags=re.M)) == 1, proc.stdout
+    # 'auto' becomes the documented order on several ranks: no rank probes its own choice.
+    assert re.search(r"attention: \S+ \(auto-order", proc.stdout), proc.stdout
     frames = np.load(workdir / f"{layout}.npy")
     assert frames.shape == single_frames.shape == (9, 48, 48, 3)
     diff = np.abs(frames.astype(np.int16) - single_frames.astype(np.int16))

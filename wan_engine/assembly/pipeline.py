@@ -54,6 +54,21 @@ def random_components(config: ModelConfig, device: torch.device, dtype: torch.dt
     return text, dit.eval().requires_grad_(False), vae.eval().requires_grad_(False)
 
 
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the installed wan_engine folder
+
+
+def embedded_weights(name: str) -> Path | None:
+    """The folder of a preset's embedded weights (official layout), None for random-weight presets.
+    A preset whose folder is missing is an error saying how to make it."""
+    if name not in PRESETS or PRESETS[name].weights is None:
+        return None
+    folder = PACKAGE_ROOT / PRESETS[name].weights
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"preset {name!r}: its weights are missing from {folder} "
+                              f"(train them with scripts/train_shapes.py, or reinstall the package)")
+    return folder
+
+
 def peek_dit_config(path_or_preset: str | ModelConfig) -> DiTConfig:
     """The DiT config of a preset, or of a model directory read from its safetensors headers and
     config.json only (no tensor data): cheap enough to validate options before the load."""
@@ -142,6 +157,10 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
                                  compile=compile, dtype=dtype)
     mesh, device, decode_group = setup_parallel(path_or_preset, device, engine, parallel, mesh, launch,
                                                 dist_timeout_s)
+    if engine_config.attention == "auto" and mesh.config.world_size > 1:
+        # Each rank would time its own probe and could pick another backend than its peers;
+        # the documented order gives every rank the same kernel (and the same numerics).
+        engine_config = dataclasses.replace(engine_config, attention="auto-order")
     text_device = torch.device("cpu") if t5_cpu else device
     # Where the components wait until their stage runs (offload: on the CPU).
     home = stage_placement("load", device=device, text_device=text_device, offload=offload)
@@ -150,6 +169,9 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     text_dtype = dtype if text_device.type == "cuda" else (torch.bfloat16 if t5_cpu else dtype)
 
     path = Path(str(path_or_preset)).expanduser()
+    embedded = None if isinstance(path_or_preset, ModelConfig) else embedded_weights(str(path_or_preset))
+    if embedded is not None:
+        path = embedded
     if isinstance(path_or_preset, ModelConfig):
         config = path_or_preset  # a custom size with seeded random weights (benchmarks, memory tests)
         text, dit, vae = random_components(config, device, dtype, seed, dit_device=home.dit)
@@ -157,9 +179,9 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     elif path.is_dir():
         layout = detect_layout(path)
         dit = load_dit(layout.root, dtype=dtype, device=home.dit)
-        preset = preset_for(dit.config.dim, dit.config.model_type)
+        preset = get_preset(str(path_or_preset)) if embedded else preset_for(dit.config.dim, dit.config.model_type)
         config = ModelConfig(
-            name=f"{preset.name if preset else 'custom'} ({path.name})",
+            name=preset.name if embedded else f"{preset.name if preset else 'custom'} ({path.name})",
             dit=dit.config,
             sample=preset.sample if preset else get_preset("t2v-14B").sample,
         )
@@ -167,7 +189,8 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
             raise CheckpointError(f"{path}: no VAE in this {layout.kind} directory")
         vae = load_vae(layout.vae, device=device)
         text = load_text_encoder(layout.root, dtype=text_dtype, device=text_home, text_len=dit.config.text_len)
-        config = dataclasses.replace(config, vae=vae.config, t5=text_config(text))
+        config = dataclasses.replace(config, vae=vae.config, t5=text_config(text),
+                                     weights=preset.weights if embedded else None)
     elif str(path_or_preset) in PRESETS:
         config = get_preset(str(path_or_preset))
         if config.name != "tiny":
