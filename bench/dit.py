@@ -27,6 +27,7 @@ from wan_engine.configs import DiTConfig, get_preset
 from wan_engine.device import resolve_device, resolve_dtype
 from wan_engine.engine_config import EngineConfig
 from wan_engine.executor import build_executor
+from wan_engine.loading.checkpoint import load_into
 from wan_engine.loading.random_init import random_state_dict
 from wan_engine.reference.dit import WanDiT
 
@@ -65,11 +66,12 @@ def video_size_for_grid(cfg: DiTConfig, grid: tuple[int, int, int]) -> tuple[int
 
 
 def reference_dit(cfg: DiTConfig, weights: dict, dtype: torch.dtype, device: torch.device) -> WanDiT:
-    """The eager reference with `weights` (fp32 CPU state dict) stored and computed in `dtype`."""
+    """The eager reference with `weights` (fp32 CPU state dict) computed in `dtype`: GEMM weights
+    stored in `dtype`, the official fp32 regions kept fp32 (as every loader does)."""
     with torch.device("meta"):
         model = WanDiT(cfg, compute_dtype=dtype)
-    model.load_state_dict({k: v.to(dtype) for k, v in weights.items()}, assign=True)
-    return model.to(device).eval().requires_grad_(False)
+    model = load_into(model, dict(weights), dtype=dtype, device=device, source="random weights")
+    return model.eval().requires_grad_(False)
 
 
 def _errors(out: torch.Tensor, oracle: torch.Tensor) -> dict:
