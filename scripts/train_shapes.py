@@ -1,10 +1,10 @@
 """Train the `shapes` preset on the CPU and export it in the official Wan2.1 layout.
 
-    python scripts/train_shapes.py                      # ~60 min on 2 cores, seed 0
+    python scripts/train_shapes.py                      # ~80 min on 2 cores, seed 0
     python scripts/train_shapes.py --work-dir DIR       # resume an interrupted run from DIR
 
-Phases and budgets (wan_engine.shapes.train.TrainPlan): VAE 22 min on 48x48x9 crops, 1,000 clips
-encoded (~8 min), DiT 28 min at 96x96x17. Checkpoints go to --work-dir every 2 minutes; the
+Phases and budgets (wan_engine.shapes.train.TrainPlan): VAE 34 min on 40x40x17 crops, 1,000 clips
+encoded (~8 min), DiT 28 min at 96x96x17, then the decoder alone 8 min: about 80 minutes in all. Checkpoints go to --work-dir every 2 minutes; the
 export (a few MB) goes to --out, by default the package's own weights folder.
 """
 from __future__ import annotations
@@ -29,10 +29,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae-minutes", type=float, default=TrainPlan.vae_minutes)
     p.add_argument("--dit-minutes", type=float, default=TrainPlan.dit_minutes)
+    p.add_argument("--decoder-minutes", type=float, default=TrainPlan.decoder_minutes)
     p.add_argument("--latent-clips", type=int, default=TrainPlan.latent_clips)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
-    for name in ("vae_minutes", "dit_minutes"):
+    for name in ("vae_minutes", "dit_minutes", "decoder_minutes"):
         if not getattr(args, name) > 0:
             p.error(f"--{name.replace('_', '-')} must be > 0")
     if args.latent_clips < 1:
@@ -40,7 +41,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     plan = dataclasses.replace(TrainPlan(), seed=args.seed, vae_minutes=args.vae_minutes,
-                               dit_minutes=args.dit_minutes, latent_clips=args.latent_clips)
+                               dit_minutes=args.dit_minutes, decoder_minutes=args.decoder_minutes,
+                               latent_clips=args.latent_clips)
     start = time.perf_counter()
 
     def log(message: str) -> None:

@@ -65,6 +65,7 @@ def test_a_few_training_steps_at_toy_size_export_the_official_layout(tmp_path):
     logs = []
     trained = train_all(plan, tmp_path / "work", logs.append)
     assert any("[vae] step 3" in line for line in logs) and any("[dit] step 4" in line for line in logs)
+    assert any("[decoder] step 2" in line for line in logs)
     out = export(trained, tmp_path / "out", plan)
     dit, vae = load_dit(out), load_vae(out)
     assert dit.config == plan.dit and vae.config.base_dim == plan.vae.base_dim
@@ -82,3 +83,17 @@ def test_a_few_training_steps_at_toy_size_export_the_official_layout(tmp_path):
     more = train_all(toy_plan(vae_steps=4, dit_steps=5), tmp_path / "work", logs.append)
     assert any("resumed at step 3" in line for line in logs) and any("[dit] step 5" in line for line in logs)
     assert more.dit is not None
+
+
+def test_decoder_fine_tune_leaves_the_latent_space_alone(tmp_path):
+    from wan_engine.shapes.train import finetune_decoder, init_vae, toy_plan
+
+    plan = toy_plan(decoder_steps=3)
+    vae = init_vae(plan.vae, seed=0)
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    vae = finetune_decoder(plan, vae, tmp_path, lambda *_: None)
+    after = vae.state_dict()
+    frozen = [k for k in before if k.startswith(("encoder.", "conv1."))]
+    trained = [k for k in before if k.startswith(("decoder.", "conv2."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in trained)
