@@ -1,10 +1,10 @@
 """Train the `shapes` preset on the CPU and export it in the official Wan2.1 layout.
 
-    python scripts/train_shapes.py                      # ~80 min on 2 cores, seed 0
+    python scripts/train_shapes.py                      # ~85 min on 2 cores, seed 0
     python scripts/train_shapes.py --work-dir DIR       # resume an interrupted run from DIR
 
 Phases and budgets (wan_engine.shapes.train.TrainPlan): VAE 34 min on 40x40x17 crops, 1,000 clips
-encoded (~8 min), DiT 28 min at 96x96x17, then the decoder alone 8 min: about 80 minutes in all. Checkpoints go to --work-dir every 2 minutes; the
+encoded (~3 min), DiT 40 min at 96x96x17, then the decoder alone 8 min: about 85 minutes in all. Checkpoints go to --work-dir every 2 minutes; the
 export (a few MB) goes to --out, by default the package's own weights folder.
 """
 from __future__ import annotations

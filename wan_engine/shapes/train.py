@@ -60,7 +60,7 @@ class TrainPlan:
     dit: DiTConfig = SHAPES_DIT
     t5: T5Config = SHAPES_T5
     t5_seed: int = 2
-    dit_minutes: float = 28.0
+    dit_minutes: float = 40.0
     dit_steps: int | None = None
     dit_batch: int = 16
     dit_lr: float = 5e-4
