@@ -2,6 +2,8 @@
 
     python scripts/train_shapes.py                      # ~85 min on 2 cores, seed 0
     python scripts/train_shapes.py --work-dir DIR       # resume an interrupted run from DIR
+    python scripts/train_shapes.py --init-from wan_engine/shapes/weights --work-dir NEW   # train the
+        # shipped DiT further (its VAE and text encoder kept; set --dit-minutes)
 
 Phases and budgets (wan_engine.shapes.train.TrainPlan): VAE 34 min on 40x40x17 crops, 1,000 clips
 encoded (~3 min), DiT 40 min at 96x96x17, then the decoder alone 8 min: about 85 minutes in all. Checkpoints go to --work-dir every 2 minutes; the
@@ -31,6 +33,9 @@ def main(argv=None) -> int:
     p.add_argument("--dit-minutes", type=float, default=TrainPlan.dit_minutes)
     p.add_argument("--decoder-minutes", type=float, default=TrainPlan.decoder_minutes)
     p.add_argument("--latent-clips", type=int, default=TrainPlan.latent_clips)
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="continue from an exported model (official layout): keep its VAE and text encoder, "
+                        "train its DiT further")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
     for name in ("vae_minutes", "dit_minutes", "decoder_minutes"):
@@ -42,7 +47,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     plan = dataclasses.replace(TrainPlan(), seed=args.seed, vae_minutes=args.vae_minutes,
                                dit_minutes=args.dit_minutes, decoder_minutes=args.decoder_minutes,
-                               latent_clips=args.latent_clips)
+                               latent_clips=args.latent_clips,
+                               init_from=None if args.init_from is None else str(args.init_from))
     start = time.perf_counter()
 
     def log(message: str) -> None:

@@ -97,3 +97,20 @@ def test_decoder_fine_tune_leaves_the_latent_space_alone(tmp_path):
     trained = [k for k in before if k.startswith(("decoder.", "conv2."))]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert any(not torch.equal(before[k], after[k]) for k in trained)
+
+
+def test_training_continues_from_an_exported_model(tmp_path):
+    """--init-from: the exported VAE and text encoder are kept, the DiT starts from the exported one."""
+    from wan_engine.shapes.train import export, toy_plan, train_all
+
+    plan = toy_plan()
+    first = export(train_all(plan, tmp_path / "a", lambda *_: None), tmp_path / "out", plan)
+    logs = []
+    again = train_all(toy_plan(init_from=str(first), dit_steps=2, decoder_steps=0), tmp_path / "b", logs.append)
+    assert any("[init]" in line for line in logs) and not any("[vae] step" in line for line in logs)
+    from wan_engine.assembly import load_dit, load_vae
+
+    exported_vae = load_vae(first).state_dict()
+    assert all(torch.equal(again.vae.state_dict()[k], v) for k, v in exported_vae.items())
+    start = load_dit(first).state_dict()
+    assert any(not torch.equal(again.dit.state_dict()[k], v) for k, v in start.items())  # trained further

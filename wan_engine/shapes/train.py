@@ -67,6 +67,9 @@ class TrainPlan:
     caption_dropout: float = 0.1
     shift: float = SHAPES_SHIFT
     ema: float = 0.999
+    # Continue from an exported model (the official layout, e.g. the shipped weights): its VAE and
+    # text encoder are kept as they are, its DiT is the starting point of the DiT phase.
+    init_from: str | None = None
     checkpoint_s: float = 120.0
     log_every: int = 50
 
@@ -387,8 +390,11 @@ def flow_matching_batch(plan: TrainPlan, x0: torch.Tensor, generator: torch.Gene
     return (1 - s) * x0 + s * noise, sigma * 1000, noise - x0
 
 
-def train_dit(plan: TrainPlan, data: dict, table: torch.Tensor, work_dir: Path, log=print) -> WanDiT:
+def train_dit(plan: TrainPlan, data: dict, table: torch.Tensor, work_dir: Path, log=print,
+              start: WanDiT | None = None) -> WanDiT:
     dit = init_dit(plan.dit, plan.seed + 1)
+    if start is not None:
+        dit.load_state_dict(start.state_dict())
     ema = {k: v.detach().clone() for k, v in dit.state_dict().items()}
     opt = torch.optim.AdamW(dit.parameters(), lr=plan.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
     ckpt_path = work_dir / "dit.ckpt"
@@ -458,16 +464,32 @@ def train_all(plan: TrainPlan, work_dir: Path, log=print) -> TrainedShapes:
     work_dir.mkdir(parents=True, exist_ok=True)
     (work_dir / "plan.json").write_text(json.dumps(plan.to_json(), indent=1))
     start = time.perf_counter()
-    vae = train_vae(plan, work_dir, log)
-    stats_clips, _ = random_clips(64 if plan.latent_clips > 64 else 8, plan.size, plan.frames, seed=plan.seed + 99)
-    m, s = fold_latent_stats(vae, stats_clips)
-    log(f"[vae] latent stats folded: raw mean {m.abs().mean():.3f}, raw std {s.mean():.3f}")
-    text = random_text_encoder(plan.t5, seed=plan.t5_seed)
+    if plan.init_from is not None:
+        vae, text, start_dit = _exported(plan)
+        log(f"[init] VAE, text encoder and DiT from {plan.init_from}")
+    else:
+        vae = train_vae(plan, work_dir, log)
+        stats_clips, _ = random_clips(64 if plan.latent_clips > 64 else 8, plan.size, plan.frames,
+                                      seed=plan.seed + 99)
+        m, s = fold_latent_stats(vae, stats_clips)
+        log(f"[vae] latent stats folded: raw mean {m.abs().mean():.3f}, raw std {s.mean():.3f}")
+        text, start_dit = random_text_encoder(plan.t5, seed=plan.t5_seed), None
     data = encode_dataset(plan, vae, work_dir, log)
-    dit = train_dit(plan, data, caption_table(plan, text), work_dir, log)
+    dit = train_dit(plan, data, caption_table(plan, text), work_dir, log, start=start_dit)
     vae = finetune_decoder(plan, vae, work_dir, log)
     log(f"[all] trained in {time.perf_counter() - start:.0f} s")
     return TrainedShapes(vae, dit, text, dict(seconds=time.perf_counter() - start))
+
+
+def _exported(plan: TrainPlan):
+    """(VAE, text encoder, DiT) of the exported model at `plan.init_from` (its configs must be the plan's)."""
+    from ..assembly import load_dit, load_text_encoder, load_vae
+
+    vae = load_vae(plan.init_from, config=plan.vae)
+    text = load_text_encoder(plan.init_from, text_len=plan.t5.text_len)
+    dit = load_dit(plan.init_from, config=plan.dit)
+    vae.trained_steps = -1  # an exported VAE: latents cached for another VAE are not reused
+    return vae.eval(), text, dit
 
 
 def export(trained: TrainedShapes, out_dir: Path, plan: TrainPlan) -> Path:
