@@ -36,11 +36,15 @@ def main(argv=None) -> int:
     p.add_argument("--init-from", type=Path, default=None,
                    help="continue from an exported model (official layout): keep its VAE and text encoder, "
                         "train its DiT further")
+    p.add_argument("--vae-from", type=Path, default=None,
+                   help="keep only the VAE of an exported model; train a new DiT from scratch (no decoder phase)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
     for name in ("vae_minutes", "dit_minutes", "decoder_minutes"):
         if not getattr(args, name) > 0:
             p.error(f"--{name.replace('_', '-')} must be > 0")
+    if args.init_from is not None and args.vae_from is not None:
+        p.error("--init-from and --vae-from exclude each other")
     if args.latent_clips < 1:
         p.error("--latent-clips must be >= 1")
     if args.threads:
@@ -48,7 +52,8 @@ def main(argv=None) -> int:
     plan = dataclasses.replace(TrainPlan(), seed=args.seed, vae_minutes=args.vae_minutes,
                                dit_minutes=args.dit_minutes, decoder_minutes=args.decoder_minutes,
                                latent_clips=args.latent_clips,
-                               init_from=None if args.init_from is None else str(args.init_from))
+                               init_from=None if args.init_from is None else str(args.init_from),
+                               vae_from=None if args.vae_from is None else str(args.vae_from))
     start = time.perf_counter()
 
     def log(message: str) -> None:

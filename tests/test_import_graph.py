@@ -28,14 +28,16 @@ ALLOWED = {
     "wan_engine.executor": {"wan_engine.reference", "wan_engine.engine_config", "wan_engine.ops",
                             "wan_engine.attention"},
     "wan_engine.parallel": {"wan_engine.executor", "wan_engine.reference", "wan_engine.attention"},
-    "wan_engine.runner": {"wan_engine.executor", "wan_engine.parallel", "wan_engine.reference"},
+    # Step-cache policies and their per-request state, over the executor's staged forward.
+    "wan_engine.cache": {"wan_engine.executor"},
+    "wan_engine.runner": {"wan_engine.cache", "wan_engine.executor", "wan_engine.parallel", "wan_engine.reference"},
     # The one place that knows every layer below the pipelines.
     "wan_engine.assembly": {"wan_engine.loading", "wan_engine.reference", "wan_engine.executor",
-                            "wan_engine.parallel", "wan_engine.engine_config"},
+                            "wan_engine.parallel", "wan_engine.engine_config", "wan_engine.cache"},
     # The toy world (torch only) and the training of the `shapes` model on it.
     "wan_engine.shapes": {"wan_engine.assembly", "wan_engine.reference", "wan_engine.loading"},
     "wan_engine.pipelines": {"wan_engine.assembly", "wan_engine.runner", "wan_engine.parallel",
-                             "wan_engine.reference", "wan_engine.executor"},
+                             "wan_engine.reference", "wan_engine.executor", "wan_engine.cache"},
 }
 FACES = {"wan_engine.cli", "wan_engine.bench", "wan_engine.__main__"}  # may import anything but each other's internals
 

@@ -1,4 +1,4 @@
-"""`wan-engine` command line: generate, info, bench.
+"""`wan-engine` command line: generate, calibrate, info, bench.
 
 Multi-GPU: `torchrun --nproc-per-node N -m wan_engine.cli generate ... --ulysses U --ring R
 [--cfg-parallel]` with N = U * R (* 2 with --cfg-parallel). Every process runs the pipeline; only
@@ -50,6 +50,12 @@ def _add_generate(sub) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the executor's DiT block")
     p.add_argument("--no-cfg-batch", dest="cfg_batch", action="store_false",
                    help="run the conditional and unconditional CFG branches as two forwards, not one batch")
+    p.add_argument("--cache", default=None, metavar="POLICY[:THRESHOLD][,OPTION...]",
+                   help="step cache (lossy, off by default): teacache:0.2, teacache:0.2,ret_steps, "
+                        "magcache:0.12,K=2,retention=0.2 or fbcache:0.05")
+    p.add_argument("--cache-calibration", default=None, metavar="FILE_OR_MODEL",
+                   help="TeaCache/MagCache calibration: a JSON from `wan-engine calibrate` or a published model "
+                        "name (t2v-1.3B, t2v-14B, i2v-14B-480p, i2v-14B-720p); default: the model's own")
     p.add_argument("--save-frames", default=None, metavar="FILE.npy",
                    help="also save the exact uint8 frames [F, H, W, 3] (the MP4 is lossy) as a .npy file")
     multi = p.add_argument_group("multi-GPU (launch with torchrun --nproc-per-node N, N = product of degrees)")
@@ -62,6 +68,16 @@ def _add_generate(sub) -> None:
                        help="seconds a collective may wait for a peer before the run fails "
                             "(default 600; must exceed the slowest rank's model load)")
     p.set_defaults(func=cmd_generate)
+
+
+def _parse_cache(args):
+    from .cache import CacheConfig
+
+    if args.cache is None:
+        if args.cache_calibration is not None:
+            raise ValueError("--cache-calibration needs --cache teacache:... or --cache magcache:...")
+        return None
+    return CacheConfig.parse(args.cache, calibration=args.cache_calibration)
 
 
 def _check_given(args) -> None:
@@ -89,6 +105,7 @@ def cmd_generate(args) -> int:
     from .pipelines.t2v import WanPipeline
 
     _check_given(args)  # refuse bad options before the (possibly long) model load
+    cache = _parse_cache(args)
     parallel = ParallelConfig(ulysses=args.ulysses, ring=args.ring, cfg=2 if args.cfg_parallel else 1)
     timeout_s = DEFAULT_TIMEOUT_S if args.dist_timeout is None else args.dist_timeout
     launch = LaunchEnv.from_environ()
@@ -96,7 +113,7 @@ def cmd_generate(args) -> int:
     pipe = WanPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                        t5_cpu=args.t5_cpu, offload=args.offload, engine=args.engine,
                                        attention=args.attention, compile=args.compile, cfg_batch=args.cfg_batch,
-                                       parallel=parallel, launch=launch, dist_timeout_s=timeout_s)
+                                       parallel=parallel, launch=launch, dist_timeout_s=timeout_s, cache=cache)
     load_s = time.perf_counter() - start
     with peer_failure_guard(pipe.mesh, timeout_s):
         result = pipe.run(args.prompt, args.negative_prompt, args.size, args.frames, args.steps, args.guidance,
@@ -126,9 +143,52 @@ def _write_outputs(args, result, load_s: float, parallel, attention: str) -> Non
     layout = f", {parallel.describe()}" if parallel.world_size > 1 else ""
     print(f"wrote {path} ({f} frames, {w}x{h}, seed {result.seed}{layout})")
     print(f"  attention: {attention}")
+    if result.cache is not None:
+        calibration = f", calibration {result.cache.calibration}" if result.cache.calibration else ""
+        print(f"  cache: {result.cache.summary()} ({result.cache.policy}{calibration})")
+        print(f"  cache schedule: {result.cache.schedule_text()}  (C computed, r reused; cond / uncond)")
     print(f"  load           {load_s:8.2f} s")
     for stage, seconds in result.timings.items():
         print(f"  {stage:<14} {seconds:8.2f} s")
+
+
+def _add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="fit the TeaCache / MagCache calibration of a model from uncached runs")
+    p.add_argument("--cache", choices=("teacache", "magcache", "all"), default="all")
+    p.add_argument("--model", required=True, help="model directory or preset")
+    p.add_argument("--output", required=True, help="the calibration .json to write")
+    p.add_argument("--prompts", default=None, metavar="FILE",
+                   help="one prompt per line (default: the model's calibration prompts; 8 for shapes)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per prompt, seeds 0..N-1 (default 1)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--size", type=_size, default=None)
+    p.add_argument("--frames", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None)
+    p.set_defaults(func=cmd_calibrate)
+
+
+def cmd_calibrate(args) -> int:
+    from . import validation
+    from .cache.fit import read_prompts
+    from .pipelines.calibrate import calibrate_pipeline
+    from .pipelines.t2v import WanPipeline
+
+    validation.check_output_file(args.output, "--output", ".json")
+    if not 1 <= args.seeds <= 64:
+        raise ValueError(f"--seeds must be in [1, 64], got {args.seeds}")
+    prompts = read_prompts(args.prompts) if args.prompts else None
+    pipe = WanPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    if prompts is None and pipe.config.name == "shapes":
+        from .shapes.world import training_combos
+
+        prompts = [c.caption for c in training_combos()[::27]]  # 8 captions across the world
+    calibration = calibrate_pipeline(pipe, prompts, seeds=args.seeds, policies=args.cache, steps=args.steps,
+                                     size=args.size, num_frames=args.frames, progress=print)
+    path = calibration.save(args.output)
+    fitted = [name for name in ("teacache", "magcache") if calibration.to_json().get(name)]
+    print(f"wrote {path} ({' and '.join(fitted)} of {calibration.model})")
+    return 0
 
 
 def _add_info(sub) -> None:
@@ -148,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wan-engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_calibrate(sub)
     _add_info(sub)
     from .bench.cli import add_bench_parser
 

@@ -15,13 +15,14 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from .cache import StepCache
 from .executor import WanExecutor
-from .parallel.cfg_parallel import branch_context, cfg_combine
+from .parallel.cfg_parallel import COND_BRANCH, UNCOND_BRANCH, branch_context, cfg_branch, cfg_combine
 from .parallel.mesh import ParallelMesh
 from .reference.dit import pad_context
 
-# velocity(latents [B, C, F, H, W], timestep [B]) -> guided fp32 velocity [B, C, F, H, W]
-GuidedVelocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# velocity(latents [B, C, F, H, W], timestep [B], step index (needed with a step cache)) -> guided fp32 velocity [B, C, F, H, W]
+GuidedVelocity = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 def _guide(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float) -> torch.Tensor:
@@ -30,7 +31,8 @@ def _guide(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float) -> tor
 
 
 def make_guided_velocity(dit, context: torch.Tensor, context_null: torch.Tensor, guidance: float,
-                         cfg_batch: bool | None = None, mesh: ParallelMesh | None = None) -> GuidedVelocity:
+                         cfg_batch: bool | None = None, mesh: ParallelMesh | None = None,
+                         step_cache: StepCache | None = None) -> GuidedVelocity:
     """The CFG step function `u + g * (c - u)` for one request.
 
     dit: a WanExecutor (fast path) or any callable `dit(x, t, context)` such as the reference.
@@ -39,14 +41,18 @@ def make_guided_velocity(dit, context: torch.Tensor, context_null: torch.Tensor,
     uncond into one batch-2B forward (latents repeated, text K/V of both prompts stacked).
     mesh: with cfg=2, this rank computes only its branch (cfg_batch is moot) and the returned
     function is collective over the mesh's cfg group: both branch ranks must call it every step.
+    step_cache: executor only; runs the block stack or reuses its residual per step and branch.
     """
     if mesh is not None and not isinstance(mesh, ParallelMesh):
         raise ValueError(f"mesh must be a ParallelMesh or None, got {type(mesh).__name__}")
+    if step_cache is not None and not isinstance(dit, WanExecutor):
+        raise ValueError("step caching needs the executor engine (the reference runs every step)")
+    predict = _predictor(step_cache)
     if mesh is not None and mesh.cfg_size == 2:
-        return _cfg_parallel_velocity(dit, branch_context(mesh, context, context_null), guidance, mesh)
+        return _cfg_parallel_velocity(dit, branch_context(mesh, context, context_null), guidance, mesh, predict)
 
     if not isinstance(dit, WanExecutor):
-        def reference_velocity(latents, timestep):
+        def reference_velocity(latents, timestep, step=None):
             return _guide(dit(latents, timestep, context).float(), dit(latents, timestep, context_null).float(),
                           guidance)
         return reference_velocity
@@ -55,49 +61,63 @@ def make_guided_velocity(dit, context: torch.Tensor, context_null: torch.Tensor,
     if not cfg_batch:
         text_cond, text_uncond = dit.prepare_text(context), dit.prepare_text(context_null)
 
-        def separate_velocity(latents, timestep):
-            return _guide(dit.predict(latents, timestep, text_cond), dit.predict(latents, timestep, text_uncond),
-                          guidance)
+        def separate_velocity(latents, timestep, step=None):
+            return _guide(predict(dit, latents, timestep, text_cond, (COND_BRANCH,), step),
+                          predict(dit, latents, timestep, text_uncond, (UNCOND_BRANCH,), step), guidance)
         return separate_velocity
 
     # Both prompts' K/V from one batched preparation (the DiT pads each context to text_len anyway).
     text_len = dit.config.text_len
     text_both = dit.prepare_text(torch.cat([pad_context(context, text_len), pad_context(context_null, text_len)]))
 
-    def batched_velocity(latents, timestep):
-        v_cond, v_uncond = dit.predict(torch.cat([latents, latents]), torch.cat([timestep, timestep]),
-                                       text_both).chunk(2)
+    def batched_velocity(latents, timestep, step=None):
+        v_cond, v_uncond = predict(dit, torch.cat([latents, latents]), torch.cat([timestep, timestep]), text_both,
+                                   (COND_BRANCH, UNCOND_BRANCH), step).chunk(2)
         return _guide(v_cond, v_uncond, guidance)
 
     return batched_velocity
 
 
-def _cfg_parallel_velocity(dit, own_context: torch.Tensor, guidance: float, mesh: ParallelMesh) -> GuidedVelocity:
+def _predictor(step_cache: StepCache | None):
+    """predict(dit, x, t, text, branches, step): the plain executor call, or the cached one."""
+    if step_cache is None:
+        def predict(dit, x, t, text, branches, step):
+            return dit.predict(x, t, text)
+        return predict
+    return step_cache.predict
+
+
+def _cfg_parallel_velocity(dit, own_context: torch.Tensor, guidance: float, mesh: ParallelMesh,
+                           predict) -> GuidedVelocity:
     """One branch on this rank (its own prompt's K/V prepared once), combined across the cfg group."""
     if isinstance(dit, WanExecutor):
         text = dit.prepare_text(own_context)
+        own = (cfg_branch(mesh),)
 
-        def branch(latents, timestep):
-            return dit.predict(latents, timestep, text)
+        def branch(latents, timestep, step=None):
+            return predict(dit, latents, timestep, text, own, step)
     else:
-        def branch(latents, timestep):
+        def branch(latents, timestep, step=None):
             return dit(latents, timestep, own_context)
 
-    def cfg_parallel_velocity(latents, timestep):
-        return cfg_combine(branch(latents, timestep), mesh, guidance)
+    def cfg_parallel_velocity(latents, timestep, step=None):
+        return cfg_combine(branch(latents, timestep, step), mesh, guidance)
 
     return cfg_parallel_velocity
 
 
 def cfg_denoise(dit, latents: torch.Tensor, context: torch.Tensor, context_null: torch.Tensor, solver,
                 guidance: float, progress: bool = False, cfg_batch: bool | None = None,
-                mesh: ParallelMesh | None = None) -> torch.Tensor:
+                mesh: ParallelMesh | None = None, step_cache: StepCache | None = None) -> torch.Tensor:
     """Run every solver step on `latents [B, C, F, H, W]`; returns the final fp32 latents.
 
     The text K/V preparation (executor) happens once here, before the first step. With a
     parallel `mesh`, every rank of it runs this with the same inputs and gets the same latents.
+    `step_cache` (built for this request's steps) decides which steps run the block stack.
     """
-    velocity = make_guided_velocity(dit, context, context_null, guidance, cfg_batch, mesh)
+    if step_cache is not None and step_cache.steps != solver.num_steps:
+        raise ValueError(f"the step cache was built for {step_cache.steps} steps, the solver has {solver.num_steps}")
+    velocity = make_guided_velocity(dit, context, context_null, guidance, cfg_batch, mesh, step_cache)
     # One host-to-device copy for the whole schedule: a pageable copy per step would make the
     # host wait for the previous step's GPU work every step (the solver's CPU sigmas enter as
     # scalars and cost nothing).
@@ -105,5 +125,5 @@ def cfg_denoise(dit, latents: torch.Tensor, context: torch.Tensor, context_null:
     steps = tqdm(range(solver.num_steps), desc="denoising", disable=not progress, leave=False)
     for i in steps:
         timestep = timesteps[i].reshape(1).expand(latents.shape[0])
-        latents = solver.step(velocity(latents, timestep), i, latents)
+        latents = solver.step(velocity(latents, timestep, i), i, latents)
     return latents

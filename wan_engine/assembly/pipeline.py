@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..cache import CacheConfig, Calibration, published
+from ..cache.calibration import FILE_NAME as CALIBRATION_FILE
 from ..configs import PRESETS, DiTConfig, ModelConfig, T5Config, get_preset, preset_for
 from ..device import resolve_device, resolve_dtype
 from ..engine_config import ENGINES, EngineConfig
@@ -134,7 +136,7 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
                              ops: str = "auto", cfg_batch: bool = True, compile: bool = False,
                              seed: int = 0, parallel: ParallelConfig | None = None,
                              mesh: ParallelMesh | None = None, launch: LaunchEnv | None = None,
-                             dist_timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
+                             dist_timeout_s: float = DEFAULT_TIMEOUT_S, cache: CacheConfig | None = None) -> dict:
     """Keyword arguments for `WanPipeline(...)`.
 
     engine "executor" (default) wraps the loaded reference DiT's weights in the optimized
@@ -150,6 +152,10 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if cache is not None and not isinstance(cache, CacheConfig):
+        raise ValueError(f"cache must be a CacheConfig or None; got {type(cache).__name__}")
+    if cache is not None and engine != "executor":
+        raise ValueError("step caching (cache=...) needs engine='executor'")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     # Validate the engine options before the (possibly long) load.
@@ -200,6 +206,7 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         text = TextEncoder(text.model, text.tokenizer, device=text_home, dtype=text_dtype)
     else:
         raise _not_a_model(path_or_preset)
+    folder = None if isinstance(path_or_preset, ModelConfig) or not path.is_dir() else path
     if engine == "executor":
         # Ops for `device`; the weights stay where they wait (the CPU with offload), so an offloaded
         # DiT never occupies the GPU before its stage.
@@ -207,7 +214,16 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         if mesh.sp_size > 1:
             dit = apply_parallel(dit, mesh)
     return dict(config=config, text_encoder=text, dit=dit, vae=vae, device=device, dtype=dtype,
-                text_device=text_device, offload=offload, mesh=mesh, decode_group=decode_group)
+                text_device=text_device, offload=offload, mesh=mesh, decode_group=decode_group, cache=cache,
+                cache_calibration=model_calibration(folder, config.name))
+
+
+def model_calibration(folder: Path | None, name: str) -> Calibration | None:
+    """The step-cache calibration a model brings: its folder's `cache_calibration.json`, else the
+    published one of its preset name (t2v-1.3B, t2v-14B), else None."""
+    if folder is not None and (folder / CALIBRATION_FILE).is_file():
+        return Calibration.load(folder / CALIBRATION_FILE)
+    return published(name.split(" ")[0])
 
 
 def text_config(text) -> T5Config:

@@ -7,8 +7,9 @@
 """
 from .model import WanExecutor, build_executor
 from .rope_cache import RopeCache, RopeTable, build_rope_table
+from .stream import TokenStream
 from .text_cache import TextKV
 from .weights import BlockWeights, ContextWeights
 
-__all__ = ["BlockWeights", "ContextWeights", "RopeCache", "RopeTable", "TextKV", "WanExecutor",
+__all__ = ["BlockWeights", "ContextWeights", "RopeCache", "RopeTable", "TextKV", "TokenStream", "WanExecutor",
            "build_executor", "build_rope_table"]

@@ -26,6 +26,7 @@ from ..reference.dit import patchify, sinusoidal_embedding_1d, unpatchify, video
 from .block import BlockSpec, make_block_fn
 from .rope_cache import RopeCache, RopeTable
 from .sharding import TokenShardPlan
+from .stream import TokenStream
 from .text_cache import TextKV, prepare_context_kv
 from .weights import BlockWeights, ContextWeights, build_stores
 
@@ -100,21 +101,30 @@ class WanExecutor(nn.Module):
         (padded keys are masked), as the official sequence-parallel code does; under a shard plan
         the length is rounded up to a multiple of the sp degree, and every rank of the sp group
         must call this with the same inputs (each computes its slice, all return the whole)."""
+        return self.finish(self.run_blocks(self.begin(x, t, seq_len=seq_len, y=y), text))
+
+    # -- the same forward in stages (the runner's step cache skips the block stack between them) --
+
+    def begin(self, x: torch.Tensor, t: torch.Tensor, seq_len: int | None = None,
+              y: torch.Tensor | None = None) -> TokenStream:
+        """Patchify, embed and modulate latents x [B, C, F, H, W] at timesteps t [B]: the stream
+        at block 0 (this rank's token slice under a shard plan). Arguments as `predict`."""
         cfg = self.config
         x = video_input(cfg, x, y)
         batch = x.shape[0]
         if t.shape != (batch,):
             raise ValueError(f"t must have shape [B] = [{batch}], got {tuple(t.shape)}")
-        if text.batch != batch:
-            raise ValueError(f"text K/V were prepared for batch {text.batch}, latents have batch {batch}")
         patches, grid = patchify(x, cfg.patch_size)
         real_len = patches.shape[1]
         seq_len = real_len if seq_len is None else seq_len
         if self.shard_plan is not None:
             seq_len = self.shard_plan.padded_length(seq_len)
-        rope = self.rope_table(grid, seq_len, x.device)
-        out = self.forward_tokens(patches, t, text, rope)
-        return unpatchify(out, grid, cfg.patch_size, cfg.out_dim).float()
+        return self.embed(patches, t, self.rope_table(grid, seq_len, x.device))
+
+    def finish(self, stream: TokenStream) -> torch.Tensor:
+        """The head and unpatchify after the last block: fp32 velocity [B, out_dim, F, H, W]."""
+        cfg = self.config
+        return unpatchify(self.head(stream), stream.rope.grid, cfg.patch_size, cfg.out_dim).float()
 
     def rope_table(self, grid: tuple[int, int, int], seq_len: int, device: torch.device) -> RopeTable:
         """The cached RoPE table of `grid` padded to `seq_len` tokens on `device`."""
@@ -126,6 +136,10 @@ class WanExecutor(nn.Module):
         [B, rope.seq_len, pt*ph*pw*out_dim] (rows past rope.real_len are padding).
         Under a shard plan the blocks run on this rank's slice of the rope.seq_len tokens (a
         multiple of the sp degree) and the head output is gathered from every sp rank."""
+        return self.head(self.run_blocks(self.embed(patches, t, rope), text))
+
+    def embed(self, patches: torch.Tensor, t: torch.Tensor, rope: RopeTable) -> TokenStream:
+        """Patch embedding and every block's modulation: the stream before block 0."""
         g = self._globals()
         plan = self.shard_plan
         cos, sin = rope.cos, rope.sin
@@ -142,22 +156,74 @@ class WanExecutor(nn.Module):
             x = F.linear(patches.to(self.compute_dtype), g["patch_weight"], g["patch_bias"]).float()
             cos, sin = plan.shard(cos, dim=0), plan.shard(sin, dim=0)
         mods, head_shift, head_scale = self._modulation(t, g)
-        normed = self.ops.layer_norm_modulate(x, mods[0, 0], mods[0, 1], self.config.eps, self.compute_dtype)
+        stream = TokenStream(x, None, mods, head_shift, head_scale, cos, sin, rope, 0)
+        return self._renorm(stream)
+
+    def run_blocks(self, stream: TokenStream, text: TextKV, stop: int | None = None) -> TokenStream:
+        """Run blocks `stream.next_block` .. `stop - 1` (default: to the last) with `text` (batch B)."""
+        stop = self._stop(stream, stop)
+        if text.batch != stream.batch:
+            raise ValueError(f"text K/V were prepared for batch {text.batch}, latents have batch {stream.batch}")
+        x, normed, mods = stream.x, stream.normed, stream.mods
         last = len(self.blocks) - 1
-        for i, store in enumerate(self.blocks):
+        for i in range(stream.next_block, stop):
             if i < last:
                 block, next_shift, next_scale = self._block, mods[i + 1, 0], mods[i + 1, 1]
             else:
-                block, next_shift, next_scale = self._last_block, head_shift, head_scale
-            x, normed = block(x, normed, store.take(BlockWeights), mods[i], next_shift, next_scale,
-                              *text.layer(i), cos, sin, rope.real_len)
-        out = F.linear(normed, g["head_weight"], g["head_bias"])
-        return out if plan is None else plan.gather(out)
+                block, next_shift, next_scale = self._last_block, stream.head_shift, stream.head_scale
+            x, normed = block(x, normed, self.blocks[i].take(BlockWeights), mods[i], next_shift, next_scale,
+                              *text.layer(i), stream.cos, stream.sin, stream.rope.real_len)
+        return stream.advanced(x, normed, stop)
+
+    def skip_blocks(self, stream: TokenStream, residual: torch.Tensor, stop: int | None = None) -> TokenStream:
+        """Stand in for blocks `stream.next_block` .. `stop - 1` by adding `residual` (what those
+        blocks added to the stream at an earlier step, same shape as `stream.x`) to the stream."""
+        stop = self._stop(stream, stop)
+        if residual.shape != stream.x.shape:
+            raise ValueError(f"residual must have the stream's shape {tuple(stream.x.shape)}, got {tuple(residual.shape)}")
+        return self._renorm(stream.advanced(stream.x + residual, None, stop))
+
+    def head(self, stream: TokenStream) -> torch.Tensor:
+        """The fp32 head on the stream after the last block -> [B, rope.seq_len, pt*ph*pw*out_dim]
+        (gathered from every sp rank under a shard plan)."""
+        if stream.next_block != len(self.blocks):
+            raise ValueError(f"the head needs the stream after the last block; it is at block {stream.next_block}")
+        g = self._globals()
+        out = F.linear(stream.normed, g["head_weight"], g["head_bias"])
+        return out if self.shard_plan is None else self.shard_plan.gather(out)
 
     # -- helpers ----------------------------------------------------------------------------------
 
+    def _stop(self, stream: TokenStream, stop: int | None) -> int:
+        stop = len(self.blocks) if stop is None else stop
+        if not stream.next_block <= stop <= len(self.blocks):
+            raise ValueError(f"stop must be in [{stream.next_block}, {len(self.blocks)}] (the stream is at block "
+                             f"{stream.next_block}); got {stop}")
+        return stop
+
+    def _renorm(self, stream: TokenStream) -> TokenStream:
+        """The stream with `normed` formed from `x` for its next block (LN1 + modulation in the
+        compute dtype) or for the head (fp32), as the blocks' fused epilogues form it."""
+        i = stream.next_block
+        if i < len(self.blocks):
+            normed = self.ops.layer_norm_modulate(stream.x, stream.mods[i, 0], stream.mods[i, 1], self.config.eps,
+                                                  self.compute_dtype)
+        else:
+            normed = self.ops.layer_norm_modulate(stream.x, stream.head_shift, stream.head_scale, self.config.eps, FP32)
+        return stream.advanced(stream.x, normed, i)
+
     def _globals(self) -> dict[str, torch.Tensor]:
         return dict(self.globals.named_buffers())
+
+    def time_embedding(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 e [B, dim] (the head's modulation input) and e0 = time_projection(e) [B, 6, dim]
+        (the blocks') of timesteps t [B]: what TeaCache's signal is measured on."""
+        g = self._globals()
+        sinusoid = sinusoidal_embedding_1d(self.config.freq_dim, t).float()
+        e = F.linear(F.silu(F.linear(sinusoid, g["time_fc1_weight"], g["time_fc1_bias"])),
+                     g["time_fc2_weight"], g["time_fc2_bias"])
+        e0 = F.linear(F.silu(e), g["time_proj_weight"], g["time_proj_bias"]).unflatten(1, (6, -1))
+        return e, e0
 
     def _modulation(self, t: torch.Tensor, g: dict[str, torch.Tensor]):
         """Time embedding and every block's modulation for the whole batch, once per step (fp32).
@@ -165,10 +231,7 @@ class WanExecutor(nn.Module):
         Returns mods [num_layers, 6, B, dim] (shift1, scale1, gate1, shift2, scale2, gate2 per
         block) and the head's shift, scale [B, dim]. The head is modulated by e, not e0.
         """
-        sinusoid = sinusoidal_embedding_1d(self.config.freq_dim, t).float()
-        e = F.linear(F.silu(F.linear(sinusoid, g["time_fc1_weight"], g["time_fc1_bias"])),
-                     g["time_fc2_weight"], g["time_fc2_bias"])
-        e0 = F.linear(F.silu(e), g["time_proj_weight"], g["time_proj_bias"]).unflatten(1, (6, -1))
+        e, e0 = self.time_embedding(t)
         mods = g["modulation"][:, :, None, :] + e0.transpose(0, 1)[None]
         head = g["head_modulation"][:, None, :] + e[None]
         return mods, head[0], head[1]

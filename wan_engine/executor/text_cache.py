@@ -39,6 +39,12 @@ class TextKV:
         image = (None, None) if self.k_img is None else (self.k_img[i], self.v_img[i])
         return self.k[i], self.v[i], *image
 
+    def rows(self, start: int, stop: int) -> "TextKV":
+        """Batch rows start .. stop - 1 (e.g. one CFG branch of the batched K/V)."""
+        def part(t):
+            return None if t is None else t[:, start:stop]
+        return TextKV(part(self.k), part(self.v), part(self.k_img), part(self.v_img))
+
     @staticmethod
     def cat(parts: list["TextKV"]) -> "TextKV":
         """Stack several requests' K/V along the batch (e.g. CFG's cond, then uncond)."""

@@ -19,7 +19,11 @@ import torch
 
 from .. import validation
 from ..configs import ModelConfig
+from ..cache import (
+    CacheConfig, CacheReport, Calibration, StepCache, build_step_cache, cache_report, resolve_calibration,
+)
 from ..device import synchronize
+from ..executor import WanExecutor
 from ..parallel.comm import group_size
 from ..parallel.mesh import ParallelMesh
 from ..parallel.runtime import shared_noise, shared_seed
@@ -36,6 +40,7 @@ class GenerationResult:
     frames: np.ndarray | None  # uint8 [F, H, W, 3]; None on ranks other than 0 of a parallel launch
     seed: int
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    cache: CacheReport | None = None  # what a step cache computed (None: every step ran)
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,13 @@ class Request:
     shift: float
     seed: int
     solver: str
+    cache: CacheConfig | None = None
+
+
+def _check_cache(cache):
+    if cache is not None and not isinstance(cache, CacheConfig):
+        raise ValueError(f"cache must be a CacheConfig or None; got {type(cache).__name__}")
+    return cache
 
 
 def frames_to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -68,8 +80,12 @@ class WanPipeline:
 
     def __init__(self, config: ModelConfig, text_encoder, dit, vae, *, device: torch.device,
                  dtype: torch.dtype, text_device: torch.device | None = None, offload: bool = False,
-                 mesh: ParallelMesh | None = None, decode_group=None):
+                 mesh: ParallelMesh | None = None, decode_group=None, cache: CacheConfig | None = None,
+                 cache_calibration: Calibration | None = None):
         self.mesh = ParallelMesh.single() if mesh is None else mesh
+        _check_cache(cache)
+        self.cache = cache  # the default step cache of every request (None: off)
+        self.cache_calibration = cache_calibration  # the model's own (its folder's or the published one)
         self.decode_group = decode_group
         self.config = config
         self.text_encoder = text_encoder
@@ -84,7 +100,8 @@ class WanPipeline:
     def from_pretrained(cls, path_or_preset: str, device=None, dtype=None, **options) -> "WanPipeline":
         """Load a model directory (original or diffusers layout) or build a preset with seeded weights.
 
-        Options: `t5_cpu` (keep the text encoder on the CPU), `offload` (move the text encoder off
+        Options: `cache` (a `CacheConfig`: the default step cache of every request; off by
+        default, lossy when on), `t5_cpu` (keep the text encoder on the CPU), `offload` (move the text encoder off
         the GPU after encoding and the DiT off before VAE decode), `engine` ("executor", the
         default, or "reference"), and for the executor `attention` (a backend name, default
         "auto"), `ops` ("auto", "triton", "torch"), `cfg_batch` (default True: both CFG branches
@@ -115,14 +132,16 @@ class WanPipeline:
         return ops.attention.describe() if ops is not None else "reference (torch sdpa)"
 
     def generate(self, prompt: str, negative_prompt: str | None = None, size=None, num_frames=None,
-                 steps=None, guidance=None, shift=None, seed=None, solver=None, progress=False) -> np.ndarray | None:
+                 steps=None, guidance=None, shift=None, seed=None, solver=None, progress=False,
+                 cache: CacheConfig | None | str = "default") -> np.ndarray | None:
         """Return uint8 frames `[F, H, W, 3]` (None on ranks other than 0 of a parallel launch).
-        Unset options take the model's official defaults."""
+        Unset options take the model's official defaults; `cache` a `CacheConfig`, None (off) or
+        "default" (the pipeline's)."""
         return self.run(prompt, negative_prompt, size, num_frames, steps, guidance, shift, seed, solver,
-                        progress).frames
+                        progress, cache).frames
 
     def make_request(self, prompt, negative_prompt=None, size=None, num_frames=None, steps=None,
-                     guidance=None, shift=None, seed=None, solver=None) -> Request:
+                     guidance=None, shift=None, seed=None, solver=None, cache="default") -> Request:
         d = self.config.sample
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
@@ -147,11 +166,14 @@ class WanPipeline:
             shift=validation.check_shift(d.shift if shift is None else shift),
             seed=seed,
             solver=validation.check_solver(d.solver if solver is None else solver),
+            cache=self.cache if isinstance(cache, str) and cache == "default" else _check_cache(cache),
         )
 
     def run(self, prompt, negative_prompt=None, size=None, num_frames=None, steps=None, guidance=None,
-            shift=None, seed=None, solver=None, progress=False) -> GenerationResult:
-        req = self.make_request(prompt, negative_prompt, size, num_frames, steps, guidance, shift, seed, solver)
+            shift=None, seed=None, solver=None, progress=False, cache="default") -> GenerationResult:
+        req = self.make_request(prompt, negative_prompt, size, num_frames, steps, guidance, shift, seed, solver,
+                                cache)
+        calibration = self._calibration(req.cache)  # a missing calibration fails before any compute
         timings: dict[str, float] = {}
         with torch.inference_mode():
             with self._timed(timings, "text_encoding"):
@@ -159,11 +181,16 @@ class WanPipeline:
                 context, context_null = self.encode_prompts(req.prompt, req.negative_prompt)
             with self._timed(timings, "denoising"):
                 self._place("denoising")
-                latents = self.denoise(req, context, context_null, progress)
+                step_cache = self.make_step_cache(req, calibration)
+                latents = self.denoise(req, context, context_null, progress, step_cache)
+                report = None
+                if step_cache is not None:
+                    report = cache_report(step_cache, req.cache, calibration, cfg_group=self.mesh.cfg_group)
+                    log.info("step cache %s: %s [%s]", report.policy, report.summary(), report.schedule_text())
             with self._timed(timings, "vae_decode"):
                 self._place("vae_decode")
                 video = self.decode(latents.float())
-        return GenerationResult(None if video is None else frames_to_uint8(video[0]), req.seed, timings)
+        return GenerationResult(None if video is None else frames_to_uint8(video[0]), req.seed, timings, report)
 
     # -- stages -----------------------------------------------------------------------------------
 
@@ -185,11 +212,20 @@ class WanPipeline:
         generator = torch.Generator(device=self.device).manual_seed(req.seed)
         return torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
 
-    def denoise(self, req: Request, context, context_null, progress=False) -> torch.Tensor:
+    def denoise(self, req: Request, context, context_null, progress=False,
+                step_cache: StepCache | None = None) -> torch.Tensor:
+        """The final latents; `step_cache` (from `make_step_cache`) skips the block stack on some steps."""
         solver = make_solver(req.solver, req.steps, req.shift)
         mesh = self.mesh if self.is_parallel else None
         return cfg_denoise(self.dit, self.initial_noise(req), context, context_null, solver,
-                           req.guidance, progress=progress, mesh=mesh)
+                           req.guidance, progress=progress, mesh=mesh, step_cache=step_cache)
+
+    def make_step_cache(self, req: Request, calibration: Calibration | None) -> StepCache | None:
+        """The request's step cache (its schedule fixed here for TeaCache and MagCache), or None."""
+        if req.cache is None:
+            return None
+        timesteps = make_solver(req.solver, req.steps, req.shift).timesteps.to(self.device)
+        return build_step_cache(req.cache, calibration, self.dit, timesteps, sp_group=self.mesh.sp_group)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor | None:
         """Normalized latents `[B, z_dim, f, h, w]` -> video `[B, 3, F, H, W]` in [-1, 1].
@@ -216,6 +252,13 @@ class WanPipeline:
         yield
         synchronize(self.device)
         timings[name] = time.perf_counter() - start
+
+    def _calibration(self, cache: CacheConfig | None) -> Calibration | None:
+        if cache is None or not cache.needs_calibration:
+            return None
+        if not isinstance(self.dit, WanExecutor):
+            raise ValueError("step caching needs the executor engine (the reference runs every step)")
+        return resolve_calibration(cache.calibration, self.cache_calibration, self.config.name)
 
     def _place(self, stage: str) -> None:
         """Put the text encoder and the DiT where `stage` needs them (see `placement`)."""

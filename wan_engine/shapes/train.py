@@ -36,6 +36,7 @@ from ..reference.dit import WanDiT
 from ..reference.vae import WanVAE
 from .checkpoints import _Clock, _load, _lr, _save
 from .train_vae import finetune_decoder, fold_latent_stats, init_vae, train_vae, vae_crops  # noqa: F401
+from .vocabulary import shapes_tokenizer
 from .world import all_combos, random_clips
 
 
@@ -70,6 +71,9 @@ class TrainPlan:
     # Continue from an exported model (the official layout, e.g. the shipped weights): its VAE and
     # text encoder are kept as they are, its DiT is the starting point of the DiT phase.
     init_from: str | None = None
+    # Or keep only the VAE of an exported model (no VAE phase, no decoder fine-tune) and train a new
+    # text encoder's DiT from scratch on its latents.
+    vae_from: str | None = None
     checkpoint_s: float = 120.0
     log_every: int = 50
 
@@ -96,8 +100,9 @@ def encode_dataset(plan: TrainPlan, vae: WanVAE, work_dir: Path, log=print) -> d
     """{"latents" [N, 16, f, h, w] normalized, "captions" [N] indices into all_combos()}, cached."""
     path = work_dir / "latents.ckpt"
     cached = _load(path)
-    vae_steps = getattr(vae, "trained_steps", -1)
-    if cached is not None and cached["latents"].shape[0] == plan.latent_clips and int(cached["vae_steps"]) == vae_steps:
+    vae_key = _fingerprint(vae)
+    if (cached is not None and cached["latents"].shape[0] == plan.latent_clips
+            and float(cached.get("vae_key", float("nan"))) == vae_key):
         log(f"[latents] cached: {plan.latent_clips} clips")
         return cached
     start = time.perf_counter()
@@ -111,11 +116,17 @@ def encode_dataset(plan: TrainPlan, vae: WanVAE, work_dir: Path, log=print) -> d
         captions.extend(index[c] for c in combos)
         if (first // batch) % 25 == 0:
             log(f"[latents] {first + count}/{plan.latent_clips} ({time.perf_counter() - start:.0f} s)")
-    data = dict(latents=torch.cat(latents), captions=torch.tensor(captions), vae_steps=vae_steps)
+    data = dict(latents=torch.cat(latents), captions=torch.tensor(captions), vae_key=vae_key)
     _save(path, data)
     log(f"[latents] {plan.latent_clips} clips in {time.perf_counter() - start:.0f} s, latent std "
         f"{data['latents'].std():.3f}")
     return data
+
+
+@torch.no_grad()
+def _fingerprint(module: nn.Module) -> float:
+    """A number that changes with any weight (cached latents belong to one VAE)."""
+    return float(sum((v.double() * (i + 1)).sum() for i, v in enumerate(module.state_dict().values())))
 
 
 @torch.no_grad()
@@ -235,32 +246,47 @@ def train_all(plan: TrainPlan, work_dir: Path, log=print) -> TrainedShapes:
     work_dir.mkdir(parents=True, exist_ok=True)
     (work_dir / "plan.json").write_text(json.dumps(plan.to_json(), indent=1))
     start = time.perf_counter()
+    if plan.init_from is not None and plan.vae_from is not None:
+        raise ValueError("init_from and vae_from exclude each other: give one exported model to start from")
     if plan.init_from is not None:
         vae, text, start_dit = _exported(plan)
         log(f"[init] VAE, text encoder and DiT from {plan.init_from}")
+    elif plan.vae_from is not None:
+        vae = _exported_vae(plan, plan.vae_from)
+        text, start_dit = _text_encoder(plan), None
+        log(f"[init] VAE from {plan.vae_from}; a new text encoder and DiT")
     else:
         vae = train_vae(plan, work_dir, log)
         stats_clips, _ = random_clips(64 if plan.latent_clips > 64 else 8, plan.size, plan.frames,
                                       seed=plan.seed + 99)
         m, s = fold_latent_stats(vae, stats_clips)
         log(f"[vae] latent stats folded: raw mean {m.abs().mean():.3f}, raw std {s.mean():.3f}")
-        text, start_dit = random_text_encoder(plan.t5, seed=plan.t5_seed), None
+        text, start_dit = _text_encoder(plan), None
     data = encode_dataset(plan, vae, work_dir, log)
     dit = train_dit(plan, data, caption_table(plan, text), work_dir, log, start=start_dit)
-    vae = finetune_decoder(plan, vae, work_dir, log)
+    if plan.vae_from is None:
+        vae = finetune_decoder(plan, vae, work_dir, log)
     log(f"[all] trained in {time.perf_counter() - start:.0f} s")
     return TrainedShapes(vae, dit, text, dict(seconds=time.perf_counter() - start))
 
 
+def _text_encoder(plan: TrainPlan):
+    """The frozen seeded tiny umT5 behind the world's word-level tokenizer (see vocabulary.py)."""
+    return random_text_encoder(plan.t5, shapes_tokenizer(plan.t5.text_len), seed=plan.t5_seed)
+
+
+def _exported_vae(plan: TrainPlan, root: str) -> WanVAE:
+    from ..assembly import load_vae
+
+    return load_vae(root, config=plan.vae).eval()
+
+
 def _exported(plan: TrainPlan):
     """(VAE, text encoder, DiT) of the exported model at `plan.init_from` (its configs must be the plan's)."""
-    from ..assembly import load_dit, load_text_encoder, load_vae
+    from ..assembly import load_dit, load_text_encoder
 
-    vae = load_vae(plan.init_from, config=plan.vae)
-    text = load_text_encoder(plan.init_from, text_len=plan.t5.text_len)
-    dit = load_dit(plan.init_from, config=plan.dit)
-    vae.trained_steps = -1  # an exported VAE: latents cached for another VAE are not reused
-    return vae.eval(), text, dit
+    return (_exported_vae(plan, plan.init_from), load_text_encoder(plan.init_from, text_len=plan.t5.text_len),
+            load_dit(plan.init_from, config=plan.dit))
 
 
 def export(trained: TrainedShapes, out_dir: Path, plan: TrainPlan) -> Path:

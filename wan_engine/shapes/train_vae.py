@@ -105,7 +105,6 @@ def train_vae(plan, work_dir: Path, log=print) -> WanVAE:
             _save(ckpt_path, dict(model=vae.state_dict(), opt=opt.state_dict(), step=step, spent=clock.spent))
     _save(ckpt_path, dict(model=vae.state_dict(), opt=opt.state_dict(), step=step, spent=clock.spent))
     log(f"[vae] done: {step} steps in {clock.spent:.0f} s")
-    vae.trained_steps = step  # the latent cache is only valid for this VAE
     return vae.eval().requires_grad_(False)
 
 

@@ -1,0 +1,91 @@
+"""From a request's `CacheConfig` to its `StepCache`, and the report of what it computed."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .calibration import Calibration
+from .config import CacheConfig
+from .schedules import BRANCHES, magcache_schedule, teacache_schedule
+from .step_cache import StepCache
+
+
+@torch.no_grad()
+def timestep_signal(dit, timesteps: torch.Tensor, ret_steps: bool) -> list[float]:
+    """TeaCache's input signal per step: the relative L1 change of e (or e0 with ret_steps) from
+    the previous step, as the official computes it (mean |cur - prev| / mean |prev|, fp32);
+    entry 0 has no predecessor and is 0. One host read for the whole schedule."""
+    e, e0 = dit.time_embedding(timesteps.reshape(-1))
+    signal = (e0 if ret_steps else e).float()
+    change = (signal[1:] - signal[:-1]).flatten(1).abs().mean(1) / signal[:-1].flatten(1).abs().mean(1)
+    return [0.0] + change.tolist()
+
+
+def build_step_cache(config: CacheConfig, calibration: Calibration | None, dit, timesteps: torch.Tensor,
+                     sp_group=None) -> StepCache:
+    """The request's cache: TeaCache and MagCache get their whole schedule here, before step 0."""
+    steps = int(timesteps.numel())
+    if config.policy == "fbcache":
+        return StepCache(steps, first_block_threshold=config.threshold, sp_group=sp_group)
+    if config.policy == "teacache":
+        schedule = teacache_schedule(timestep_signal(dit, timesteps, config.ret_steps),
+                                     calibration.teacache_coefficients(config.ret_steps), config.threshold,
+                                     config.ret_steps)
+    else:
+        schedule = magcache_schedule(calibration.magcache_ratios(), steps, config.threshold, config.max_skips,
+                                     config.retention)
+    return StepCache(steps, schedule=schedule, sp_group=sp_group)
+
+
+@dataclass(frozen=True)
+class CacheReport:
+    """What a cached request computed: per branch (0 cond, 1 uncond) and step, True = the block
+    stack ran, False = the cached residual was reused."""
+
+    policy: str
+    calibration: str | None
+    computed: tuple[tuple[bool, ...], ...]
+
+    @property
+    def steps(self) -> int:
+        return len(self.computed[0])
+
+    def counts(self) -> tuple[int, ...]:
+        return tuple(sum(branch) for branch in self.computed)
+
+    def summary(self) -> str:
+        """`computed C/N`, or per branch when they differ."""
+        cond, uncond = self.counts()
+        if cond == uncond:
+            return f"computed {cond}/{self.steps}"
+        return f"computed cond {cond}/{self.steps}, uncond {uncond}/{self.steps}"
+
+    def schedule_text(self) -> str:
+        """One character per step and branch: C computed, r reused."""
+        return " / ".join("".join("C" if c else "r" for c in branch) for branch in self.computed)
+
+    def to_json(self) -> dict:
+        return {"policy": self.policy, "calibration": self.calibration, "summary": self.summary(),
+                "computed": [list(b) for b in self.computed]}
+
+
+def cache_report(cache: StepCache, config: CacheConfig, calibration: Calibration | None, cfg_group=None) -> CacheReport:
+    """The report of a finished request. Under CFG parallelism a rank ran only its own branch; the
+    decisions of both are joined over `cfg_group` (one small collective, after the loop)."""
+    decisions = cache.decisions
+    if any(d is None for branch in decisions for d in branch):
+        if cfg_group is None:
+            raise ValueError("the cache ran only some branches and no cfg group was given to join them")
+        flags = torch.tensor([[-1 if d is None else int(d) for d in branch] for branch in decisions],
+                             dtype=torch.int64, device=_group_device(cfg_group))
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=cfg_group)
+        decisions = [[bool(v) for v in branch] for branch in flags.tolist()]
+    used = None if not config.needs_calibration or calibration is None else calibration.source
+    return CacheReport(config.describe(), used, tuple(tuple(bool(d) for d in branch) for branch in decisions[:BRANCHES]))
+
+
+def _group_device(group) -> torch.device:
+    backend = dist.get_backend(group)
+    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
