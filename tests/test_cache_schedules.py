@@ -50,7 +50,9 @@ class OfficialTeaCache:
 
 class OfficialMagCache:
     """MagCache4Wan2.1's per-call rule (magcache_generate.py, `magcache_forward`), with its
-    `nearest_interp` when the step count differs from the calibration's."""
+    `nearest_interp` when the step count differs from the calibration's. One change: a branch's
+    first call computes without touching the accumulators (where the official reaches it past the
+    retention steps, it would add its still empty residual cache)."""
 
     def __init__(self, steps, threshold, K, retention_ratio, mag_ratios):
         ratios = np.array(mag_ratios)
@@ -69,7 +71,7 @@ class OfficialMagCache:
 
     def __call__(self) -> bool:
         skip = False
-        if self.cnt >= int(self.num_steps * self.retention_ratio):
+        if self.cnt >= int(self.num_steps * self.retention_ratio) and self.cnt >= 2:
             p = self.cnt % 2
             self.accumulated_ratio[p] = self.accumulated_ratio[p] * self.mag_ratios[self.cnt]
             self.accumulated_steps[p] += 1
@@ -137,7 +139,8 @@ def test_teacache_always_computes_the_first_and_last_steps_in_plain_mode():
 
 
 @pytest.mark.parametrize("model", sorted(MAGCACHE_RATIOS))
-@pytest.mark.parametrize("threshold, K, retention", [(0.12, 2, 0.2), (0.06, 2, 0.2), (0.24, 3, 0.1), (0.12, 1, 0.5)])
+@pytest.mark.parametrize("threshold, K, retention", [(0.12, 2, 0.2), (0.06, 2, 0.2), (0.24, 3, 0.1), (0.12, 1, 0.5),
+                                                     (0.3, 3, 0.0)])
 @pytest.mark.parametrize("steps", [50, 40, 25, 7])
 def test_magcache_schedule_matches_the_official_rule_call_for_call(model, threshold, K, retention, steps):
     official = OfficialMagCache(steps, threshold, K, retention, _interleaved(model))

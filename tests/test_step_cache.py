@@ -229,3 +229,38 @@ def test_the_pipeline_refuses_a_cache_it_cannot_run():
                                                                          cache=CacheConfig("teacache"))
     with pytest.raises(ValueError, match="cache must be a CacheConfig"):
         wan_engine.WanPipeline.from_pretrained("tiny", device="cpu").run(PROMPT, **REQUEST, cache="teacache:0.2")
+
+
+# --- command line --------------------------------------------------------------------------------
+
+def test_calibrate_then_generate_with_the_calibration(tmp_path, capsys):
+    from wan_engine.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red kite\n\na blue boat\n")
+    cal = tmp_path / "cal.json"
+    assert main(["calibrate", "--model", "tiny", "--output", str(cal), "--prompts", str(prompts), "--steps", "6",
+                 "--size", "32x32", "--frames", "5"]) == 0
+    loaded = Calibration.load(cal)
+    assert set(loaded.teacache) == {"plain", "ret_steps"} and len(loaded.magcache[0]) == 6
+    assert loaded.fitted["prompts"] == 2 and loaded.fitted["steps"] == 6
+    capsys.readouterr()
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--model", "tiny", "--prompt", "a red kite", "--steps", "6", "--size", "32x32",
+                 "--frames", "5", "--cache", "magcache:0.5,K=3,retention=0", "--cache-calibration", str(cal),
+                 "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "cache: computed " in printed and f"calibration {cal}" in printed and out.is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cache", "teacache:-1"], "cache threshold must be a finite number >= 0"),
+    (["--cache-calibration", "x.json"], "--cache-calibration needs --cache"),
+    (["--cache", "teacache:0.2"], "no cache calibration for tiny"),
+])
+def test_generate_refuses_bad_cache_options(tmp_path, capsys, argv, message):
+    from wan_engine.cli import main
+
+    assert main(["generate", "--model", "tiny", "--prompt", "x", "--output", str(tmp_path / "v.mp4"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "v.mp4").exists()

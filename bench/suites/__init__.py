@@ -11,7 +11,8 @@ import inspect
 from .common import BenchContext, SuiteResult
 
 # In the order `all` runs them: the analytic and micro-benchmarks first, the whole pipeline last.
-SUITES = ("roofline", "kernels", "attention", "dit", "step", "vae", "parallel", "memory", "e2e", "adherence")
+SUITES = ("roofline", "kernels", "attention", "dit", "step", "vae", "parallel", "memory", "e2e", "adherence",
+          "cache")
 SUITE_CHOICES = (*SUITES, "all")
 
 

@@ -72,6 +72,9 @@ def magcache_schedule(ratios: Sequence[Sequence[float]], steps: int, threshold: 
     accumulated ratio by its step's ratio, counts one more step and adds |1 - accumulated ratio|
     to the accumulated error; it reuses the residual while the error is below the threshold and
     the count is at most `max_skips`, else it computes and resets ratio, count and error.
+    Step 0 always computes, leaving the accumulators alone as the retained steps do: there is no
+    residual to reuse yet (where retention is below one call per branch the official code would
+    reach step 0 with an empty cache).
     """
     if len(ratios) != BRANCHES:
         raise ValueError(f"ratios must hold {BRANCHES} branches (conditional, unconditional); got {len(ratios)}")
@@ -81,7 +84,7 @@ def magcache_schedule(ratios: Sequence[Sequence[float]], steps: int, threshold: 
     ratio, count, error = [1.0] * BRANCHES, [0] * BRANCHES, [0.0] * BRANCHES
     for step in range(steps):
         for branch in range(BRANCHES):
-            if 2 * step + branch < first:
+            if 2 * step + branch < first or step == 0:
                 continue
             ratio[branch] *= per_step[branch][step]
             count[branch] += 1
