@@ -9,6 +9,7 @@ PACKAGES = {
     "wan_engine.assembly": "wan_engine/assembly",
     "wan_engine.shapes": "wan_engine/shapes",
     "wan_engine.pipelines": "wan_engine/pipelines",
+    "wan_engine.engine": "wan_engine/engine",
     "wan_engine.executor": "wan_engine/executor",
     "wan_engine.kernels": "kernels",
     "wan_engine.parallel": "parallel",

@@ -10,7 +10,8 @@ BASE = {"wan_engine.env", "wan_engine.configs", "wan_engine.device", "wan_engine
 # layer -> the other layers it may import (every layer may import BASE). A layer is a top-level
 # module or subpackage of the installed `wan_engine`.
 ALLOWED = {
-    "wan_engine": {"wan_engine.pipelines", "wan_engine.assembly", "wan_engine.video", "wan_engine.configs"},
+    "wan_engine": {"wan_engine.pipelines", "wan_engine.assembly", "wan_engine.video", "wan_engine.configs",
+                   "wan_engine.engine"},
     "wan_engine.env": set(),
     "wan_engine.configs": set(),
     "wan_engine.device": set(),
@@ -38,8 +39,11 @@ ALLOWED = {
     "wan_engine.shapes": {"wan_engine.assembly", "wan_engine.reference", "wan_engine.loading"},
     "wan_engine.pipelines": {"wan_engine.assembly", "wan_engine.runner", "wan_engine.parallel",
                              "wan_engine.reference", "wan_engine.executor", "wan_engine.cache"},
+    # Load once, queue, run one job at a time per GPU group (rank 0 leads the other ranks).
+    "wan_engine.engine": {"wan_engine.pipelines", "wan_engine.cache", "wan_engine.parallel"},
 }
-FACES = {"wan_engine.cli", "wan_engine.bench", "wan_engine.__main__"}  # may import anything but each other's internals
+# The HTTP server (wan_engine.serve) is a face like the CLI: it sits on the Engine.
+FACES = {"wan_engine.cli", "wan_engine.bench", "wan_engine.__main__", "wan_engine.serve"}  # may import anything but each other's internals
 
 
 def layer_of(module: str) -> str:

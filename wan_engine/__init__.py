@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "WanPipeline": "wan_engine.pipelines.t2v",
     "GenerationResult": "wan_engine.pipelines.t2v",
+    "Engine": "wan_engine.engine",
+    "GenerationRequest": "wan_engine.engine",
     "load_dit": "wan_engine.assembly",
     "load_vae": "wan_engine.assembly",
     "load_text_encoder": "wan_engine.assembly",

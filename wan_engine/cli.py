@@ -100,8 +100,9 @@ def _check_given(args) -> None:
 
 
 def cmd_generate(args) -> int:
+    from .engine import Engine, GenerationRequest
     from .env import LaunchEnv
-    from .parallel import DEFAULT_TIMEOUT_S, ParallelConfig, peer_failure_guard, shutdown
+    from .parallel import DEFAULT_TIMEOUT_S, ParallelConfig, shutdown
     from .pipelines.t2v import WanPipeline
 
     _check_given(args)  # refuse bad options before the (possibly long) model load
@@ -115,9 +116,10 @@ def cmd_generate(args) -> int:
                                        attention=args.attention, compile=args.compile, cfg_batch=args.cfg_batch,
                                        parallel=parallel, launch=launch, dist_timeout_s=timeout_s, cache=cache)
     load_s = time.perf_counter() - start
-    with peer_failure_guard(pipe.mesh, timeout_s):
-        result = pipe.run(args.prompt, args.negative_prompt, args.size, args.frames, args.steps, args.guidance,
-                          args.shift, args.seed, args.solver, progress=pipe.mesh.rank == 0)
+    engine = Engine(pipe, dist_timeout_s=timeout_s)  # the --cache policy is the pipeline's default
+    request = GenerationRequest(args.prompt, args.negative_prompt, args.size, args.frames, args.steps,
+                                args.guidance, args.shift, args.seed, args.solver)
+    result = engine.generate(request, progress=pipe.mesh.rank == 0)  # PeerFailure names the failed collective
     # Reached only when every collective succeeded; after a failure, tearing the group down could
     # wait on the failed peer, so the process just exits.
     shutdown()

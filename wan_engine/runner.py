@@ -108,12 +108,15 @@ def _cfg_parallel_velocity(dit, own_context: torch.Tensor, guidance: float, mesh
 
 def cfg_denoise(dit, latents: torch.Tensor, context: torch.Tensor, context_null: torch.Tensor, solver,
                 guidance: float, progress: bool = False, cfg_batch: bool | None = None,
-                mesh: ParallelMesh | None = None, step_cache: StepCache | None = None) -> torch.Tensor:
+                mesh: ParallelMesh | None = None, step_cache: StepCache | None = None, *,
+                on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Run every solver step on `latents [B, C, F, H, W]`; returns the final fp32 latents.
 
     The text K/V preparation (executor) happens once here, before the first step. With a
     parallel `mesh`, every rank of it runs this with the same inputs and gets the same latents.
     `step_cache` (built for this request's steps) decides which steps run the block stack.
+    `on_step(done, total)` runs after each step (progress; it may raise to stop between steps).
+    Under a parallel mesh it runs on every rank, so a callback that stops must stop every rank alike.
     """
     if step_cache is not None and step_cache.steps != solver.num_steps:
         raise ValueError(f"the step cache was built for {step_cache.steps} steps, the solver has {solver.num_steps}")
@@ -126,4 +129,6 @@ def cfg_denoise(dit, latents: torch.Tensor, context: torch.Tensor, context_null:
     for i in steps:
         timestep = timesteps[i].reshape(1).expand(latents.shape[0])
         latents = solver.step(velocity(latents, timestep, i), i, latents)
+        if on_step is not None:
+            on_step(i + 1, solver.num_steps)
     return latents

@@ -170,7 +170,9 @@ class WanPipeline:
         )
 
     def run(self, prompt, negative_prompt=None, size=None, num_frames=None, steps=None, guidance=None,
-            shift=None, seed=None, solver=None, progress=False, cache="default") -> GenerationResult:
+            shift=None, seed=None, solver=None, progress=False, cache="default", *,
+            on_step=None) -> GenerationResult:
+        """`on_step(done, total)` runs after every denoising step (see `runner.cfg_denoise`)."""
         req = self.make_request(prompt, negative_prompt, size, num_frames, steps, guidance, shift, seed, solver,
                                 cache)
         calibration = self._calibration(req.cache)  # a missing calibration fails before any compute
@@ -182,7 +184,7 @@ class WanPipeline:
             with self._timed(timings, "denoising"):
                 self._place("denoising")
                 step_cache = self.make_step_cache(req, calibration)
-                latents = self.denoise(req, context, context_null, progress, step_cache)
+                latents = self.denoise(req, context, context_null, progress, step_cache, on_step=on_step)
                 report = None
                 if step_cache is not None:
                     report = cache_report(step_cache, req.cache, calibration, cfg_group=self.mesh.cfg_group)
@@ -213,12 +215,13 @@ class WanPipeline:
         return torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
 
     def denoise(self, req: Request, context, context_null, progress=False,
-                step_cache: StepCache | None = None) -> torch.Tensor:
+                step_cache: StepCache | None = None, *, on_step=None) -> torch.Tensor:
         """The final latents; `step_cache` (from `make_step_cache`) skips the block stack on some steps."""
         solver = make_solver(req.solver, req.steps, req.shift)
         mesh = self.mesh if self.is_parallel else None
         return cfg_denoise(self.dit, self.initial_noise(req), context, context_null, solver,
-                           req.guidance, progress=progress, mesh=mesh, step_cache=step_cache)
+                           req.guidance, progress=progress, mesh=mesh, step_cache=step_cache,
+                           on_step=on_step)
 
     def make_step_cache(self, req: Request, calibration: Calibration | None) -> StepCache | None:
         """The request's step cache (its schedule fixed here for TeaCache and MagCache), or None."""
