@@ -10,11 +10,15 @@ PACKAGES = {
     "wan_engine.shapes": "wan_engine/shapes",
     "wan_engine.pipelines": "wan_engine/pipelines",
     "wan_engine.engine": "wan_engine/engine",
+    "wan_engine.serve": "wan_engine/serve",
     "wan_engine.executor": "wan_engine/executor",
     "wan_engine.kernels": "kernels",
     "wan_engine.parallel": "parallel",
     "wan_engine.bench": "bench",
 }
+
+# `wan-engine serve` (the HTTP face); its tests need these too.
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "prometheus-client>=0.20"]
 
 setup(
     name="wan_engine",
@@ -41,11 +45,13 @@ setup(
     ],
     extras_require={
         "triton": ["triton>=3.6"],
-        "test": ["pytest", "pytest-timeout", "diffusers>=0.33", "triton>=3.6", "onnx", "onnxruntime"],
+        "test": ["pytest", "pytest-timeout", "diffusers>=0.33", "triton>=3.6", "onnx", "onnxruntime",
+                 # the server's tests: the serve extra, an HTTP client and the official OpenAI client
+                 *SERVE, "httpx>=0.27", "openai>=3.0"],
         "bench": ["pytest-benchmark", "matplotlib", "nvidia-ml-py"],
         "flash": ["flash-attn"],
         "trt": ["tensorrt", "onnx", "polygraphy"],
-        "serve": [],
+        "serve": SERVE,
     },
     entry_points={"console_scripts": ["wan-engine=wan_engine.cli:main"]},
 )

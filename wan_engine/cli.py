@@ -1,4 +1,4 @@
-"""`wan-engine` command line: generate, calibrate, info, bench.
+"""`wan-engine` command line: generate, serve, calibrate, info, bench.
 
 Multi-GPU: `torchrun --nproc-per-node N -m wan_engine.cli generate ... --ulysses U --ring R
 [--cfg-parallel]` with N = U * R (* 2 with --cfg-parallel). Every process runs the pipeline; only
@@ -23,8 +23,6 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _add_generate(sub) -> None:
-    from .engine_config import ATTENTION_BACKENDS, ENGINES
-
     p = sub.add_parser("generate", help="text -> MP4")
     p.add_argument("--model", default="tiny", help="model directory (original or diffusers layout) or preset")
     p.add_argument("--prompt", required=True)
@@ -37,19 +35,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--shift", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--solver", default=None, help="unipc (default), dpm++ or euler")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--t5-cpu", action="store_true", help="keep the text encoder on the CPU")
-    p.add_argument("--offload", action="store_true",
-                   help="move the text encoder off the GPU after encoding and the DiT off before VAE decode")
     p.add_argument("--fps", type=int, default=16, help="frame rate of the MP4 (default 16, Wan2.1's)")
-    p.add_argument("--engine", choices=ENGINES, default="executor",
-                   help="executor (fused kernels, default) or reference (the eager official math)")
-    p.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto",
-                   help="attention backend of the executor (default: auto, the fastest available)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the executor's DiT block")
-    p.add_argument("--no-cfg-batch", dest="cfg_batch", action="store_false",
-                   help="run the conditional and unconditional CFG branches as two forwards, not one batch")
+    _add_model_options(p)
     p.add_argument("--cache", default=None, metavar="POLICY[:THRESHOLD][,OPTION...]",
                    help="step cache (lossy, off by default): teacache:0.2, teacache:0.2,ret_steps, "
                         "magcache:0.12,K=2,retention=0.2 or fbcache:0.05")
@@ -58,6 +45,29 @@ def _add_generate(sub) -> None:
                         "name (t2v-1.3B, t2v-14B, i2v-14B-480p, i2v-14B-720p); default: the model's own")
     p.add_argument("--save-frames", default=None, metavar="FILE.npy",
                    help="also save the exact uint8 frames [F, H, W, 3] (the MP4 is lossy) as a .npy file")
+    _add_parallel_options(p)
+    p.set_defaults(func=cmd_generate)
+
+
+def _add_model_options(p) -> None:
+    """How the model is loaded and run: shared by generate and serve."""
+    from .engine_config import ATTENTION_BACKENDS, ENGINES
+
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--t5-cpu", action="store_true", help="keep the text encoder on the CPU")
+    p.add_argument("--offload", action="store_true",
+                   help="move the text encoder off the GPU after encoding and the DiT off before VAE decode")
+    p.add_argument("--engine", choices=ENGINES, default="executor",
+                   help="executor (fused kernels, default) or reference (the eager official math)")
+    p.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto",
+                   help="attention backend of the executor (default: auto, the fastest available)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the executor's DiT block")
+    p.add_argument("--no-cfg-batch", dest="cfg_batch", action="store_false",
+                   help="run the conditional and unconditional CFG branches as two forwards, not one batch")
+
+
+def _add_parallel_options(p) -> None:
     multi = p.add_argument_group("multi-GPU (launch with torchrun --nproc-per-node N, N = product of degrees)")
     multi.add_argument("--ulysses", type=int, default=1,
                        help="Ulysses (all-to-all) sequence-parallel degree; must divide the model's heads")
@@ -67,7 +77,25 @@ def _add_generate(sub) -> None:
     multi.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
                        help="seconds a collective may wait for a peer before the run fails "
                             "(default 600; must exceed the slowest rank's model load)")
-    p.set_defaults(func=cmd_generate)
+
+
+def _check_dist_timeout(args) -> float:
+    from .parallel import DEFAULT_TIMEOUT_S
+
+    if args.dist_timeout is not None and not 0 < args.dist_timeout < float("inf"):
+        raise ValueError(f"--dist-timeout must be a finite number of seconds > 0, got {args.dist_timeout}")
+    return DEFAULT_TIMEOUT_S if args.dist_timeout is None else args.dist_timeout
+
+
+def _pipeline_options(args, **extra) -> dict:
+    """`WanPipeline.from_pretrained` keyword options from the model and parallel flags."""
+    from .env import LaunchEnv
+    from .parallel import ParallelConfig
+
+    parallel = ParallelConfig(ulysses=args.ulysses, ring=args.ring, cfg=2 if args.cfg_parallel else 1)
+    return dict(device=args.device, dtype=args.dtype, t5_cpu=args.t5_cpu, offload=args.offload,
+                engine=args.engine, attention=args.attention, compile=args.compile, cfg_batch=args.cfg_batch,
+                parallel=parallel, launch=LaunchEnv.from_environ(), **extra)
 
 
 def _parse_cache(args):
@@ -91,8 +119,7 @@ def _check_given(args) -> None:
             check(value)
     if args.seed is not None and not 0 <= args.seed < validation.SEED_BOUND:
         raise ValueError(f"--seed must be in [0, 2**63), got {args.seed}")
-    if args.dist_timeout is not None and not 0 < args.dist_timeout < float("inf"):
-        raise ValueError(f"--dist-timeout must be a finite number of seconds > 0, got {args.dist_timeout}")
+    _check_dist_timeout(args)
     validation.check_fps(args.fps)
     validation.check_output_file(args.output, "--output", ".mp4")
     if args.save_frames is not None:
@@ -101,20 +128,15 @@ def _check_given(args) -> None:
 
 def cmd_generate(args) -> int:
     from .engine import Engine, GenerationRequest
-    from .env import LaunchEnv
-    from .parallel import DEFAULT_TIMEOUT_S, ParallelConfig, shutdown
+    from .parallel import shutdown
     from .pipelines.t2v import WanPipeline
 
     _check_given(args)  # refuse bad options before the (possibly long) model load
     cache = _parse_cache(args)
-    parallel = ParallelConfig(ulysses=args.ulysses, ring=args.ring, cfg=2 if args.cfg_parallel else 1)
-    timeout_s = DEFAULT_TIMEOUT_S if args.dist_timeout is None else args.dist_timeout
-    launch = LaunchEnv.from_environ()
+    timeout_s = _check_dist_timeout(args)
+    options = _pipeline_options(args, dist_timeout_s=timeout_s, cache=cache)
     start = time.perf_counter()
-    pipe = WanPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                       t5_cpu=args.t5_cpu, offload=args.offload, engine=args.engine,
-                                       attention=args.attention, compile=args.compile, cfg_batch=args.cfg_batch,
-                                       parallel=parallel, launch=launch, dist_timeout_s=timeout_s, cache=cache)
+    pipe = WanPipeline.from_pretrained(args.model, **options)
     load_s = time.perf_counter() - start
     engine = Engine(pipe, dist_timeout_s=timeout_s)  # the --cache policy is the pipeline's default
     request = GenerationRequest(args.prompt, args.negative_prompt, args.size, args.frames, args.steps,
@@ -125,7 +147,7 @@ def cmd_generate(args) -> int:
     shutdown()
     if result.frames is None:  # ranks other than 0: their share is in rank 0's frames
         return 0
-    _write_outputs(args, result, load_s, parallel, pipe.attention_backend)
+    _write_outputs(args, result, load_s, options["parallel"], pipe.attention_backend)
     return 0
 
 
@@ -152,6 +174,33 @@ def _write_outputs(args, result, load_s: float, parallel, attention: str) -> Non
     print(f"  load           {load_s:8.2f} s")
     for stage, seconds in result.timings.items():
         print(f"  {stage:<14} {seconds:8.2f} s")
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="OpenAI-style /v1/videos HTTP server (durable jobs, one model loaded once)")
+    p.add_argument("--model", default="tiny", help="model directory (original or diffusers layout) or preset")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="when set, every /v1 route needs 'Authorization: Bearer KEY'")
+    p.add_argument("--max-queue", type=int, default=16, help="jobs that may wait; more get 429 (default 16)")
+    p.add_argument("--output-dir", default="wan_videos", help="where the job database and the MP4s live")
+    p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="largest request body (default 64 KiB)")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up generation at start")
+    _add_model_options(p)
+    _add_parallel_options(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from .serve.server import ServeConfig, run_server
+
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port must be in [1, 65535], got {args.port}")
+    timeout_s = _check_dist_timeout(args)
+    config = ServeConfig(model=args.model, host=args.host, port=args.port, api_key=args.api_key,
+                         max_queue=args.max_queue, output_dir=args.output_dir, max_body_bytes=args.max_body_bytes,
+                         warmup=args.warmup, dist_timeout_s=timeout_s)
+    return run_server(config, _pipeline_options(args))
 
 
 def _add_calibrate(sub) -> None:
@@ -210,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wan-engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_serve(sub)
     _add_calibrate(sub)
     _add_info(sub)
     from .bench.cli import add_bench_parser
