@@ -98,7 +98,10 @@ class Engine:
     def generate(self, request: GenerationRequest, *, progress: bool = False, on_step=None):
         """Run `request` now in the caller's thread (every rank of a launch calls it alike) and
         return the `GenerationResult`. `on_step(done, total)` may raise GenerationCancelled.
-        Under a launch an unset seed is left to the pipeline, which draws it on rank 0 for all."""
+        Under a launch an unset seed is left to the pipeline, which draws it on rank 0 for all;
+        there the queue's worker (which talks to the other ranks) must not be running."""
+        if self.channel is not None and self._worker is not None:
+            raise RuntimeError("generate() under a launch cannot run beside the queue's worker; use submit()")
         req = resolve_request(request, self.pipeline.config.sample, self.limits,
                               draw_seed=not self.pipeline.is_parallel)
         return self._run(req, on_step, progress=progress)
@@ -122,6 +125,14 @@ class Engine:
             self._ensure_worker()
             self._cond.notify_all()
         return job
+
+    def start(self) -> None:
+        """Start the worker now rather than at the first submit: under a launch it must beat
+        (heartbeats) from the moment the other ranks enter follow()."""
+        if self.rank != 0:
+            raise RuntimeError("start the worker on rank 0; the other ranks run follow()")
+        with self._cond:
+            self._ensure_worker()
 
     def get(self, job_id: str) -> Job | None:
         """A queued or running job (finished jobs are the caller's to keep)."""

@@ -52,10 +52,11 @@ def _not_found(job_id: str) -> ApiError:
     return ApiError(404, f"no video job with id {job_id!r}", "video_id", "not_found", "not_found_error")
 
 
-def create_app(engine, store: JobStore, options: ServerOptions = ServerOptions()) -> FastAPI:
-    """The server around a started Engine (rank 0 of a launch) and an open JobStore."""
+def create_app(engine, store: JobStore, options: ServerOptions = ServerOptions(), lifespan=None) -> FastAPI:
+    """The server around an Engine (rank 0 of a launch) and an open JobStore; `lifespan` is
+    FastAPI's (the host's start-up and shut-down)."""
     metrics = ServerMetrics(lambda: engine.queue_depth, store.count_by_status)
-    app = FastAPI(title="wan_engine", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="wan_engine", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
 
     @app.exception_handler(ApiError)

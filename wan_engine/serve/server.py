@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+
+from starlette.concurrency import run_in_threadpool
 
 from ..engine import Engine, RequestLimits
 
@@ -47,10 +50,22 @@ def run_server(config: ServeConfig, pipeline_options: dict) -> int:
                                     **pipeline_options)
     if engine.rank != 0:
         return engine.follow()
+    engine.start()  # heartbeats reach the followers from now on
     store = JobStore(config.output_dir)
     if store.recovered:
         log.warning("%d unfinished jobs of the previous run marked failed (server restarted)", store.recovered)
-    app = create_app(engine, store, ServerOptions(api_key=config.api_key, max_body_bytes=config.max_body_bytes))
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        # Graceful stop (SIGINT/SIGTERM, or a failed rank): the running job is cancelled at its next
+        # step, the queued ones are cancelled, the followers are told to stop. uvicorn re-raises a
+        # caught signal afterwards, so a SIGTERM'd server still ends with that signal's status.
+        await run_in_threadpool(engine.close)
+        store.close()
+
+    app = create_app(engine, store, ServerOptions(api_key=config.api_key, max_body_bytes=config.max_body_bytes),
+                     lifespan=lifespan)
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
                                            timeout_graceful_shutdown=5))
     engine.on_fatal = lambda message: setattr(server, "should_exit", True)
@@ -58,8 +73,6 @@ def run_server(config: ServeConfig, pipeline_options: dict) -> int:
           f"(jobs in {store.root})", file=sys.stderr, flush=True)
     server.run()
     fatal = engine.fatal_error
-    engine.close()
-    store.close()
     if fatal is not None:
         print(f"wan-engine: error: {fatal}", file=sys.stderr)
         return 1
