@@ -47,11 +47,12 @@ setup(
         "triton": ["triton>=3.6"],
         "test": ["pytest", "pytest-timeout", "diffusers>=0.33", "triton>=3.6", "onnx", "onnxruntime",
                  # the server's tests: the serve extra, an HTTP client and the official OpenAI client
-                 *SERVE, "httpx>=0.27", "openai>=3.0"],
+                 *SERVE, "httpx>=0.27", "openai>=3.0", "ray[serve]>=2.40"],
         "bench": ["pytest-benchmark", "matplotlib", "nvidia-ml-py"],
         "flash": ["flash-attn"],
         "trt": ["tensorrt", "onnx", "polygraphy"],
         "serve": SERVE,
+        "ray": ["ray[serve]>=2.40"],  # examples/ray_serve.py
     },
     entry_points={"console_scripts": ["wan-engine=wan_engine.cli:main"]},
 )
