@@ -29,6 +29,8 @@ ALLOWED = {
     "wan_engine.executor": {"wan_engine.reference", "wan_engine.engine_config", "wan_engine.ops",
                             "wan_engine.attention"},
     "wan_engine.parallel": {"wan_engine.executor", "wan_engine.reference", "wan_engine.attention"},
+    # The VAE as static chunk functions (explicit feature-cache slots) and its tiled decode.
+    "wan_engine.vae": {"wan_engine.reference"},
     # Step-cache policies and their per-request state, over the executor's staged forward.
     "wan_engine.cache": {"wan_engine.executor"},
     "wan_engine.runner": {"wan_engine.cache", "wan_engine.executor", "wan_engine.parallel", "wan_engine.reference"},

@@ -1,0 +1,131 @@
+"""Spatially tiled VAE decode: bounded memory at any resolution.
+
+The latent plane is cut into overlapping tiles; each tile is decoded on its own (the static chunk
+loop, with its own feature cache) and the decoded tiles are blended with linear ramps across
+each overlap. Peak activation memory is one tile's instead of the whole frame's; the price is a
+seam error where a tile's border convolutions see zeros instead of their neighbours, which the
+overlap absorbs (`tests/test_vae_static.py` measures it).
+
+`TilePlan` is the choice: `off`, a tile size `HxW` (latent rows x cols), or `auto` (from the free
+GPU memory and the roofline's activation model; the CPU has no such bound, so `auto` is off).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..reference.vae import WanVAE
+from .static import StaticChunks, decoder_parts
+
+DEFAULT_OVERLAP = 4  # latent rows/cols shared by neighbouring tiles (32 pixels)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Tiles of `tile` (latent rows, cols) overlapping by `overlap` latent rows/cols; None: no tiling."""
+
+    tile: tuple[int, int] | None = None
+    overlap: int = DEFAULT_OVERLAP
+
+    def __post_init__(self):
+        if self.tile is not None:
+            th, tw = self.tile
+            for name, v in (("tile height", th), ("tile width", tw)):
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise ValueError(f"vae tiling: {name} must be an int >= 1 latent rows/cols; got {v!r}")
+            if isinstance(self.overlap, bool) or not isinstance(self.overlap, int) or not (
+                    0 <= self.overlap < min(th, tw)):
+                raise ValueError(f"vae tiling: overlap must be an int in [0, {min(th, tw) - 1}] (below the tile "
+                                 f"size); got {self.overlap!r}")
+
+    @classmethod
+    def parse(cls, text: str, spatial_stride: int = 8) -> "TilePlan | str":
+        """`off`, `auto` (returned as the string, resolved per request) or `HxW` in pixels, a
+        multiple of the VAE's spatial stride."""
+        if text in ("off", "auto"):
+            return cls() if text == "off" else "auto"
+        try:
+            h, w = (int(v) for v in text.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--vae-tiling must be off, auto or HxW in pixels (e.g. 256x256); got {text!r}") from None
+        if h <= 0 or w <= 0 or h % spatial_stride or w % spatial_stride:
+            raise ValueError(f"--vae-tiling HxW must be positive multiples of {spatial_stride} pixels; got {text!r}")
+        tile = (h // spatial_stride, w // spatial_stride)
+        return cls(tile, overlap=min(DEFAULT_OVERLAP, min(tile) - 1))
+
+    def spans(self, length: int, axis: int) -> list[tuple[int, int]]:
+        """[start, stop) latent ranges covering `length` along `axis` (0 rows, 1 cols)."""
+        if self.tile is None or self.tile[axis] >= length:
+            return [(0, length)]
+        size, step = self.tile[axis], self.tile[axis] - self.overlap
+        count = math.ceil((length - size) / step) + 1
+        starts = [min(i * step, length - size) for i in range(count)]
+        return [(s, s + size) for s in starts]
+
+    def tiles(self, h: int, w: int) -> int:
+        return len(self.spans(h, 0)) * len(self.spans(w, 1))
+
+
+@torch.no_grad()
+def tiled_decode(vae: WanVAE, latents: torch.Tensor, plan: TilePlan,
+                 parts: tuple[StaticChunks, StaticChunks] | None = None) -> torch.Tensor:
+    """Normalized latents [B, z_dim, f, h, w] -> video [B, 3, F, 8h, 8w] in [-1, 1].
+
+    The decoder's trunk (conv1 and the middle block, whose attention spans the whole frame) runs
+    on whole latent frames, chunk by chunk, and its features are kept (latent resolution: small).
+    Then each tile runs the upsampling tail over every chunk with its own feature cache, which is
+    dropped before the next tile, and is blended into the video where tiles overlap. Peak memory:
+    the trunk features, the video, and one tile's cache and activations.
+    """
+    vae._check_latents(latents)
+    trunk, tail = decoder_parts(vae) if parts is None else parts
+    x = vae.conv2(vae.denormalize_latents(latents))
+    b, _, f, h, w = x.shape
+    s, ts = vae.config.spatial_stride, vae.config.temporal_stride
+    slots = trunk.slots(b, h, w, x.dtype, x.device)
+    features = []
+    for t in range(f):
+        feature, slots = trunk.run(x[:, :, t:t + 1], slots, first=t == 0)
+        features.append(feature)
+    del slots
+    features = torch.cat(features, dim=2)
+    rows, cols = plan.spans(h, 0), plan.spans(w, 1)
+    out = torch.zeros(b, 3, ts * (f - 1) + 1, h * s, w * s, device=x.device)
+    total = torch.zeros(h * s, w * s, device=x.device)
+    for i, (r0, r1) in enumerate(rows):
+        for j, (c0, c1) in enumerate(cols):
+            weight = _tile_weight(rows, cols, i, j, s, x.device)
+            total[r0 * s:r1 * s, c0 * s:c1 * s] += weight
+            tile_slots = tail.slots(b, r1 - r0, c1 - c0, x.dtype, x.device)
+            frame = 0
+            for t in range(f):
+                video, tile_slots = tail.run(features[:, :, t:t + 1, r0:r1, c0:c1], tile_slots, first=t == 0)
+                n = video.shape[2]
+                out[:, :, frame:frame + n, r0 * s:r1 * s, c0 * s:c1 * s] += video.float() * weight
+                frame += n
+            del tile_slots
+    return (out / total).clamp(-1.0, 1.0)
+
+
+def _tile_weight(rows, cols, i: int, j: int, s: int, device) -> torch.Tensor:
+    """The [tile H, tile W] blend weight of tile (i, j) in pixels, from the overlaps it actually
+    shares with its neighbours (the last tile of a row or column may be shifted back)."""
+    (r0, r1), (c0, c1) = rows[i], cols[j]
+    up = (rows[i - 1][1] - r0) * s if i > 0 else 0
+    down = (r1 - rows[i + 1][0]) * s if i + 1 < len(rows) else 0
+    left = (cols[j - 1][1] - c0) * s if j > 0 else 0
+    right = (c1 - cols[j + 1][0]) * s if j + 1 < len(cols) else 0
+    return _ramp_sides((r1 - r0) * s, up, down, device)[:, None] * _ramp_sides((c1 - c0) * s, left, right, device)[None]
+
+
+def _ramp_sides(length: int, before: int, after: int, device) -> torch.Tensor:
+    """Blend weights along one axis of a decoded tile: linear ramps over the overlap shared with
+    the neighbour before / after it, 1 elsewhere (never 0: a pixel covered once keeps weight 1)."""
+    weight = torch.ones(length, device=device)
+    if before > 0:
+        weight[:before] = (torch.arange(before, device=device, dtype=torch.float32) + 0.5) / before
+    if after > 0:
+        weight[-after:] = ((torch.arange(after, device=device, dtype=torch.float32) + 0.5) / after).flip(0)
+    return weight
