@@ -40,7 +40,7 @@ ALLOWED = {
     # The toy world (torch only) and the training of the `shapes` model on it.
     "wan_engine.shapes": {"wan_engine.assembly", "wan_engine.reference", "wan_engine.loading"},
     "wan_engine.pipelines": {"wan_engine.assembly", "wan_engine.runner", "wan_engine.parallel",
-                             "wan_engine.reference", "wan_engine.executor", "wan_engine.cache"},
+                             "wan_engine.reference", "wan_engine.executor", "wan_engine.cache", "wan_engine.vae"},
     # Load once, queue, run one job at a time per GPU group (rank 0 leads the other ranks).
     "wan_engine.engine": {"wan_engine.pipelines", "wan_engine.cache", "wan_engine.parallel"},
 }

@@ -127,3 +127,44 @@ def test_tiling_option_parses(text, expected):
 def test_bad_tiling_options_are_refused(text, message):
     with pytest.raises(ValueError, match=message):
         TilePlan.parse(text)
+
+
+def test_bf16_decode_quality_against_fp32_on_shapes_clips(shapes_vae):
+    """Reported: PSNR of the bf16 decode against the fp32 decode of the same latents, and whether the
+    adherence scorer reads the same colour, background and motion off both. Bound: the GPU check's
+    bf16 VAE floor (bench.bounds.vae_frames_bound), from bf16's 8-bit mantissa."""
+    from wan_engine.bench.adherence import read_clip
+    from wan_engine.bench.bounds import vae_frames_bound
+    from wan_engine.pipelines.t2v import frames_to_uint8
+    from wan_engine.vae.decode import VAEDecodeOptions, VAEDecoder
+
+    clips, combos = random_clips(4, (96, 96), 17, seed=8)
+    with torch.no_grad():
+        latents = shapes_vae.encode(clips)
+    fp32, bf16 = VAEDecoder(shapes_vae)(latents), VAEDecoder(shapes_vae, VAEDecodeOptions(dtype="bf16"))(latents)
+    psnr = _psnr(bf16, fp32)
+    def answers(video):
+        reading = read_clip(frames_to_uint8(video))
+        return reading.color, reading.background, reading.direction
+
+    same = [answers(a) == answers(b) for a, b in zip(fp32, bf16)]
+    print(f"bf16 decode vs fp32: PSNR {psnr:.1f} dB; scorer reads the same on {sum(same)}/{len(same)} clips")
+    assert psnr >= vae_frames_bound("bf16").limit
+    assert all(same)
+    assert next(shapes_vae.parameters()).dtype == torch.float32  # the bf16 copy leaves the model alone
+
+
+def test_the_pipeline_decodes_through_the_static_chunks_and_can_tile():
+    import wan_engine
+    from wan_engine.vae.decode import VAEDecodeOptions
+
+    plain = wan_engine.WanPipeline.from_pretrained("tiny", device="cpu")
+    tiled = wan_engine.WanPipeline.from_pretrained("tiny", device="cpu",
+                                                   vae_decode=VAEDecodeOptions(tiling=TilePlan((4, 4), overlap=2)))
+    latents = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert torch.equal(plain.decode(latents), plain.vae.decode(latents))  # the static loop, bit for bit
+        video = tiled.decode(latents)
+    assert tiled.vae_decoder.last_plan.tiles(8, 8) == 9 and video.shape == (1, 3, 5, 64, 64)
+    with pytest.raises(ValueError, match="vae tiling must be a TilePlan or 'auto'"):
+        VAEDecodeOptions(tiling="8x8")

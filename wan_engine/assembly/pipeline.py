@@ -136,7 +136,8 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
                              ops: str = "auto", cfg_batch: bool = True, compile: bool = False,
                              seed: int = 0, parallel: ParallelConfig | None = None,
                              mesh: ParallelMesh | None = None, launch: LaunchEnv | None = None,
-                             dist_timeout_s: float = DEFAULT_TIMEOUT_S, cache: CacheConfig | None = None) -> dict:
+                             dist_timeout_s: float = DEFAULT_TIMEOUT_S, cache: CacheConfig | None = None,
+                             vae_decode=None) -> dict:
     """Keyword arguments for `WanPipeline(...)`.
 
     engine "executor" (default) wraps the loaded reference DiT's weights in the optimized
@@ -215,6 +216,7 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
             dit = apply_parallel(dit, mesh)
     return dict(config=config, text_encoder=text, dit=dit, vae=vae, device=device, dtype=dtype,
                 text_device=text_device, offload=offload, mesh=mesh, decode_group=decode_group, cache=cache,
+                vae_decode=vae_decode,
                 cache_calibration=model_calibration(folder, config.name))
 
 

@@ -24,6 +24,7 @@ from ..cache import (
 )
 from ..device import synchronize
 from ..executor import WanExecutor
+from ..vae.decode import VAEDecodeOptions, VAEDecoder
 from ..parallel.comm import group_size
 from ..parallel.mesh import ParallelMesh
 from ..parallel.runtime import shared_noise, shared_seed
@@ -81,8 +82,15 @@ class WanPipeline:
     def __init__(self, config: ModelConfig, text_encoder, dit, vae, *, device: torch.device,
                  dtype: torch.dtype, text_device: torch.device | None = None, offload: bool = False,
                  mesh: ParallelMesh | None = None, decode_group=None, cache: CacheConfig | None = None,
-                 cache_calibration: Calibration | None = None):
+                 cache_calibration: Calibration | None = None, vae_decode: VAEDecodeOptions | None = None):
         self.mesh = ParallelMesh.single() if mesh is None else mesh
+        vae_decode = VAEDecodeOptions() if vae_decode is None else vae_decode
+        if not isinstance(vae_decode, VAEDecodeOptions):
+            raise ValueError(f"vae_decode must be a VAEDecodeOptions or None; got {type(vae_decode).__name__}")
+        if self.mesh.config.world_size > 1 and not vae_decode.lossless:
+            raise ValueError("VAE tiling and the bf16 decode run in one process; under several ranks the decode is "
+                             "split by rows (parallel_vae_decode), which already bounds each rank's memory")
+        self.vae_decoder = VAEDecoder(vae, vae_decode)
         _check_cache(cache)
         self.cache = cache  # the default step cache of every request (None: off)
         self.cache_calibration = cache_calibration  # the model's own (its folder's or the published one)
@@ -101,7 +109,8 @@ class WanPipeline:
         """Load a model directory (original or diffusers layout) or build a preset with seeded weights.
 
         Options: `cache` (a `CacheConfig`: the default step cache of every request; off by
-        default, lossy when on), `t5_cpu` (keep the text encoder on the CPU), `offload` (move the text encoder off
+        default, lossy when on), `vae_decode` (a `VAEDecodeOptions`: tiling, bf16; off by default,
+        lossy when on), `t5_cpu` (keep the text encoder on the CPU), `offload` (move the text encoder off
         the GPU after encoding and the DiT off before VAE decode), `engine` ("executor", the
         default, or "reference"), and for the executor `attention` (a backend name, default
         "auto"), `ops` ("auto", "triton", "torch"), `cfg_batch` (default True: both CFG branches
@@ -239,7 +248,7 @@ class WanPipeline:
         decodes alone: only for latents with fewer rows than ranks).
         """
         if not self.is_parallel:
-            return self.vae.decode(latents)
+            return self.vae_decoder(latents)
         height = latents.shape[3]
         group = next((g for g in (self.decode_group, self.mesh.sp_group)
                       if g is not None and group_size(g) <= height), None)
