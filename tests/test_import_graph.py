@@ -29,18 +29,22 @@ ALLOWED = {
     "wan_engine.executor": {"wan_engine.reference", "wan_engine.engine_config", "wan_engine.ops",
                             "wan_engine.attention"},
     "wan_engine.parallel": {"wan_engine.executor", "wan_engine.reference", "wan_engine.attention"},
+    # CUDA-graph capture and replay of fixed-shape tensor functions (torch only).
+    "wan_engine.graphs": set(),
     # The VAE as static chunk functions (explicit feature-cache slots) and its tiled decode.
     "wan_engine.vae": {"wan_engine.reference"},
     # Step-cache policies and their per-request state, over the executor's staged forward.
-    "wan_engine.cache": {"wan_engine.executor"},
-    "wan_engine.runner": {"wan_engine.cache", "wan_engine.executor", "wan_engine.parallel", "wan_engine.reference"},
+    "wan_engine.cache": {"wan_engine.executor", "wan_engine.graphs"},
+    "wan_engine.runner": {"wan_engine.cache", "wan_engine.executor", "wan_engine.parallel", "wan_engine.reference",
+                          "wan_engine.graphs"},
     # The one place that knows every layer below the pipelines.
     "wan_engine.assembly": {"wan_engine.loading", "wan_engine.reference", "wan_engine.executor",
                             "wan_engine.parallel", "wan_engine.engine_config", "wan_engine.cache"},
     # The toy world (torch only) and the training of the `shapes` model on it.
     "wan_engine.shapes": {"wan_engine.assembly", "wan_engine.reference", "wan_engine.loading"},
     "wan_engine.pipelines": {"wan_engine.assembly", "wan_engine.runner", "wan_engine.parallel",
-                             "wan_engine.reference", "wan_engine.executor", "wan_engine.cache", "wan_engine.vae"},
+                             "wan_engine.reference", "wan_engine.executor", "wan_engine.cache", "wan_engine.vae",
+                             "wan_engine.graphs"},
     # Load once, queue, run one job at a time per GPU group (rank 0 leads the other ranks).
     "wan_engine.engine": {"wan_engine.pipelines", "wan_engine.cache", "wan_engine.parallel"},
 }

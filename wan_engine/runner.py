@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 
 from .cache import StepCache
 from .executor import WanExecutor
+from .executor.steps import StepFunctions, text_tensors
+from .graphs import GraphReplayer
 from .parallel.cfg_parallel import COND_BRANCH, UNCOND_BRANCH, branch_context, cfg_branch, cfg_combine
 from .parallel.mesh import ParallelMesh
 from .reference.dit import pad_context
@@ -32,7 +34,7 @@ def _guide(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float) -> tor
 
 def make_guided_velocity(dit, context: torch.Tensor, context_null: torch.Tensor, guidance: float,
                          cfg_batch: bool | None = None, mesh: ParallelMesh | None = None,
-                         step_cache: StepCache | None = None) -> GuidedVelocity:
+                         step_cache: StepCache | None = None, graphs: GraphReplayer | None = None) -> GuidedVelocity:
     """The CFG step function `u + g * (c - u)` for one request.
 
     dit: a WanExecutor (fast path) or any callable `dit(x, t, context)` such as the reference.
@@ -42,12 +44,13 @@ def make_guided_velocity(dit, context: torch.Tensor, context_null: torch.Tensor,
     mesh: with cfg=2, this rank computes only its branch (cfg_batch is moot) and the returned
     function is collective over the mesh's cfg group: both branch ranks must call it every step.
     step_cache: executor only; runs the block stack or reuses its residual per step and branch.
+    graphs: executor only; replays each fixed-shape step as a CUDA graph (eager where inactive).
     """
     if mesh is not None and not isinstance(mesh, ParallelMesh):
         raise ValueError(f"mesh must be a ParallelMesh or None, got {type(mesh).__name__}")
     if step_cache is not None and not isinstance(dit, WanExecutor):
         raise ValueError("step caching needs the executor engine (the reference runs every step)")
-    predict = _predictor(step_cache)
+    predict = _predictor(step_cache, graphs if isinstance(dit, WanExecutor) else None)
     if mesh is not None and mesh.cfg_size == 2:
         return _cfg_parallel_velocity(dit, branch_context(mesh, context, context_null), guidance, mesh, predict)
 
@@ -78,13 +81,22 @@ def make_guided_velocity(dit, context: torch.Tensor, context_null: torch.Tensor,
     return batched_velocity
 
 
-def _predictor(step_cache: StepCache | None):
-    """predict(dit, x, t, text, branches, step): the plain executor call, or the cached one."""
-    if step_cache is None:
+def _predictor(step_cache: StepCache | None, graphs: GraphReplayer | None):
+    """predict(dit, x, t, text, branches, step): the plain executor call, its CUDA-graph replay,
+    or the cached one (which replays graphs itself where it can)."""
+    if step_cache is not None:
+        return step_cache.predict
+    if graphs is None or not graphs.active:
         def predict(dit, x, t, text, branches, step):
             return dit.predict(x, t, text)
         return predict
-    return step_cache.predict
+
+    def graphed_predict(dit, x, t, text, branches, step):
+        patches, rope = dit.tokens_in(x, t)
+        fns = StepFunctions(dit, rope, text)
+        out = graphs.call(fns.key("full", patches, text), fns.full, patches, t, rope.cos, rope.sin, *text_tensors(text))
+        return dit.tokens_out(out, rope)
+    return graphed_predict
 
 
 def _cfg_parallel_velocity(dit, own_context: torch.Tensor, guidance: float, mesh: ParallelMesh,
@@ -108,7 +120,8 @@ def _cfg_parallel_velocity(dit, own_context: torch.Tensor, guidance: float, mesh
 
 def cfg_denoise(dit, latents: torch.Tensor, context: torch.Tensor, context_null: torch.Tensor, solver,
                 guidance: float, progress: bool = False, cfg_batch: bool | None = None,
-                mesh: ParallelMesh | None = None, step_cache: StepCache | None = None, *,
+                mesh: ParallelMesh | None = None, step_cache: StepCache | None = None,
+                graphs: GraphReplayer | None = None, *,
                 on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Run every solver step on `latents [B, C, F, H, W]`; returns the final fp32 latents.
 
@@ -120,7 +133,7 @@ def cfg_denoise(dit, latents: torch.Tensor, context: torch.Tensor, context_null:
     """
     if step_cache is not None and step_cache.steps != solver.num_steps:
         raise ValueError(f"the step cache was built for {step_cache.steps} steps, the solver has {solver.num_steps}")
-    velocity = make_guided_velocity(dit, context, context_null, guidance, cfg_batch, mesh, step_cache)
+    velocity = make_guided_velocity(dit, context, context_null, guidance, cfg_batch, mesh, step_cache, graphs)
     # One host-to-device copy for the whole schedule: a pageable copy per step would make the
     # host wait for the previous step's GPU work every step (the solver's CPU sigmas enter as
     # scalars and cost nothing).

@@ -137,7 +137,7 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
                              seed: int = 0, parallel: ParallelConfig | None = None,
                              mesh: ParallelMesh | None = None, launch: LaunchEnv | None = None,
                              dist_timeout_s: float = DEFAULT_TIMEOUT_S, cache: CacheConfig | None = None,
-                             vae_decode=None) -> dict:
+                             vae_decode=None, cuda_graphs: bool = True) -> dict:
     """Keyword arguments for `WanPipeline(...)`.
 
     engine "executor" (default) wraps the loaded reference DiT's weights in the optimized
@@ -216,7 +216,7 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
             dit = apply_parallel(dit, mesh)
     return dict(config=config, text_encoder=text, dit=dit, vae=vae, device=device, dtype=dtype,
                 text_device=text_device, offload=offload, mesh=mesh, decode_group=decode_group, cache=cache,
-                vae_decode=vae_decode,
+                vae_decode=vae_decode, cuda_graphs=cuda_graphs,
                 cache_calibration=model_calibration(folder, config.name))
 
 

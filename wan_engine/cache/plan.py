@@ -24,11 +24,11 @@ def timestep_signal(dit, timesteps: torch.Tensor, ret_steps: bool) -> list[float
 
 
 def build_step_cache(config: CacheConfig, calibration: Calibration | None, dit, timesteps: torch.Tensor,
-                     sp_group=None) -> StepCache:
+                     sp_group=None, graphs=None) -> StepCache:
     """The request's cache: TeaCache and MagCache get their whole schedule here, before step 0."""
     steps = int(timesteps.numel())
     if config.policy == "fbcache":
-        return StepCache(steps, first_block_threshold=config.threshold, sp_group=sp_group)
+        return StepCache(steps, first_block_threshold=config.threshold, sp_group=sp_group, graphs=graphs)
     if config.policy == "teacache":
         schedule = teacache_schedule(timestep_signal(dit, timesteps, config.ret_steps),
                                      calibration.teacache_coefficients(config.ret_steps), config.threshold,
@@ -36,7 +36,7 @@ def build_step_cache(config: CacheConfig, calibration: Calibration | None, dit, 
     else:
         schedule = magcache_schedule(calibration.magcache_ratios(), steps, config.threshold, config.max_skips,
                                      config.retention)
-    return StepCache(steps, schedule=schedule, sp_group=sp_group)
+    return StepCache(steps, schedule=schedule, sp_group=sp_group, graphs=graphs)
 
 
 @dataclass(frozen=True)

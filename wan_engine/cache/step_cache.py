@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 
 from ..executor import TextKV, TokenStream
+from ..executor.steps import StepFunctions, text_tensors
+from ..graphs import GraphReplayer
 from .schedules import BRANCHES, first_block_reuses
 
 
@@ -25,7 +27,8 @@ class StepCache:
     """
 
     def __init__(self, steps: int, *, schedule: list[list[bool]] | None = None,
-                 first_block_threshold: float | None = None, sp_group=None, record: bool = False):
+                 first_block_threshold: float | None = None, sp_group=None, record: bool = False,
+                 graphs: GraphReplayer | None = None):
         if record:
             schedule = [[True] * steps for _ in range(BRANCHES)]
         if (schedule is None) == (first_block_threshold is None):
@@ -37,6 +40,9 @@ class StepCache:
         self.threshold = first_block_threshold
         self.sp_group = sp_group
         self.record = record
+        # Static schedules replay a "full" and a "reuse" CUDA graph when every branch of a call
+        # agrees; FBCache (a decision inside the forward), recording and split calls run eagerly.
+        self.graphs = graphs if graphs is not None and graphs.active and schedule is not None and not record else None
         # decisions[branch][step]: True computed, False reused, None not run on this rank.
         self.decisions: list[list[bool | None]] = [[None] * steps for _ in range(BRANCHES)]
         self._residual: dict[int, torch.Tensor] = {}
@@ -56,6 +62,10 @@ class StepCache:
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < self.steps:
             raise ValueError(f"step must be an int in [0, {self.steps}) (the solver step being run); got {step!r}")
         rows = x.shape[0] // len(branches)
+        if self.graphs is not None:
+            decisions = [self.schedule[b][step] for b in branches]
+            if all(decisions) or not any(decisions):
+                return self._graphed(dit, x, t, text, branches, step, rows, all(decisions))
         stream = dit.begin(x, t)
         if self.dynamic:
             stream, decisions = self._first_block(dit, stream, text, branches, rows, step)
@@ -85,6 +95,23 @@ class StepCache:
             for j, branch in enumerate(branches):
                 self._record_output(branch, velocity[j * rows:(j + 1) * rows])
         return velocity
+
+    def _graphed(self, dit, x, t, text, branches, step, rows, compute: bool) -> torch.Tensor:
+        patches, rope = dit.tokens_in(x, t)
+        fns = StepFunctions(dit, rope, text)
+        kv = text_tensors(text)
+        if compute:
+            out, residual = self.graphs.call(fns.key("full+residual", patches, text), fns.full_with_residual,
+                                             patches, t, rope.cos, rope.sin, *kv)
+            for j, branch in enumerate(branches):
+                self._residual[branch] = residual[j * rows:(j + 1) * rows]
+        else:
+            residual = torch.cat([self._stored(b, step) for b in branches])
+            out = self.graphs.call(fns.key("reuse", patches, text), fns.reuse, patches, t, rope.cos, rope.sin,
+                                   residual, *kv)
+        for branch in branches:
+            self.decisions[branch][step] = compute
+        return dit.tokens_out(out, rope)
 
     # -- FBCache ----------------------------------------------------------------------------------
 

@@ -109,6 +109,13 @@ class WanExecutor(nn.Module):
               y: torch.Tensor | None = None) -> TokenStream:
         """Patchify, embed and modulate latents x [B, C, F, H, W] at timesteps t [B]: the stream
         at block 0 (this rank's token slice under a shard plan). Arguments as `predict`."""
+        patches, rope = self.tokens_in(x, t, seq_len, y)
+        return self.embed(patches, t, rope)
+
+    def tokens_in(self, x: torch.Tensor, t: torch.Tensor, seq_len: int | None = None,
+                  y: torch.Tensor | None = None) -> tuple[torch.Tensor, RopeTable]:
+        """The fixed-shape core's inputs: (patches [B, f*h*w, patch features], the RoPE table of
+        the grid padded to `seq_len`, rounded up to the sp degree). Arguments as `predict`."""
         cfg = self.config
         x = video_input(cfg, x, y)
         batch = x.shape[0]
@@ -119,12 +126,16 @@ class WanExecutor(nn.Module):
         seq_len = real_len if seq_len is None else seq_len
         if self.shard_plan is not None:
             seq_len = self.shard_plan.padded_length(seq_len)
-        return self.embed(patches, t, self.rope_table(grid, seq_len, x.device))
+        return patches, self.rope_table(grid, seq_len, x.device)
+
+    def tokens_out(self, out: torch.Tensor, rope: RopeTable) -> torch.Tensor:
+        """The head's token output [B, seq_len, ...] -> fp32 velocity [B, out_dim, F, H, W]."""
+        cfg = self.config
+        return unpatchify(out, rope.grid, cfg.patch_size, cfg.out_dim).float()
 
     def finish(self, stream: TokenStream) -> torch.Tensor:
         """The head and unpatchify after the last block: fp32 velocity [B, out_dim, F, H, W]."""
-        cfg = self.config
-        return unpatchify(self.head(stream), stream.rope.grid, cfg.patch_size, cfg.out_dim).float()
+        return self.tokens_out(self.head(stream), stream.rope)
 
     def rope_table(self, grid: tuple[int, int, int], seq_len: int, device: torch.device) -> RopeTable:
         """The cached RoPE table of `grid` padded to `seq_len` tokens on `device`."""

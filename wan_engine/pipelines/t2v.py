@@ -24,6 +24,7 @@ from ..cache import (
 )
 from ..device import synchronize
 from ..executor import WanExecutor
+from ..graphs import GraphReplayer
 from ..vae.decode import VAEDecodeOptions, VAEDecoder
 from ..parallel.comm import group_size
 from ..parallel.mesh import ParallelMesh
@@ -82,7 +83,8 @@ class WanPipeline:
     def __init__(self, config: ModelConfig, text_encoder, dit, vae, *, device: torch.device,
                  dtype: torch.dtype, text_device: torch.device | None = None, offload: bool = False,
                  mesh: ParallelMesh | None = None, decode_group=None, cache: CacheConfig | None = None,
-                 cache_calibration: Calibration | None = None, vae_decode: VAEDecodeOptions | None = None):
+                 cache_calibration: Calibration | None = None, vae_decode: VAEDecodeOptions | None = None,
+                 cuda_graphs: bool = True):
         self.mesh = ParallelMesh.single() if mesh is None else mesh
         vae_decode = VAEDecodeOptions() if vae_decode is None else vae_decode
         if not isinstance(vae_decode, VAEDecodeOptions):
@@ -90,6 +92,10 @@ class WanPipeline:
         if self.mesh.config.world_size > 1 and not vae_decode.lossless:
             raise ValueError("VAE tiling and the bf16 decode run in one process; under several ranks the decode is "
                              "split by rows (parallel_vae_decode), which already bounds each rank's memory")
+        if not isinstance(cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs must be True or False; got {cuda_graphs!r}")
+        # DiT steps and VAE chunks replayed as CUDA graphs (on CUDA; elsewhere off, with the reason).
+        self.graphs = GraphReplayer(device, enabled=cuda_graphs)
         self.vae_decoder = VAEDecoder(vae, vae_decode)
         _check_cache(cache)
         self.cache = cache  # the default step cache of every request (None: off)
@@ -108,7 +114,8 @@ class WanPipeline:
     def from_pretrained(cls, path_or_preset: str, device=None, dtype=None, **options) -> "WanPipeline":
         """Load a model directory (original or diffusers layout) or build a preset with seeded weights.
 
-        Options: `cache` (a `CacheConfig`: the default step cache of every request; off by
+        Options: `cuda_graphs` (default True: replay the executor's DiT steps as CUDA graphs on
+        CUDA; eager elsewhere, `pipe.graphs.disabled_reason` says why), `cache` (a `CacheConfig`: the default step cache of every request; off by
         default, lossy when on), `vae_decode` (a `VAEDecodeOptions`: tiling, bf16; off by default,
         lossy when on), `t5_cpu` (keep the text encoder on the CPU), `offload` (move the text encoder off
         the GPU after encoding and the DiT off before VAE decode), `engine` ("executor", the
@@ -229,7 +236,7 @@ class WanPipeline:
         solver = make_solver(req.solver, req.steps, req.shift)
         mesh = self.mesh if self.is_parallel else None
         return cfg_denoise(self.dit, self.initial_noise(req), context, context_null, solver,
-                           req.guidance, progress=progress, mesh=mesh, step_cache=step_cache,
+                           req.guidance, progress=progress, mesh=mesh, step_cache=step_cache, graphs=self.graphs,
                            on_step=on_step)
 
     def make_step_cache(self, req: Request, calibration: Calibration | None) -> StepCache | None:
@@ -237,7 +244,8 @@ class WanPipeline:
         if req.cache is None:
             return None
         timesteps = make_solver(req.solver, req.steps, req.shift).timesteps.to(self.device)
-        return build_step_cache(req.cache, calibration, self.dit, timesteps, sp_group=self.mesh.sp_group)
+        return build_step_cache(req.cache, calibration, self.dit, timesteps, sp_group=self.mesh.sp_group,
+                                graphs=self.graphs)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor | None:
         """Normalized latents `[B, z_dim, f, h, w]` -> video `[B, 3, F, H, W]` in [-1, 1].
@@ -248,7 +256,7 @@ class WanPipeline:
         decodes alone: only for latents with fewer rows than ranks).
         """
         if not self.is_parallel:
-            return self.vae_decoder(latents)
+            return self.vae_decoder(latents, self.graphs)
         height = latents.shape[3]
         group = next((g for g in (self.decode_group, self.mesh.sp_group)
                       if g is not None and group_size(g) <= height), None)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..reference.vae import WanVAE
-from .static import decoder_parts, static_decode
+from .static import decoder_chunks, decoder_parts, static_decode
 from .tiling import TilePlan, tiled_decode
 
 VAE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -45,6 +45,7 @@ class VAEDecoder:
         self.options = VAEDecodeOptions() if options is None else options
         self.vae = vae if self.options.dtype == "fp32" else copy.deepcopy(vae).to(VAE_DTYPES[self.options.dtype])
         self._parts = None
+        self._chunks = None
         self.last_plan: TilePlan | None = None
 
     def plan_for(self, latents: torch.Tensor) -> TilePlan:
@@ -53,12 +54,16 @@ class VAEDecoder:
         return auto_tile_plan(self.vae, latents.shape, latents.device)
 
     @torch.no_grad()
-    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
-        """[B, z_dim, f, h, w] -> video [B, 3, F, 8h, 8w] fp32 in [-1, 1]."""
+    def __call__(self, latents: torch.Tensor, graphs=None) -> torch.Tensor:
+        """[B, z_dim, f, h, w] -> video [B, 3, F, 8h, 8w] fp32 in [-1, 1]. `graphs` (a
+        GraphReplayer) replays the untiled decode's steady chunks as CUDA graphs."""
         latents = latents.to(next(self.vae.parameters()).dtype)
         plan = self.last_plan = self.plan_for(latents)
         if plan.tile is None:
-            return static_decode(self.vae, latents).float()
+            if self._chunks is None:
+                self._chunks = decoder_chunks(self.vae)
+            call = graphs.call if graphs is not None and graphs.active else None
+            return static_decode(self.vae, latents, self._chunks, call).float()
         if self._parts is None:
             self._parts = decoder_parts(self.vae)
         return tiled_decode(self.vae, latents, plan, self._parts)

@@ -188,19 +188,30 @@ def decoder_parts(vae: WanVAE) -> tuple[StaticChunks, StaticChunks]:
             StaticChunks(tail, _specs(tail, torch.zeros_like(features), (1, 1))))
 
 
+def _eager(key, fn, *inputs):
+    return fn(*inputs)
+
+
 @torch.no_grad()
-def static_decode(vae: WanVAE, latents: torch.Tensor, chunks: StaticChunks | None = None) -> torch.Tensor:
+def static_decode(vae: WanVAE, latents: torch.Tensor, chunks: StaticChunks | None = None, call=None) -> torch.Tensor:
     """`vae.decode` through the static chunk functions: normalized latents [B, z_dim, f, h, w] ->
-    video [B, 3, 4(f-1)+1, 8h, 8w] in [-1, 1]."""
+    video [B, 3, 4(f-1)+1, 8h, 8w] in [-1, 1]. `call(key, fn, *tensors)` runs each steady chunk
+    (default eagerly; `GraphReplayer.call` replays it as a CUDA graph)."""
     vae._check_latents(latents)
     chunks = decoder_chunks(vae) if chunks is None else chunks
+    call = _eager if call is None else call
     x = vae.conv2(vae.denormalize_latents(latents))
     b, _, f, h, w = x.shape
     slots = chunks.slots(b, h, w, x.dtype, x.device)
     out, slots = chunks.first(x[:, :, :1], slots)
     frames = [out]
+
+    def steady(chunk, *state):
+        return chunks.steady(chunk, state)
+
     for i in range(1, f):
-        out, slots = chunks.steady(x[:, :, i:i + 1], slots)
+        chunk = x[:, :, i:i + 1]
+        out, slots = call(("vae-decode-steady", id(chunks), tuple(chunk.shape), chunk.dtype), steady, chunk, *slots)
         frames.append(out)
     return torch.cat(frames, dim=2).clamp(-1.0, 1.0)
 
