@@ -72,3 +72,17 @@ def test_graph_replay_equals_eager_on_the_gpu(cache):
     a, b = graphed.run(**REQUEST, cache=cache), eager.run(**REQUEST, cache=cache)
     assert graphed.graphs.active and graphed.graphs.replays > 0, graphed.graphs.disabled_reason
     assert np.array_equal(a.frames, b.frames)
+
+
+def test_generate_reports_graphs_and_the_vae_decode(tmp_path, capsys):
+    from wan_engine.cli import main
+
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--model", "tiny", "--prompt", "a kite", "--steps", "2", "--size", "64x64",
+                 "--frames", "5", "--vae-tiling", "32x32", "--vae-dtype", "bf16", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "cuda graphs: off (CUDA graphs need a CUDA device" in printed
+    assert "vae decode: bf16, tiling 4x4 latent tiles, overlap 3" in printed and out.is_file()
+    assert main(["generate", "--model", "tiny", "--prompt", "a kite", "--vae-tiling", "30x32",
+                 "--output", str(tmp_path / "w.mp4")]) == 2
+    assert "--vae-tiling HxW must be positive multiples of 8 pixels" in capsys.readouterr().err

@@ -65,6 +65,20 @@ def _add_model_options(p) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the executor's DiT block")
     p.add_argument("--no-cfg-batch", dest="cfg_batch", action="store_false",
                    help="run the conditional and unconditional CFG branches as two forwards, not one batch")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="replay DiT steps and VAE chunks as CUDA graphs (default on; off on the CPU)")
+    p.add_argument("--vae-tiling", default="off", metavar="off|auto|HxW",
+                   help="tiled VAE decode (lossy, default off): auto picks tiles from the free GPU memory, "
+                        "HxW sets the tile size in pixels (multiples of 8)")
+    p.add_argument("--vae-dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="VAE decode precision (default fp32, the official; bf16 is lossy)")
+
+
+def _vae_decode_options(args):
+    from .vae.decode import VAEDecodeOptions
+    from .vae.tiling import TilePlan
+
+    return VAEDecodeOptions(tiling=TilePlan.parse(args.vae_tiling), dtype=args.vae_dtype)
 
 
 def _add_parallel_options(p) -> None:
@@ -95,6 +109,7 @@ def _pipeline_options(args, **extra) -> dict:
     parallel = ParallelConfig(ulysses=args.ulysses, ring=args.ring, cfg=2 if args.cfg_parallel else 1)
     return dict(device=args.device, dtype=args.dtype, t5_cpu=args.t5_cpu, offload=args.offload,
                 engine=args.engine, attention=args.attention, compile=args.compile, cfg_batch=args.cfg_batch,
+                cuda_graphs=args.cuda_graphs, vae_decode=_vae_decode_options(args),
                 parallel=parallel, launch=LaunchEnv.from_environ(), **extra)
 
 
@@ -147,11 +162,19 @@ def cmd_generate(args) -> int:
     shutdown()
     if result.frames is None:  # ranks other than 0: their share is in rank 0's frames
         return 0
-    _write_outputs(args, result, load_s, options["parallel"], pipe.attention_backend)
+    _write_outputs(args, result, load_s, options["parallel"], pipe.attention_backend, _run_notes(pipe))
     return 0
 
 
-def _write_outputs(args, result, load_s: float, parallel, attention: str) -> None:
+def _run_notes(pipe) -> list[str]:
+    """How the steps and the decode ran: graphs (or why not), the VAE tiling and precision."""
+    graphs = "on" if pipe.graphs.active else f"off ({pipe.graphs.disabled_reason})"
+    plan = pipe.vae_decoder.last_plan
+    tiles = "off" if plan is None or plan.tile is None else f"{plan.tile[0]}x{plan.tile[1]} latent tiles, overlap {plan.overlap}"
+    return [f"cuda graphs: {graphs}", f"vae decode: {pipe.vae_decoder.options.dtype}, tiling {tiles}"]
+
+
+def _write_outputs(args, result, load_s: float, parallel, attention: str, notes=()) -> None:
     import numpy as np
 
     from .video import save_video
@@ -167,6 +190,8 @@ def _write_outputs(args, result, load_s: float, parallel, attention: str) -> Non
     layout = f", {parallel.describe()}" if parallel.world_size > 1 else ""
     print(f"wrote {path} ({f} frames, {w}x{h}, seed {result.seed}{layout})")
     print(f"  attention: {attention}")
+    for note in notes:
+        print(f"  {note}")
     if result.cache is not None:
         calibration = f", calibration {result.cache.calibration}" if result.cache.calibration else ""
         print(f"  cache: {result.cache.summary()} ({result.cache.policy}{calibration})")
