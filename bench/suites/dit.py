@@ -130,11 +130,12 @@ def _compiled_reference(dtype: torch.dtype) -> Candidate:
     return Candidate("torch.compile", dtype, build, compiled=True)
 
 
-def _executor_candidate(impl: str, dtype: torch.dtype, make, **options) -> Candidate:
+def _executor_candidate(impl: str, dtype: torch.dtype, make, graphs: bool = False, **options) -> Candidate:
     def build(setup: DitSetup) -> Prepared:
         executor = make(setup.reference(dtype), dtype=dtype, **options)
         attention = executor.ops.attention
-        return Prepared(_executor_call(executor, setup.inputs), attention.label, attention.describe())
+        call = _graphed_call(executor, setup.inputs) if graphs else _executor_call(executor, setup.inputs)
+        return Prepared(call, attention.label, attention.describe())
 
     return Candidate(impl, dtype, build, compiled=bool(options.get("compile")))
 
@@ -159,6 +160,10 @@ def default_candidates(ctx: BenchContext, notes: list[str]) -> list[Candidate]:
         notes.append(f"dit executor: skipped ({why})")
     else:
         out.append(_executor_candidate("executor", ctx.dtype, make))
+        if ctx.device.type == "cuda":
+            out.append(_executor_candidate("executor+graphs", ctx.dtype, make, graphs=True))
+        else:
+            notes.append("dit executor+graphs: skipped (CUDA graphs need a GPU)")
         if ctx.compile:
             out.append(_executor_candidate("executor+compile", ctx.dtype, make, compile=True))
     if importlib.util.find_spec("diffusers") is None:
@@ -241,6 +246,26 @@ def _executor_call(executor, inputs: dict) -> Callable[[], torch.Tensor]:
     """The per-step call: text K/V are prepared once per request, so outside the timed region."""
     text = executor.prepare_text(inputs["context"])
     return lambda: executor.predict(inputs["x"], inputs["t"], text)
+
+
+def _graphed_call(executor, inputs: dict) -> Callable[[], torch.Tensor]:
+    """The per-step call replayed as a CUDA graph (the runner's path: StepFunctions.full); the
+    warm-up calls capture it, so the timed calls are replays (if a capture fails the timed calls
+    run eagerly and the failure is logged)."""
+    from wan_engine.executor.steps import StepFunctions, text_tensors
+    from wan_engine.graphs import GraphReplayer
+
+    text = executor.prepare_text(inputs["context"])
+    replayer = GraphReplayer(inputs["x"].device)
+    x, t = inputs["x"], inputs["t"]
+
+    def call():
+        patches, rope = executor.tokens_in(x, t)
+        fns = StepFunctions(executor, rope, text)
+        out = replayer.call(fns.key("full", patches, text), fns.full, patches, t, rope.cos, rope.sin,
+                            *text_tensors(text))
+        return executor.tokens_out(out, rope)
+    return call
 
 
 def run(ctx: BenchContext, extra: Sequence[Candidate] = ()) -> SuiteResult:

@@ -154,7 +154,65 @@ def run(ctx: BenchContext) -> SuiteResult:
                                             note=row_note, bound=bound))
             model = None  # free this implementation's weights before building the next
             release_memory(ctx.device)
+    _decode_paths(ctx, cfg, weights, latents, shape, oracle.get("vae decode"), result)
     return result
+
+
+def _decode_paths(ctx: BenchContext, cfg, weights: dict, latents, shape: str, oracle, result: SuiteResult) -> None:
+    """The pipeline's decode paths, each timed with its peak memory: the static chunk loop (eager),
+    the same with its steady chunk replayed as a CUDA graph (GPU only), and the tiled decode (2x2
+    tiles, overlap 4); at the check's 480p size also the static and tiled decodes at 720p. One
+    warm-up (the graph's capture), one timed call each: a full-size decode takes seconds."""
+    from wan_engine.graphs import GraphReplayer
+    from wan_engine.vae.decode import VAEDecodeOptions, VAEDecoder
+    from wan_engine.vae.tiling import TilePlan
+
+    model = reference_vae(cfg, weights, torch.float32, ctx.device)
+    _, _, lf, lh, lw = latents.shape
+    half = TilePlan((lh // 2 + 4, lw // 2 + 4), overlap=4) if min(lh, lw) > 10 else TilePlan((lh // 2 + 2, lw // 2 + 2), 2)
+    cases = [("static", latents, None, TilePlan(), shape), ("static-graphs", latents, "graphs", TilePlan(), shape),
+             ("tiled-2x2", latents, None, half, shape)]
+    if (ctx.width, ctx.height) == (832, 480):
+        big = torch.randn(1, cfg.z_dim, lf, 90, 160, generator=generator(ctx, 301), device=ctx.device)
+        shape_720 = f"1280x720x{ctx.frames} latent {lf}x90x160"
+        cases += [("static-720p", big, None, TilePlan(), shape_720),
+                  ("tiled-2x2-720p", big, None, TilePlan((49, 84), overlap=4), shape_720)]
+    with torch.inference_mode(), exact_fp32(ctx.device):
+        for impl, z, graphs, plan, row_shape in cases:
+            if graphs and ctx.device.type != "cuda":
+                result.notes.append(f"vae {impl}: skipped (CUDA graphs need a GPU)")
+                continue
+            decoder = VAEDecoder(model, VAEDecodeOptions(tiling=plan))
+            replayer = GraphReplayer(ctx.device) if graphs else None
+            try:
+                peak, (stats, out) = _peak_mib(ctx.device, lambda: measure(lambda: decoder(z, replayer), ctx.device,
+                                                                            1, 1))
+            except Exception as err:  # noqa: BLE001 - a crash is a failed row
+                result.rows.append(crash_row(ctx, SUITE, "vae decode path", impl, err, shape=row_shape, dtype="fp32"))
+                continue
+            note = f"{plan.tiles(z.shape[3], z.shape[4])} tile(s)" + (
+                f"; graphs {'replayed' if replayer.active else 'off: ' + str(replayer.disabled_reason)}" if graphs else "")
+            accuracy, bound = {}, None
+            if z is latents and oracle is not None:
+                accuracy = compare_tensors(out.float(), oracle) | _frame_metrics(_frames(out), _frames(oracle), result)
+                bound = vae_frames_bound(torch.float32) if plan.tile is None else None  # tiling is lossy: measured
+            result.rows.append(make_row(ctx, SUITE, "vae decode path", impl, stats, shape=row_shape, dtype="fp32",
+                                        accuracy=accuracy, oracle="reference fp32 (chunked)" if accuracy else "",
+                                        note=note, bound=bound, peak_mem_mib=peak))
+            out = None
+            release_memory(ctx.device)
+
+
+def _peak_mib(device: torch.device, fn):
+    """(peak MiB the call added on a GPU, or None on the CPU, fn's value)."""
+    if device.type != "cuda":
+        return None, fn()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    value = fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20, value
 
 
 def _frame_metrics(frames, oracle_frames, result: SuiteResult) -> dict:
