@@ -37,12 +37,14 @@ ALLOWED = {
     "wan_engine.cache": {"wan_engine.executor", "wan_engine.graphs"},
     "wan_engine.runner": {"wan_engine.cache", "wan_engine.executor", "wan_engine.parallel", "wan_engine.reference",
                           "wan_engine.graphs"},
+    # LoRA files mapped onto official names (loading) and merged into any model by those names.
+    "wan_engine.lora": {"wan_engine.loading"},
     # The one place that knows every layer below the pipelines.
     "wan_engine.assembly": {"wan_engine.loading", "wan_engine.reference", "wan_engine.executor",
-                            "wan_engine.parallel", "wan_engine.engine_config", "wan_engine.cache"},
+                            "wan_engine.parallel", "wan_engine.engine_config", "wan_engine.cache", "wan_engine.lora"},
     # The toy world (torch only) and the training of the `shapes` model on it.
     "wan_engine.shapes": {"wan_engine.assembly", "wan_engine.reference", "wan_engine.loading"},
-    "wan_engine.pipelines": {"wan_engine.assembly", "wan_engine.runner", "wan_engine.parallel",
+    "wan_engine.pipelines": {"wan_engine.assembly", "wan_engine.runner", "wan_engine.parallel", "wan_engine.lora",
                              "wan_engine.reference", "wan_engine.executor", "wan_engine.cache", "wan_engine.vae",
                              "wan_engine.graphs"},
     # Load once, queue, run one job at a time per GPU group (rank 0 leads the other ranks).

@@ -72,6 +72,11 @@ def _add_model_options(p) -> None:
                         "HxW sets the tile size in pixels (multiples of 8)")
     p.add_argument("--vae-dtype", choices=("fp32", "bf16"), default="fp32",
                    help="VAE decode precision (default fp32, the official; bf16 is lossy)")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="merge a LoRA into the DiT at load (repeatable, applied in order; strength default 1)")
+    p.add_argument("--quant", choices=("fp8", "fp8-emulated"), default=None,
+                   help="fp8 block GEMM weights (lossy, default off): fp8 needs an sm_89+ GPU; fp8-emulated "
+                        "computes the same numerics on any device, slowly")
 
 
 def _vae_decode_options(args):
@@ -110,7 +115,14 @@ def _pipeline_options(args, **extra) -> dict:
     return dict(device=args.device, dtype=args.dtype, t5_cpu=args.t5_cpu, offload=args.offload,
                 engine=args.engine, attention=args.attention, compile=args.compile, cfg_batch=args.cfg_batch,
                 cuda_graphs=args.cuda_graphs, vae_decode=_vae_decode_options(args),
+                loras=_parse_loras(args), quant=args.quant,
                 parallel=parallel, launch=LaunchEnv.from_environ(), **extra)
+
+
+def _parse_loras(args):
+    from .lora import LoraSpec
+
+    return [LoraSpec.parse(text) for text in args.lora]
 
 
 def _parse_cache(args):
@@ -268,15 +280,18 @@ def cmd_calibrate(args) -> int:
 
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="print a model directory's layout, type and config")
+    p = sub.add_parser("info", help="print a model directory's layout, type and config, or a LoRA file's "
+                                    "format, rank, targets and coverage")
     p.add_argument("path")
     p.set_defaults(func=cmd_info)
 
 
 def cmd_info(args) -> int:
     from .loading.info import describe_model
+    from .lora import describe_lora
 
-    print(describe_model(args.path))
+    # A weight file is a LoRA (a model is a directory).
+    print(describe_lora(args.path) if Path(args.path).is_file() else describe_model(args.path))
     return 0
 
 

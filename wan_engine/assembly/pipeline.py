@@ -23,12 +23,14 @@ from ..device import resolve_device, resolve_dtype
 from ..engine_config import ENGINES, EngineConfig
 from ..env import LaunchEnv
 from ..executor import build_executor
+from ..executor.fp8 import check_fp8_support
 from ..loading.checkpoint import load_into, read_safetensors_shapes
 from ..loading.dit_format import infer_dit_config
 from ..loading.errors import CheckpointError
 from ..loading.layout import DIT_STEM, detect_layout
 from ..loading.random_init import random_state_dict
 from ..loading.t5_format import infer_t5_config
+from ..lora import LoraMerger, LoraSpec, parse_loras
 from ..parallel.apply import apply_parallel
 from ..parallel.config import ParallelConfig
 from ..parallel.mesh import ParallelMesh
@@ -137,7 +139,7 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
                              seed: int = 0, parallel: ParallelConfig | None = None,
                              mesh: ParallelMesh | None = None, launch: LaunchEnv | None = None,
                              dist_timeout_s: float = DEFAULT_TIMEOUT_S, cache: CacheConfig | None = None,
-                             vae_decode=None, cuda_graphs: bool = True) -> dict:
+                             vae_decode=None, cuda_graphs: bool = True, loras=None, quant: str | None = None) -> dict:
     """Keyword arguments for `WanPipeline(...)`.
 
     engine "executor" (default) wraps the loaded reference DiT's weights in the optimized
@@ -150,6 +152,10 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     parallelism to the executor. `launch` defaults to torchrun's environment; `mesh` instead
     takes a mesh the caller built on its own process group. A layout that the launch or the model
     cannot run is refused with a ValueError before the process group or any weight is touched.
+
+    loras: LoRAs merged into the DiT after the load (`wan_engine.lora.parse_loras` forms; the
+    pipeline's `set_loras` replaces them later). quant: "fp8" (sm_89+ GPUs) or "fp8-emulated" (any
+    device, for numerics) quantizes the executor's block GEMM weights after the LoRAs are merged.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -159,6 +165,8 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         raise ValueError("step caching (cache=...) needs engine='executor'")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    lora_specs = check_lora_files(parse_loras(loras))
+    check_quant(quant, engine, device, dtype)
     # Validate the engine options before the (possibly long) load.
     engine_config = EngineConfig(engine=engine, attention=attention, ops=ops, cfg_batch=cfg_batch,
                                  compile=compile, dtype=dtype)
@@ -212,12 +220,33 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         # Ops for `device`; the weights stay where they wait (the CPU with offload), so an offloaded
         # DiT never occupies the GPU before its stage.
         dit = build_executor(dit, engine_config, device, release_reference=True, weights_device=home.dit)
-        if mesh.sp_size > 1:
-            dit = apply_parallel(dit, mesh)
+    lora = LoraMerger(dit)
+    lora.apply(lora_specs)  # merge first, then quantize
+    if quant is not None:
+        dit.quantize_weights(quant)
+    if engine == "executor" and mesh.sp_size > 1:
+        dit = apply_parallel(dit, mesh)
     return dict(config=config, text_encoder=text, dit=dit, vae=vae, device=device, dtype=dtype,
                 text_device=text_device, offload=offload, mesh=mesh, decode_group=decode_group, cache=cache,
-                vae_decode=vae_decode, cuda_graphs=cuda_graphs,
+                vae_decode=vae_decode, cuda_graphs=cuda_graphs, lora=lora,
                 cache_calibration=model_calibration(folder, config.name))
+
+
+def check_lora_files(specs: tuple[LoraSpec, ...]) -> tuple[LoraSpec, ...]:
+    """Refuse a missing LoRA file before the model loads (its contents are checked at the merge)."""
+    for spec in specs:
+        if not Path(spec.path).expanduser().is_file():
+            raise CheckpointError(f"LoRA file not found: {spec.path}")
+    return specs
+
+
+def check_quant(quant: str | None, engine: str, device: torch.device, dtype: torch.dtype) -> None:
+    """Refuse a weight quantization the engine or the hardware cannot run, before the load."""
+    if quant is None:
+        return
+    if engine != "executor":
+        raise ValueError(f"quant={quant!r} needs engine='executor' (the reference runs the official precision)")
+    check_fp8_support(quant, device, dtype)
 
 
 def model_calibration(folder: Path | None, name: str) -> Calibration | None:

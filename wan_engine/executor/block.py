@@ -32,12 +32,14 @@ class BlockSpec(NamedTuple):
 
 
 def make_block_fn(ops: OpSet, spec: BlockSpec, out_dtype: torch.dtype,
-                  self_attention: Callable | None = None) -> Callable:
+                  self_attention: Callable | None = None, linear: Callable | None = None) -> Callable:
     """The block function for `ops`/`spec`; `out_dtype` is the dtype of the returned `normed`
     (the compute dtype, or fp32 after the last block, whose `normed` feeds the fp32 head).
     `self_attention` (default `ops.attention`) is called like an attention backend,
     `(q, k, v, kv_len=...)`; a sequence-parallel one (wan_engine.parallel.apply_parallel) sees this
     rank's token slice and the global `kv_len`. Cross-attention always uses `ops.attention`.
+    `linear` (default: F.linear, the dense weights) runs the block's six GEMMs as
+    `linear(x, weight, bias, scale)`; executor/fp8.py's fp8 GEMMs take the weights' scales.
 
     block(x [B,S,dim] fp32, normed [B,S,dim], w: BlockWeights, mod [6,B,dim] fp32 (shift1, scale1,
           gate1, shift2, scale2, gate2), next_shift, next_scale [B,dim] fp32, text_k, text_v
@@ -49,23 +51,27 @@ def make_block_fn(ops: OpSet, spec: BlockSpec, out_dtype: torch.dtype,
     heads, head_dim, eps, cd, image = spec
     attend_self = ops.attention if self_attention is None else self_attention
     dim = heads * head_dim
+    quantized = linear is not None  # static: fixed when the block function is built
+    if linear is None:
+        def linear(x, weight, bias, scale):
+            return F.linear(x, weight, bias)
 
     def self_attention(normed, w: BlockWeights, cos, sin, kv_len):
-        qkv = F.linear(normed, w.qkv_weight, w.qkv_bias)  # one GEMM; q, k, v are views into it
+        qkv = linear(normed, w.qkv_weight, w.qkv_bias, w.qkv_scale)  # one GEMM; q, k, v are views into it
         q, k = ops.rms_norm_rope_qk(qkv[..., :dim], qkv[..., dim: 2 * dim], w.norm_q, w.norm_k, cos, sin,
                                     heads, eps, cd)
         v = qkv[..., 2 * dim:].unflatten(-1, (heads, head_dim))
         out = attend_self(q, k, v, kv_len=kv_len)
-        return F.linear(out.flatten(2), w.o_weight, w.o_bias)
+        return linear(out.flatten(2), w.o_weight, w.o_bias, w.o_scale)
 
     def cross_attention(normed, w: BlockWeights, text_k, text_v, img_k, img_v):
-        q = ops.rms_norm(F.linear(normed, w.cross_q_weight, w.cross_q_bias), w.cross_norm_q, eps, cd)
+        q = ops.rms_norm(linear(normed, w.cross_q_weight, w.cross_q_bias, w.cross_q_scale), w.cross_norm_q, eps, cd)
         q = q.unflatten(-1, (heads, head_dim))
         out = ops.attention(q, text_k, text_v)
         if image:  # static: fixed by the model type
             # The official sums the two attention outputs in fp32 (q's dtype there).
             out = (out.float() + ops.attention(q, img_k, img_v).float()).to(cd)
-        return F.linear(out.flatten(2), w.cross_o_weight, w.cross_o_bias)
+        return linear(out.flatten(2), w.cross_o_weight, w.cross_o_bias, w.cross_o_scale)
 
     def block(x, normed, w: BlockWeights, mod, next_shift, next_scale, text_k, text_v, img_k, img_v,
               cos, sin, kv_len: int):
@@ -76,7 +82,11 @@ def make_block_fn(ops: OpSet, spec: BlockSpec, out_dtype: torch.dtype,
         x, normed = ops.gated_residual_norm(x, y, None, shift=mod[3], scale=mod[4], eps=eps, out_dtype=cd)
         # GELU inside the first GEMM (its epilogue on CUDA): the [B, S, ffn_dim] activation is
         # written once instead of written, read and rewritten.
-        y = F.linear(ops.linear_gelu(normed, w.ffn1_weight, w.ffn1_bias), w.ffn2_weight, w.ffn2_bias)
+        if quantized:
+            hidden = F.gelu(linear(normed, w.ffn1_weight, w.ffn1_bias, w.ffn1_scale), approximate="tanh")
+        else:
+            hidden = ops.linear_gelu(normed, w.ffn1_weight, w.ffn1_bias)
+        y = linear(hidden, w.ffn2_weight, w.ffn2_bias, w.ffn2_scale)
         return ops.gated_residual_norm(x, y, mod[5], shift=next_shift, scale=next_scale, eps=eps,
                                        out_dtype=out_dtype)
 

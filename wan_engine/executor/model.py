@@ -28,7 +28,7 @@ from .rope_cache import RopeCache, RopeTable
 from .sharding import TokenShardPlan
 from .stream import TokenStream
 from .text_cache import TextKV, prepare_context_kv
-from .weights import BlockWeights, ContextWeights, build_stores
+from .weights import BlockWeights, ContextWeights, build_stores, official_slots
 
 FP32 = torch.float32
 
@@ -52,9 +52,12 @@ class WanExecutor(nn.Module):
         # Resolve first: an unusable backend is reported before any weight is cast or moved.
         self.ops: OpSet = resolve_ops(engine_config, device, compute_dtype, config.head_dim)
         self.globals, self.blocks, self.contexts = build_stores(config, state_dict, compute_dtype, consume)
+        self.ops_device = torch.device(device)  # where the ops run (the weights may wait elsewhere)
         self.to(device if weights_device is None else weights_device)
         self.rope_cache = RopeCache(config.head_dim)
         self.parallelize(self.ops.attention, None)
+        self.quant: str | None = None  # "fp8" / "fp8-emulated" after `quantize_weights`
+        self._linear = None  # the block GEMM (None: F.linear on the dense weights)
 
     def parallelize(self, self_attention, shard_plan: TokenShardPlan | None) -> None:
         """Run self-attention with `self_attention` (called like `ops.attention`) on the token
@@ -71,13 +74,27 @@ class WanExecutor(nn.Module):
         self.self_attention = self_attention
         # A degree-1 plan would only add no-op slicing; keep the single-process path exactly.
         self.shard_plan = shard_plan if shard_plan is not None and shard_plan.degree > 1 else None
-        self._block = make_block_fn(self.ops, spec, self.compute_dtype, self_attention)
+        self._block = make_block_fn(self.ops, spec, self.compute_dtype, self_attention, self._linear)
         # The last block's `normed` feeds the fp32 head.
-        self._last_block = make_block_fn(self.ops, spec, FP32, self_attention)
+        self._last_block = make_block_fn(self.ops, spec, FP32, self_attention, self._linear)
         if self.engine_config.compile:
             self._block, self._last_block = torch.compile(self._block), torch.compile(self._last_block)
 
     # -- the reference-compatible call ------------------------------------------------------------
+    def quantize_weights(self, mode: str) -> None:
+        """Quantize the blocks' six GEMM weights to fp8 in place (executor/fp8.py): "fp8" runs them
+        through torch._scaled_mm (sm_89+, bf16), "fp8-emulated" computes the same numerics anywhere.
+        Merge LoRAs before this: the dense weights are gone afterwards."""
+        from .fp8 import check_fp8_support, linear_for, quantize_store
+
+        if self.quant is not None:
+            raise ValueError(f"the executor's weights are already quantized ({self.quant})")
+        check_fp8_support(mode, self.ops_device, self.compute_dtype)
+        for store in self.blocks:
+            quantize_store(store, mode)
+        self.quant, self._linear = mode, linear_for(mode)
+        self.parallelize(self.self_attention, self.shard_plan)  # rebuild the block functions
+
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, seq_len: int | None = None,
                 clip_fea: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -179,6 +196,13 @@ class WanExecutor(nn.Module):
         last = len(self.blocks) - 1
         for i in range(stream.next_block, stop):
             if i < last:
+    # -- weights by official name (LoRA merging) ---------------------------------------------------
+
+    def official_slots(self) -> dict[str, tuple[torch.Tensor, tuple[int, ...]]]:
+        """Official parameter name -> (a writable view of the stored tensor, the official shape);
+        see `weights.official_slots`. Built fresh per call: `.to(device)` replaces the buffers."""
+        return official_slots(self.config, self.globals, self.blocks, self.contexts)
+
                 block, next_shift, next_scale = self._block, mods[i + 1, 0], mods[i + 1, 1]
             else:
                 block, next_shift, next_scale = self._last_block, stream.head_shift, stream.head_scale

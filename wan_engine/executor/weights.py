@@ -46,6 +46,13 @@ class BlockWeights(NamedTuple):
     ffn1_bias: torch.Tensor
     ffn2_weight: torch.Tensor  # [dim, ffn_dim]
     ffn2_bias: torch.Tensor
+    # fp8 weights only (executor/fp8.py): per-output-channel fp32 scales of the quantized GEMMs.
+    qkv_scale: torch.Tensor | None = None
+    o_scale: torch.Tensor | None = None
+    cross_q_scale: torch.Tensor | None = None
+    cross_o_scale: torch.Tensor | None = None
+    ffn1_scale: torch.Tensor | None = None
+    ffn2_scale: torch.Tensor | None = None
 
 
 class ContextWeights(NamedTuple):
@@ -106,75 +113,121 @@ class _Reader:
         return torch.cat([self(name, kind) for name in names], dim=0)
 
 
+# Store tensor -> (the official names concatenated into it, in row order; dtype class). Block
+# names are relative to `blocks.{i}.`. One table drives both the build and `official_slots`.
+GLOBAL_TABLE = {
+    "patch_bias": (("patch_embedding.bias",), "compute"),
+    "text_fc1_weight": (("text_embedding.0.weight",), "compute"),
+    "text_fc1_bias": (("text_embedding.0.bias",), "compute"),
+    "text_fc2_weight": (("text_embedding.2.weight",), "compute"),
+    "text_fc2_bias": (("text_embedding.2.bias",), "compute"),
+    "time_fc1_weight": (("time_embedding.0.weight",), "fp32"),
+    "time_fc1_bias": (("time_embedding.0.bias",), "fp32"),
+    "time_fc2_weight": (("time_embedding.2.weight",), "fp32"),
+    "time_fc2_bias": (("time_embedding.2.bias",), "fp32"),
+    "time_proj_weight": (("time_projection.1.weight",), "fp32"),
+    "time_proj_bias": (("time_projection.1.bias",), "fp32"),
+    "head_weight": (("head.head.weight",), "fp32"),
+    "head_bias": (("head.head.bias",), "fp32"),
+}
+# Official MLPProj: proj.0 LayerNorm, proj.1 Linear, proj.2 GELU, proj.3 Linear, proj.4 LayerNorm.
+IMAGE_TABLE = {f"{ours}_{leaf}": ((f"img_emb.proj.{theirs}.{leaf}",), IMAGE_TENSORS[f"{ours}_{leaf}"])
+               for ours, theirs in (("img_ln_in", "0"), ("img_fc1", "1"), ("img_fc2", "3"), ("img_ln_out", "4"))
+               for leaf in ("weight", "bias")}
+BLOCK_TABLE = {
+    "qkv_weight": (("self_attn.q.weight", "self_attn.k.weight", "self_attn.v.weight"), "compute"),
+    "qkv_bias": (("self_attn.q.bias", "self_attn.k.bias", "self_attn.v.bias"), "compute"),
+    "norm_q": (("self_attn.norm_q.weight",), "fp32"),
+    "norm_k": (("self_attn.norm_k.weight",), "fp32"),
+    "o_weight": (("self_attn.o.weight",), "compute"),
+    "o_bias": (("self_attn.o.bias",), "compute"),
+    "norm3_weight": (("norm3.weight",), "fp32"),
+    "norm3_bias": (("norm3.bias",), "fp32"),
+    "cross_q_weight": (("cross_attn.q.weight",), "compute"),
+    "cross_q_bias": (("cross_attn.q.bias",), "compute"),
+    "cross_norm_q": (("cross_attn.norm_q.weight",), "fp32"),
+    "cross_o_weight": (("cross_attn.o.weight",), "compute"),
+    "cross_o_bias": (("cross_attn.o.bias",), "compute"),
+    "ffn1_weight": (("ffn.0.weight",), "compute"),
+    "ffn1_bias": (("ffn.0.bias",), "compute"),
+    "ffn2_weight": (("ffn.2.weight",), "compute"),
+    "ffn2_bias": (("ffn.2.bias",), "compute"),
+}
+CONTEXT_TABLE = {
+    "kv_weight": (("cross_attn.k.weight", "cross_attn.v.weight"), "compute"),
+    "kv_bias": (("cross_attn.k.bias", "cross_attn.v.bias"), "compute"),
+    "norm_k": (("cross_attn.norm_k.weight",), "fp32"),
+}
+CONTEXT_IMAGE_TABLE = {
+    "img_kv_weight": (("cross_attn.k_img.weight", "cross_attn.v_img.weight"), "compute"),
+    "img_kv_bias": (("cross_attn.k_img.bias", "cross_attn.v_img.bias"), "compute"),
+    "norm_k_img": (("cross_attn.norm_k_img.weight",), "fp32"),
+}
+
+
+def _read_table(read: _Reader, table: dict, prefix: str = "") -> dict[str, torch.Tensor]:
+    # A single name is read, not concatenated, so a tensor already in its dtype stays shared.
+    return {name: read(prefix + names[0], kind) if len(names) == 1 else read.cat([prefix + n for n in names], kind)
+            for name, (names, kind) in table.items()}
+
+
+def _tables(cfg: DiTConfig) -> tuple[dict, dict, dict]:
+    image = cfg.model_type != "t2v"
+    return ({**GLOBAL_TABLE, **(IMAGE_TABLE if image else {})}, BLOCK_TABLE,
+            {**CONTEXT_TABLE, **(CONTEXT_IMAGE_TABLE if image else {})})
+
+
 def global_tensors(cfg: DiTConfig, read: _Reader) -> dict[str, torch.Tensor]:
     patch = read("patch_embedding.weight", "compute")
     tensors = {
         "patch_weight": patch.reshape(cfg.dim, math.prod(patch.shape[1:])),
-        "patch_bias": read("patch_embedding.bias", "compute"),
-        "text_fc1_weight": read("text_embedding.0.weight", "compute"),
-        "text_fc1_bias": read("text_embedding.0.bias", "compute"),
-        "text_fc2_weight": read("text_embedding.2.weight", "compute"),
-        "text_fc2_bias": read("text_embedding.2.bias", "compute"),
-        "time_fc1_weight": read("time_embedding.0.weight", "fp32"),
-        "time_fc1_bias": read("time_embedding.0.bias", "fp32"),
-        "time_fc2_weight": read("time_embedding.2.weight", "fp32"),
-        "time_fc2_bias": read("time_embedding.2.bias", "fp32"),
-        "time_proj_weight": read("time_projection.1.weight", "fp32"),
-        "time_proj_bias": read("time_projection.1.bias", "fp32"),
+        **_read_table(read, _tables(cfg)[0]),
         "modulation": torch.cat([read(f"blocks.{i}.modulation", "fp32") for i in range(cfg.num_layers)]),
         "head_modulation": read("head.modulation", "fp32")[0],
-        "head_weight": read("head.head.weight", "fp32"),
-        "head_bias": read("head.head.bias", "fp32"),
     }
-    if cfg.model_type != "t2v":
-        # Official MLPProj: proj.0 LayerNorm, proj.1 Linear, proj.2 GELU, proj.3 Linear, proj.4 LayerNorm.
-        for ours, theirs in (("img_ln_in", "0"), ("img_fc1", "1"), ("img_fc2", "3"), ("img_ln_out", "4")):
-            for leaf in ("weight", "bias"):
-                name = f"{ours}_{leaf}"
-                tensors[name] = read(f"img_emb.proj.{theirs}.{leaf}", IMAGE_TENSORS[name])
-        if cfg.model_type == "flf2v":
-            tensors["img_emb_pos"] = read("img_emb.emb_pos", "fp32")
+    if cfg.model_type == "flf2v":
+        tensors["img_emb_pos"] = read("img_emb.emb_pos", "fp32")
     return tensors
 
 
 def block_tensors(cfg: DiTConfig, read: _Reader, i: int) -> dict[str, torch.Tensor]:
-    p = f"blocks.{i}."
-    sa, ca = p + "self_attn.", p + "cross_attn."
-    return {
-        "qkv_weight": read.cat([sa + "q.weight", sa + "k.weight", sa + "v.weight"], "compute"),
-        "qkv_bias": read.cat([sa + "q.bias", sa + "k.bias", sa + "v.bias"], "compute"),
-        "norm_q": read(sa + "norm_q.weight", "fp32"),
-        "norm_k": read(sa + "norm_k.weight", "fp32"),
-        "o_weight": read(sa + "o.weight", "compute"),
-        "o_bias": read(sa + "o.bias", "compute"),
-        "norm3_weight": read(p + "norm3.weight", "fp32"),
-        "norm3_bias": read(p + "norm3.bias", "fp32"),
-        "cross_q_weight": read(ca + "q.weight", "compute"),
-        "cross_q_bias": read(ca + "q.bias", "compute"),
-        "cross_norm_q": read(ca + "norm_q.weight", "fp32"),
-        "cross_o_weight": read(ca + "o.weight", "compute"),
-        "cross_o_bias": read(ca + "o.bias", "compute"),
-        "ffn1_weight": read(p + "ffn.0.weight", "compute"),
-        "ffn1_bias": read(p + "ffn.0.bias", "compute"),
-        "ffn2_weight": read(p + "ffn.2.weight", "compute"),
-        "ffn2_bias": read(p + "ffn.2.bias", "compute"),
-    }
+    return _read_table(read, BLOCK_TABLE, f"blocks.{i}.")
 
 
 def context_tensors(cfg: DiTConfig, read: _Reader, i: int) -> dict[str, torch.Tensor]:
-    ca = f"blocks.{i}.cross_attn."
-    tensors = {
-        "kv_weight": read.cat([ca + "k.weight", ca + "v.weight"], "compute"),
-        "kv_bias": read.cat([ca + "k.bias", ca + "v.bias"], "compute"),
-        "norm_k": read(ca + "norm_k.weight", "fp32"),
-    }
-    if cfg.model_type != "t2v":
-        tensors.update({
-            "img_kv_weight": read.cat([ca + "k_img.weight", ca + "v_img.weight"], "compute"),
-            "img_kv_bias": read.cat([ca + "k_img.bias", ca + "v_img.bias"], "compute"),
-            "norm_k_img": read(ca + "norm_k_img.weight", "fp32"),
-        })
-    return tensors
+    return _read_table(read, _tables(cfg)[2], f"blocks.{i}.")
+
+
+def official_slots(cfg: DiTConfig, globals_: TensorStore, blocks: nn.ModuleList, contexts: nn.ModuleList
+                   ) -> dict[str, tuple[torch.Tensor, tuple[int, ...]]]:
+    """Every official parameter name -> (a view of the stored tensor holding it, the official
+    shape). Writing into a view (`view.copy_(...)`) changes the executor's weight in place, so
+    LoRAs merge into the fused QKV / KV rows without rebuilding anything, and captured CUDA graphs,
+    which read the weights by address, stay valid. A view's shape can differ from the official one
+    (the patch embedding is stored flattened, the head modulation without its leading 1)."""
+    global_table, block_table, context_table = _tables(cfg)
+    slots: dict[str, tuple[torch.Tensor, tuple[int, ...]]] = {}
+
+    def add(store: TensorStore, table: dict, prefix: str = "") -> None:
+        for name, (names, _) in table.items():
+            tensor = getattr(store, name)
+            rows = tensor.shape[0] // len(names)
+            for j, official in enumerate(names):
+                view = tensor[j * rows:(j + 1) * rows] if len(names) > 1 else tensor
+                slots[prefix + official] = (view, tuple(view.shape))
+
+    add(globals_, global_table)
+    slots["patch_embedding.weight"] = (globals_.patch_weight,
+                                       (cfg.dim, cfg.in_dim, *cfg.patch_size))
+    slots["head.modulation"] = (globals_.head_modulation, (1, *globals_.head_modulation.shape))
+    if cfg.model_type == "flf2v":
+        slots["img_emb.emb_pos"] = (globals_.img_emb_pos, tuple(globals_.img_emb_pos.shape))
+    for i in range(cfg.num_layers):
+        modulation = globals_.modulation[i:i + 1]
+        slots[f"blocks.{i}.modulation"] = (modulation, tuple(modulation.shape))
+        add(blocks[i], block_table, f"blocks.{i}.")
+        add(contexts[i], context_table, f"blocks.{i}.")
+    return slots
 
 
 def check_supported(cfg: DiTConfig) -> None:

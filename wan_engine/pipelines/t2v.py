@@ -25,6 +25,7 @@ from ..cache import (
 from ..device import synchronize
 from ..executor import WanExecutor
 from ..graphs import GraphReplayer
+from ..lora import LoraMerger, LoraReport
 from ..vae.decode import VAEDecodeOptions, VAEDecoder
 from ..parallel.comm import group_size
 from ..parallel.mesh import ParallelMesh
@@ -84,7 +85,7 @@ class WanPipeline:
                  dtype: torch.dtype, text_device: torch.device | None = None, offload: bool = False,
                  mesh: ParallelMesh | None = None, decode_group=None, cache: CacheConfig | None = None,
                  cache_calibration: Calibration | None = None, vae_decode: VAEDecodeOptions | None = None,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, lora: LoraMerger | None = None):
         self.mesh = ParallelMesh.single() if mesh is None else mesh
         vae_decode = VAEDecodeOptions() if vae_decode is None else vae_decode
         if not isinstance(vae_decode, VAEDecodeOptions):
@@ -109,6 +110,7 @@ class WanPipeline:
         self.dtype = dtype
         self.text_device = text_device or device
         self.offload = offload
+        self.lora = LoraMerger(dit) if lora is None else lora  # the LoRAs merged into the DiT
 
     @classmethod
     def from_pretrained(cls, path_or_preset: str, device=None, dtype=None, **options) -> "WanPipeline":
@@ -155,6 +157,12 @@ class WanPipeline:
         "default" (the pipeline's)."""
         return self.run(prompt, negative_prompt, size, num_frames, steps, guidance, shift, seed, solver,
                         progress, cache).frames
+
+    def set_loras(self, loras) -> tuple[LoraReport, ...]:
+        """Replace the merged LoRAs with `loras` (LoraSpec, "FILE[:STRENGTH]" or (file, strength);
+        [] restores the base weights bit for bit) without reloading the model. Under several ranks,
+        every rank must call it alike (each merges into its own copy of the weights)."""
+        return self.lora.apply(loras)
 
     def make_request(self, prompt, negative_prompt=None, size=None, num_frames=None, steps=None,
                      guidance=None, shift=None, seed=None, solver=None, cache="default") -> Request:
