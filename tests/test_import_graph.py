@@ -29,6 +29,9 @@ ALLOWED = {
     "wan_engine.executor": {"wan_engine.reference", "wan_engine.engine_config", "wan_engine.ops",
                             "wan_engine.attention"},
     "wan_engine.parallel": {"wan_engine.executor", "wan_engine.reference", "wan_engine.attention"},
+    # Export (ONNX, TensorRT) of the executor's fixed-shape core and the static VAE chunks, and the
+    # runners that stand in for the executor.
+    "wan_engine.export": {"wan_engine.executor", "wan_engine.vae", "wan_engine.reference", "wan_engine.engine_config"},
     # CUDA-graph capture and replay of fixed-shape tensor functions (torch only).
     "wan_engine.graphs": set(),
     # The VAE as static chunk functions (explicit feature-cache slots) and its tiled decode.
@@ -37,6 +40,8 @@ ALLOWED = {
     "wan_engine.cache": {"wan_engine.executor", "wan_engine.graphs"},
     "wan_engine.runner": {"wan_engine.cache", "wan_engine.executor", "wan_engine.parallel", "wan_engine.reference",
                           "wan_engine.graphs"},
+    # Named sampling presets and the distilled models' few-step solver.
+    "wan_engine.sampling": {"wan_engine.reference"},
     # LoRA files mapped onto official names (loading) and merged into any model by those names.
     "wan_engine.lora": {"wan_engine.loading"},
     # The one place that knows every layer below the pipelines.
@@ -45,10 +50,11 @@ ALLOWED = {
     # The toy world (torch only) and the training of the `shapes` model on it.
     "wan_engine.shapes": {"wan_engine.assembly", "wan_engine.reference", "wan_engine.loading"},
     "wan_engine.pipelines": {"wan_engine.assembly", "wan_engine.runner", "wan_engine.parallel", "wan_engine.lora",
+                             "wan_engine.sampling",
                              "wan_engine.reference", "wan_engine.executor", "wan_engine.cache", "wan_engine.vae",
                              "wan_engine.graphs"},
     # Load once, queue, run one job at a time per GPU group (rank 0 leads the other ranks).
-    "wan_engine.engine": {"wan_engine.pipelines", "wan_engine.cache", "wan_engine.parallel"},
+    "wan_engine.engine": {"wan_engine.pipelines", "wan_engine.cache", "wan_engine.parallel", "wan_engine.sampling"},
 }
 # The HTTP server (wan_engine.serve) is a face like the CLI: it sits on the Engine.
 FACES = {"wan_engine.cli", "wan_engine.bench", "wan_engine.__main__", "wan_engine.serve"}  # may import anything but each other's internals

@@ -36,6 +36,12 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--solver", default=None, help="unipc (default), dpm++ or euler")
     p.add_argument("--fps", type=int, default=16, help="frame rate of the MP4 (default 16, Wan2.1's)")
+    p.add_argument("--no-cfg", dest="cfg", action="store_const", const=False, default=None,
+                   help="one DiT forward per step, conditional branch only (for CFG-distilled models; "
+                        "explicit: --guidance 1 still runs both branches, as the official formula does)")
+    p.add_argument("--sampling", default=None, metavar="PRESET",
+                   help="a named sampling preset: distill-4step (LightX2V's 4 steps, shift 5, their solver, no "
+                        "CFG; for the distill LoRAs); it fills --steps, --shift, --solver and --no-cfg left unset")
     _add_model_options(p)
     p.add_argument("--cache", default=None, metavar="POLICY[:THRESHOLD][,OPTION...]",
                    help="step cache (lossy, off by default): teacache:0.2, teacache:0.2,ret_steps, "
@@ -146,6 +152,10 @@ def _check_given(args) -> None:
             check(value)
     if args.seed is not None and not 0 <= args.seed < validation.SEED_BOUND:
         raise ValueError(f"--seed must be in [0, 2**63), got {args.seed}")
+    if args.sampling is not None:
+        from .sampling import get_sampling_preset
+
+        get_sampling_preset(args.sampling)
     _check_dist_timeout(args)
     validation.check_fps(args.fps)
     validation.check_output_file(args.output, "--output", ".mp4")
@@ -167,7 +177,8 @@ def cmd_generate(args) -> int:
     load_s = time.perf_counter() - start
     engine = Engine(pipe, dist_timeout_s=timeout_s)  # the --cache policy is the pipeline's default
     request = GenerationRequest(args.prompt, args.negative_prompt, args.size, args.frames, args.steps,
-                                args.guidance, args.shift, args.seed, args.solver)
+                                args.guidance, args.shift, args.seed, args.solver, cfg=args.cfg,
+                                sampling=args.sampling)
     result = engine.generate(request, progress=pipe.mesh.rank == 0)  # PeerFailure names the failed collective
     # Reached only when every collective succeeded; after a failure, tearing the group down could
     # wait on the failed peer, so the process just exits.
@@ -288,10 +299,13 @@ def _add_info(sub) -> None:
 
 def cmd_info(args) -> int:
     from .loading.info import describe_model
+    from .loading.layout import DIT_STEM
     from .lora import describe_lora
 
-    # A weight file is a LoRA (a model is a directory).
-    print(describe_lora(args.path) if Path(args.path).is_file() else describe_model(args.path))
+    # A weight file is a LoRA (a model is a directory; its own DiT file gets describe_model's message).
+    path = Path(args.path)
+    is_lora = path.is_file() and not path.name.startswith(DIT_STEM)
+    print(describe_lora(args.path) if is_lora else describe_model(args.path))
     return 0
 
 

@@ -34,7 +34,8 @@ def _guide(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float) -> tor
 
 def make_guided_velocity(dit, context: torch.Tensor, context_null: torch.Tensor, guidance: float,
                          cfg_batch: bool | None = None, mesh: ParallelMesh | None = None,
-                         step_cache: StepCache | None = None, graphs: GraphReplayer | None = None) -> GuidedVelocity:
+                         step_cache: StepCache | None = None, graphs: GraphReplayer | None = None,
+                         cfg: bool = True) -> GuidedVelocity:
     """The CFG step function `u + g * (c - u)` for one request.
 
     dit: a WanExecutor (fast path) or any callable `dit(x, t, context)` such as the reference.
@@ -45,12 +46,17 @@ def make_guided_velocity(dit, context: torch.Tensor, context_null: torch.Tensor,
     function is collective over the mesh's cfg group: both branch ranks must call it every step.
     step_cache: executor only; runs the block stack or reuses its residual per step and branch.
     graphs: executor only; replays each fixed-shape step as a CUDA graph (eager where inactive).
+    cfg: False runs the conditional branch alone, one forward per step (for CFG-distilled models;
+    explicit, since guidance 1 is `u + 1 * (c - u)`, not bitwise `c`); `guidance` is then unused.
     """
+
     if mesh is not None and not isinstance(mesh, ParallelMesh):
         raise ValueError(f"mesh must be a ParallelMesh or None, got {type(mesh).__name__}")
     if step_cache is not None and not isinstance(dit, WanExecutor):
         raise ValueError("step caching needs the executor engine (the reference runs every step)")
     predict = _predictor(step_cache, graphs if isinstance(dit, WanExecutor) else None)
+    if not cfg:
+        return _conditional_velocity(dit, context, mesh, predict)
     if mesh is not None and mesh.cfg_size == 2:
         return _cfg_parallel_velocity(dit, branch_context(mesh, context, context_null), guidance, mesh, predict)
 
@@ -79,6 +85,21 @@ def make_guided_velocity(dit, context: torch.Tensor, context_null: torch.Tensor,
         return _guide(v_cond, v_uncond, guidance)
 
     return batched_velocity
+
+
+def _conditional_velocity(dit, context: torch.Tensor, mesh: ParallelMesh | None, predict) -> GuidedVelocity:
+    """The conditional branch alone: one forward per step, no negative prompt."""
+    if mesh is not None and mesh.cfg_size == 2:
+        raise ValueError("cfg=False runs one branch; CFG parallelism (cfg=2) needs two: drop --cfg-parallel")
+    if not isinstance(dit, WanExecutor):
+        def reference_conditional(latents, timestep, step=None):
+            return dit(latents, timestep, context).float()
+        return reference_conditional
+    text = dit.prepare_text(context)
+
+    def conditional_velocity(latents, timestep, step=None):
+        return predict(dit, latents, timestep, text, (COND_BRANCH,), step)
+    return conditional_velocity
 
 
 def _predictor(step_cache: StepCache | None, graphs: GraphReplayer | None):
@@ -122,7 +143,7 @@ def cfg_denoise(dit, latents: torch.Tensor, context: torch.Tensor, context_null:
                 guidance: float, progress: bool = False, cfg_batch: bool | None = None,
                 mesh: ParallelMesh | None = None, step_cache: StepCache | None = None,
                 graphs: GraphReplayer | None = None, *,
-                on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                on_step: Callable[[int, int], None] | None = None, cfg: bool = True) -> torch.Tensor:
     """Run every solver step on `latents [B, C, F, H, W]`; returns the final fp32 latents.
 
     The text K/V preparation (executor) happens once here, before the first step. With a
@@ -133,7 +154,7 @@ def cfg_denoise(dit, latents: torch.Tensor, context: torch.Tensor, context_null:
     """
     if step_cache is not None and step_cache.steps != solver.num_steps:
         raise ValueError(f"the step cache was built for {step_cache.steps} steps, the solver has {solver.num_steps}")
-    velocity = make_guided_velocity(dit, context, context_null, guidance, cfg_batch, mesh, step_cache, graphs)
+    velocity = make_guided_velocity(dit, context, context_null, guidance, cfg_batch, mesh, step_cache, graphs, cfg)
     # One host-to-device copy for the whole schedule: a pageable copy per step would make the
     # host wait for the previous step's GPU work every step (the solver's CPU sigmas enter as
     # scalars and cost nothing).

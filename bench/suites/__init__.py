@@ -12,7 +12,7 @@ from .common import BenchContext, SuiteResult
 
 # In the order `all` runs them: the analytic and micro-benchmarks first, the whole pipeline last.
 SUITES = ("roofline", "kernels", "attention", "dit", "step", "vae", "parallel", "memory", "e2e", "adherence",
-          "cache")
+          "cache", "fp8")
 SUITE_CHOICES = (*SUITES, "all")
 
 

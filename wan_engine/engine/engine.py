@@ -313,7 +313,8 @@ class Engine:
         with self._gpu, peer_failure_guard(self.pipeline.mesh, self.dist_timeout_s):
             return self.pipeline.run(req.prompt, req.negative_prompt, req.size, req.num_frames,
                                      req.num_inference_steps, req.guidance_scale, req.shift, req.seed, req.solver,
-                                     progress=progress, cache=cache, on_step=on_step)
+                                     progress=progress, cache=cache, on_step=on_step, cfg=req.cfg,
+                                     sampling=req.sampling)
 
 
 def _call(hook, *args) -> None:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from .. import validation
 from ..configs import SampleDefaults
+from ..sampling import get_sampling_preset
 
 
 class RequestError(ValueError):
@@ -46,6 +47,8 @@ class GenerationRequest:
     seed: int | None = None
     solver: str | None = None
     cache: str | None = None  # a step-cache spec such as "teacache:0.2"; None: off (lossless)
+    cfg: bool | None = None  # False: conditional branch only (distilled models); None: the sampling's (True)
+    sampling: str | None = None  # a named sampling preset ("distill-4step"); None: the model's defaults
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -94,6 +97,11 @@ def resolve_request(req: GenerationRequest, defaults: SampleDefaults, limits: Re
     `draw_seed`, so the job can report it before it runs); raises RequestError naming the field."""
     if not isinstance(req, GenerationRequest):
         raise TypeError(f"expected a GenerationRequest, got {type(req).__name__}")
+    preset = None if req.sampling is None else _checked("sampling", get_sampling_preset, req.sampling)
+    if preset is not None:  # the preset's steps and shift stand in for the model's defaults
+        defaults = replace(defaults, steps=preset.steps, shift=preset.shift)
+    if req.cfg is not None and not isinstance(req.cfg, bool):
+        raise RequestError("cfg", f"cfg must be true, false or null, got {req.cfg!r}")
     if not isinstance(req.prompt, str) or not req.prompt.strip():
         raise RequestError("prompt", "prompt must be a non-empty string")
     if len(req.prompt) > limits.max_prompt_chars:
@@ -125,5 +133,6 @@ def resolve_request(req: GenerationRequest, defaults: SampleDefaults, limits: Re
                                 defaults.guidance if req.guidance_scale is None else req.guidance_scale),
         shift=_checked("shift", validation.check_shift, defaults.shift if req.shift is None else req.shift),
         seed=seed,
-        solver=_checked("solver", validation.check_solver, defaults.solver if req.solver is None else req.solver),
+        solver=None if preset is not None and req.solver is None else _checked(
+            "solver", validation.check_solver, defaults.solver if req.solver is None else req.solver),
     )

@@ -8,6 +8,7 @@ decoded frames. Other ranks get a result with `frames=None`.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -31,7 +32,7 @@ from ..parallel.comm import group_size
 from ..parallel.mesh import ParallelMesh
 from ..parallel.runtime import shared_noise, shared_seed
 from ..parallel.vae_decode import parallel_vae_decode
-from ..reference.schedulers import make_solver
+from ..sampling import get_sampling_preset, make_sampling_solver
 from ..runner import cfg_denoise
 from ..placement import place, stage_placement
 
@@ -59,6 +60,7 @@ class Request:
     seed: int
     solver: str
     cache: CacheConfig | None = None
+    cfg: bool = True  # False: the conditional branch alone, one forward per step (distilled models)
 
 
 def _check_cache(cache):
@@ -151,12 +153,15 @@ class WanPipeline:
 
     def generate(self, prompt: str, negative_prompt: str | None = None, size=None, num_frames=None,
                  steps=None, guidance=None, shift=None, seed=None, solver=None, progress=False,
-                 cache: CacheConfig | None | str = "default") -> np.ndarray | None:
+                 cache: CacheConfig | None | str = "default", *, cfg: bool | None = None,
+                 sampling: str | None = None) -> np.ndarray | None:
         """Return uint8 frames `[F, H, W, 3]` (None on ranks other than 0 of a parallel launch).
         Unset options take the model's official defaults; `cache` a `CacheConfig`, None (off) or
-        "default" (the pipeline's)."""
+        "default" (the pipeline's); `cfg` False runs the conditional branch alone (one forward per
+        step); `sampling` a named preset ("distill-4step") whose steps, shift, solver and cfg fill the
+        options left unset."""
         return self.run(prompt, negative_prompt, size, num_frames, steps, guidance, shift, seed, solver,
-                        progress, cache).frames
+                        progress, cache, cfg=cfg, sampling=sampling).frames
 
     def set_loras(self, loras) -> tuple[LoraReport, ...]:
         """Replace the merged LoRAs with `loras` (LoraSpec, "FILE[:STRENGTH]" or (file, strength);
@@ -165,8 +170,19 @@ class WanPipeline:
         return self.lora.apply(loras)
 
     def make_request(self, prompt, negative_prompt=None, size=None, num_frames=None, steps=None,
-                     guidance=None, shift=None, seed=None, solver=None, cache="default") -> Request:
+                     guidance=None, shift=None, seed=None, solver=None, cache="default", cfg=None,
+                     sampling=None) -> Request:
         d = self.config.sample
+        preset = None if sampling is None else get_sampling_preset(sampling)
+        if preset is not None:  # the preset's values stand in for the model's defaults
+            d = dataclasses.replace(d, steps=preset.steps, shift=preset.shift)
+            solver = preset.solver if solver is None else validation.check_solver(solver)
+            cfg = preset.cfg if cfg is None else cfg
+        if cfg is not None and not isinstance(cfg, bool):
+            raise ValueError(f"cfg must be True, False or None, got {cfg!r}")
+            if steps is not None and steps != preset.steps:
+                raise ValueError(f"steps must be {preset.steps} with sampling={sampling!r} (its solver's fixed "
+                                 f"timesteps), got {steps!r}")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
         if negative_prompt is not None and not isinstance(negative_prompt, str):
@@ -189,16 +205,17 @@ class WanPipeline:
             guidance=validation.check_guidance(d.guidance if guidance is None else guidance),
             shift=validation.check_shift(d.shift if shift is None else shift),
             seed=seed,
-            solver=validation.check_solver(d.solver if solver is None else solver),
+            solver=solver if preset is not None else validation.check_solver(d.solver if solver is None else solver),
             cache=self.cache if isinstance(cache, str) and cache == "default" else _check_cache(cache),
+            cfg=True if cfg is None else cfg,
         )
 
     def run(self, prompt, negative_prompt=None, size=None, num_frames=None, steps=None, guidance=None,
             shift=None, seed=None, solver=None, progress=False, cache="default", *,
-            on_step=None) -> GenerationResult:
+            on_step=None, cfg=None, sampling=None) -> GenerationResult:
         """`on_step(done, total)` runs after every denoising step (see `runner.cfg_denoise`)."""
         req = self.make_request(prompt, negative_prompt, size, num_frames, steps, guidance, shift, seed, solver,
-                                cache)
+                                cache, cfg, sampling)
         calibration = self._calibration(req.cache)  # a missing calibration fails before any compute
         timings: dict[str, float] = {}
         with torch.inference_mode():
@@ -241,17 +258,17 @@ class WanPipeline:
     def denoise(self, req: Request, context, context_null, progress=False,
                 step_cache: StepCache | None = None, *, on_step=None) -> torch.Tensor:
         """The final latents; `step_cache` (from `make_step_cache`) skips the block stack on some steps."""
-        solver = make_solver(req.solver, req.steps, req.shift)
+        solver = make_sampling_solver(req.solver, req.steps, req.shift, req.seed, self.device)
         mesh = self.mesh if self.is_parallel else None
         return cfg_denoise(self.dit, self.initial_noise(req), context, context_null, solver,
                            req.guidance, progress=progress, mesh=mesh, step_cache=step_cache, graphs=self.graphs,
-                           on_step=on_step)
+                           on_step=on_step, cfg=req.cfg)
 
     def make_step_cache(self, req: Request, calibration: Calibration | None) -> StepCache | None:
         """The request's step cache (its schedule fixed here for TeaCache and MagCache), or None."""
         if req.cache is None:
             return None
-        timesteps = make_solver(req.solver, req.steps, req.shift).timesteps.to(self.device)
+        timesteps = make_sampling_solver(req.solver, req.steps, req.shift, req.seed).timesteps.to(self.device)
         return build_step_cache(req.cache, calibration, self.dit, timesteps, sp_group=self.mesh.sp_group,
                                 graphs=self.graphs)
 

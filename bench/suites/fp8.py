@@ -1,0 +1,80 @@
+"""fp8 weights: per-layer and per-forward error at Wan2.1 1.3B and 14B layer shapes (random weights).
+
+Per layer: each block GEMM shape of the model, x [tokens, in] ~ N(0, 1) and W ~ N(0, 1/in), the
+relative L2 error against float64 of the bf16 GEMM and of the fp8 GEMM (`fp8-emulated`: the
+numerics `torch._scaled_mm` computes, see wan_engine/executor/fp8.py). Per forward: one block
+at full width (a few tokens, random weights), the executor in bf16 against fp32, dense and with fp8
+block weights, with the blocks' weight bytes. On CUDA with sm_89+ a row times the real fp8 GEMM.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from wan_engine.configs import get_preset
+from wan_engine.executor import build_executor
+from wan_engine.executor.fp8 import fp8_linear_emulated, quantize_rows, weight_bytes
+from wan_engine.loading.random_init import random_state_dict
+from wan_engine.reference.dit import WanDiT
+
+from .common import BenchContext, SuiteResult
+
+TOKENS = 256
+FORWARD_FHW = (1, 8, 8)  # 16 tokens per forward: the error, not the speed, is measured here
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def layer_rows(preset: str) -> list[dict]:
+    cfg = get_preset(preset).dit
+    d, f = cfg.dim, cfg.ffn_dim
+    shapes = {"qkv": (d, 3 * d), "o": (d, d), "cross_q": (d, d), "cross_o": (d, d), "ffn1": (d, f), "ffn2": (f, d)}
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for name, (k, n) in shapes.items():
+        x = torch.randn(TOKENS, k, generator=gen)
+        w = torch.randn(n, k, generator=gen) / k ** 0.5
+        b = torch.randn(n, generator=gen) * 0.1
+        exact = x.double() @ w.double().t() + b.double()
+        bf16 = torch.nn.functional.linear(x.bfloat16(), w.bfloat16(), b.bfloat16())
+        wq, ws = quantize_rows(w)
+        fp8 = fp8_linear_emulated(x.bfloat16(), wq, b.bfloat16(), ws)
+        for impl, out in (("bf16", bf16), ("fp8-emulated", fp8)):
+            rows.append(dict(suite="fp8", case=f"{preset} layer {name}", impl=impl, shape=f"{TOKENS}x{k}x{n}",
+                             dtype=impl, device="cpu", rel_l2=_rel(out, exact), oracle="fp64"))
+    return rows
+
+
+def forward_rows(preset: str, device: torch.device) -> list[dict]:
+    cfg = dataclasses.replace(get_preset(preset).dit, num_layers=1)
+    dit = WanDiT(cfg)
+    dit.load_state_dict(random_state_dict(dit, 0))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1, cfg.in_dim, *FORWARD_FHW, generator=gen)
+    t, ctx = torch.tensor([700.0]), torch.randn(1, 32, cfg.text_dim, generator=gen)
+    exact = build_executor(dit)(x, t, ctx)
+    rows = []
+    modes = [("bf16", None), ("bf16 + fp8-emulated", "fp8-emulated")]
+    for impl, quant in modes:
+        ex = build_executor(dit, dataclasses.replace(build_executor(dit).engine_config, dtype=torch.bfloat16))
+        if quant is not None:
+            ex.quantize_weights(quant)
+        out = ex(x, t, ctx)
+        rows.append(dict(suite="fp8", case=f"{preset} forward (1 block)", impl=impl, shape="x".join(map(str, FORWARD_FHW)),
+                         dtype="bf16", device="cpu", rel_l2=_rel(out, exact), oracle="fp32 executor",
+                         note=f"block weights {weight_bytes(ex.blocks) / 2**20:.1f} MiB"))
+    return rows
+
+
+def run(ctx: BenchContext) -> SuiteResult:
+    rows = []
+    for preset in ("t2v-1.3B", "t2v-14B"):
+        rows += layer_rows(preset) + forward_rows(preset, ctx.device)
+    notes = ["fp8: per-output-channel weight scales, per-token activation scales (e4m3fn); errors vs float64 "
+             "(layers) and the fp32 executor (forward); random weights, so no quality claim about a trained model",
+             "PSNR and adherence against bf16 on the shapes model: `wan-engine bench --suite adherence` with "
+             "quant='fp8-emulated' (not yet a row here)"]
+    return SuiteResult(rows=rows, notes=notes)

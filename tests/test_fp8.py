@@ -1,0 +1,91 @@
+"""fp8 weights: the CPU emulation against an independent quantize -> dequantize -> matmul, the
+quantized executor against the dense one, and the GPU `_scaled_mm` path against the emulation."""
+import pytest
+import torch
+
+from wan_engine.configs import DiTConfig
+from wan_engine.engine_config import EngineConfig
+from wan_engine.executor import build_executor
+from wan_engine.executor.fp8 import FP8, check_fp8_support, fp8_linear_emulated, fp8_linear_scaled_mm, quantize_rows
+from wan_engine.loading.random_init import random_state_dict
+from wan_engine.reference.dit import WanDiT
+
+SMALL = DiTConfig(dim=32, ffn_dim=48, num_heads=2, num_layers=2, text_dim=20, freq_dim=32, text_len=16)
+
+
+def independent(x, w, b):
+    """Quantize both with their own per-row amax / 448, dequantize, matmul in float64."""
+    def qdq(t):
+        s = t.double().abs().amax(-1, keepdim=True) / 448.0
+        return (t.double() / s).to(torch.float8_e4m3fn).double() * s
+    return qdq(x) @ qdq(w).t() + b.double()
+
+
+@pytest.mark.parametrize("m, k, n", [(5, 123, 77), (64, 96, 160), (1, 16, 16)])
+def test_emulation_matches_independent_qdq(m, k, n):
+    gen = torch.Generator().manual_seed(m + k + n)
+    x, w, b = torch.randn(m, k, generator=gen) * 3, torch.randn(n, k, generator=gen) / k ** 0.5, torch.randn(n, generator=gen)
+    wq, ws = quantize_rows(w)
+    assert wq.dtype == FP8 and ws.dtype == torch.float32 and ws.shape == (n,)
+    got = fp8_linear_emulated(x, wq, b, ws).double()
+    want = independent(x, w, b)
+    assert ((got - want).norm() / want.norm()).item() < 1e-6
+    exact = x.double() @ w.double().t() + b.double()
+    err = ((got - exact).norm() / exact.norm()).item()
+    assert 1e-4 < err < 0.06  # e4m3's 3 mantissa bits: a few percent, not zero
+
+
+def test_zero_rows_quantize_to_zero():
+    q, s = quantize_rows(torch.zeros(3, 16))
+    assert torch.equal(q.float(), torch.zeros(3, 16)) and torch.isfinite(s).all()
+
+
+def test_quantized_executor_close_to_dense_and_fp32_regions_untouched():
+    dit = WanDiT(SMALL)
+    dit.load_state_dict(random_state_dict(dit, 0))
+    dense = build_executor(dit)
+    quant = build_executor(dit)
+    quant.quantize_weights("fp8-emulated")
+    gen = torch.Generator().manual_seed(0)
+    x, t, ctx = torch.randn(1, 16, 2, 4, 4, generator=gen), torch.tensor([500.0]), torch.randn(1, 7, 20, generator=gen)
+    a, b = dense(x, t, ctx), quant(x, t, ctx)
+    err = ((a - b).norm() / a.norm()).item()
+    assert 0 < err < 0.1, err
+    store = quant.blocks[0]
+    assert store.qkv_weight.dtype == FP8 and store.ffn2_weight.dtype == FP8 and store.qkv_scale.dtype == torch.float32
+    assert store.norm_q.dtype == torch.float32 and quant.globals.head_weight.dtype == torch.float32
+    assert quant.contexts[0].kv_weight.dtype == torch.float32  # cross K/V: once per request, dense
+    with pytest.raises(ValueError, match="already quantized"):
+        quant.quantize_weights("fp8-emulated")
+
+
+def test_fp8_refused_without_hardware():
+    with pytest.raises(ValueError, match="compute capability 8.9"):
+        check_fp8_support("fp8", torch.device("cpu"), torch.bfloat16)
+    with pytest.raises(ValueError, match="quant must be"):
+        check_fp8_support("int4", torch.device("cpu"), torch.bfloat16)
+
+
+def test_lora_after_quantization_is_refused(tmp_path):
+    from wan_engine.lora import LoraMerger
+
+    dit = WanDiT(SMALL)
+    dit.load_state_dict(random_state_dict(dit, 0))
+    ex = build_executor(dit)
+    ex.quantize_weights("fp8-emulated")
+    with pytest.raises(ValueError, match="merge before quantization"):
+        LoraMerger(ex).apply([])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m, k, n", [(4096, 1536, 4608), (333, 5120, 13824)])
+def test_scaled_mm_matches_emulation(m, k, n):
+    device = torch.device("cuda")
+    check_fp8_support("fp8", device, torch.bfloat16)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(m, k, generator=gen, device=device).bfloat16()
+    w = (torch.randn(n, k, generator=gen, device=device) / k ** 0.5).bfloat16()
+    b = torch.randn(n, generator=gen, device=device).bfloat16()
+    wq, ws = quantize_rows(w)
+    got, want = fp8_linear_scaled_mm(x, wq, b, ws).float(), fp8_linear_emulated(x, wq, b, ws).float()
+    assert ((got - want).norm() / want.norm()).item() < 1e-2  # bf16 output rounding, accumulation order
