@@ -12,9 +12,13 @@ PACKAGES = {
     "wan_engine.engine": "wan_engine/engine",
     "wan_engine.serve": "wan_engine/serve",
     "wan_engine.executor": "wan_engine/executor",
+    "wan_engine.cache": "wan_engine/cache",
+    "wan_engine.vae": "wan_engine/vae",
+    "wan_engine.export": "wan_engine/export",
     "wan_engine.kernels": "kernels",
     "wan_engine.parallel": "parallel",
     "wan_engine.bench": "bench",
+    "wan_engine.bench.suites": "bench/suites",
 }
 
 # `wan-engine serve` (the HTTP face); its tests need these too.
@@ -45,12 +49,13 @@ setup(
     ],
     extras_require={
         "triton": ["triton>=3.6"],
-        "test": ["pytest", "pytest-timeout", "diffusers>=0.33", "triton>=3.6", "onnx", "onnxruntime",
+        "test": ["pytest", "pytest-timeout", "diffusers>=0.33", "triton>=3.6", "onnx", "onnxruntime", "onnxscript",
                  # the server's tests: the serve extra, an HTTP client and the official OpenAI client
                  *SERVE, "httpx>=0.27", "openai>=3.0", "ray[serve]>=2.40"],
         "bench": ["pytest-benchmark", "matplotlib", "nvidia-ml-py"],
         "flash": ["flash-attn"],
-        "trt": ["tensorrt", "onnx", "polygraphy"],
+        "onnx": ["onnx", "onnxruntime", "onnxscript"],
+        "trt": ["tensorrt", "onnx", "onnxscript", "polygraphy"],
         "serve": SERVE,
         "ray": ["ray[serve]>=2.40"],  # examples/ray_serve.py
     },

@@ -46,7 +46,8 @@ ALLOWED = {
     "wan_engine.lora": {"wan_engine.loading"},
     # The one place that knows every layer below the pipelines.
     "wan_engine.assembly": {"wan_engine.loading", "wan_engine.reference", "wan_engine.executor",
-                            "wan_engine.parallel", "wan_engine.engine_config", "wan_engine.cache", "wan_engine.lora"},
+                            "wan_engine.parallel", "wan_engine.engine_config", "wan_engine.cache", "wan_engine.lora",
+                            "wan_engine.export"},
     # The toy world (torch only) and the training of the `shapes` model on it.
     "wan_engine.shapes": {"wan_engine.assembly", "wan_engine.reference", "wan_engine.loading"},
     "wan_engine.pipelines": {"wan_engine.assembly", "wan_engine.runner", "wan_engine.parallel", "wan_engine.lora",

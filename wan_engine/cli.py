@@ -1,4 +1,4 @@
-"""`wan-engine` command line: generate, serve, calibrate, info, bench.
+"""`wan-engine` command line: generate, serve, calibrate, export, info, bench.
 
 Multi-GPU: `torchrun --nproc-per-node N -m wan_engine.cli generate ... --ulysses U --ring R
 [--cfg-parallel]` with N = U * R (* 2 with --cfg-parallel). Every process runs the pipeline; only
@@ -55,17 +55,27 @@ def _add_generate(sub) -> None:
     p.set_defaults(func=cmd_generate)
 
 
+def _engine(text: str) -> str:
+    from .engine_config import ENGINES
+
+    kind, sep, folder = text.partition(":")
+    if text in ENGINES or (sep and kind in ("onnx", "trt") and folder):
+        return text
+    raise argparse.ArgumentTypeError(f"--engine must be {', '.join(ENGINES)}, onnx:DIR or trt:DIR; got {text!r}")
+
+
 def _add_model_options(p) -> None:
     """How the model is loaded and run: shared by generate and serve."""
-    from .engine_config import ATTENTION_BACKENDS, ENGINES
+    from .engine_config import ATTENTION_BACKENDS
 
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--t5-cpu", action="store_true", help="keep the text encoder on the CPU")
     p.add_argument("--offload", action="store_true",
                    help="move the text encoder off the GPU after encoding and the DiT off before VAE decode")
-    p.add_argument("--engine", choices=ENGINES, default="executor",
-                   help="executor (fused kernels, default) or reference (the eager official math)")
+    p.add_argument("--engine", type=_engine, default="executor",
+                   help="executor (fused kernels, default), reference (the eager official math), or an export: "
+                        "onnx:DIR (onnxruntime) or trt:DIR (TensorRT engines)")
     p.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto",
                    help="attention backend of the executor (default: auto, the fastest available)")
     p.add_argument("--compile", action="store_true", help="torch.compile the executor's DiT block")
@@ -251,6 +261,56 @@ def cmd_serve(args) -> int:
     return run_server(config, _pipeline_options(args))
 
 
+def _range(text: str) -> tuple[int, int]:
+    try:
+        lo, _, hi = text.partition("-")
+        return (int(lo), int(hi or lo))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a range must look like 480-720 (or one value); got {text!r}") from None
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export the DiT or the VAE decoder chunks to ONNX (or TensorRT engines)")
+    p.add_argument("--model", required=True, help="model directory or preset")
+    p.add_argument("--component", choices=("dit", "vae-decoder", "vae-encoder"), required=True)
+    p.add_argument("--format", choices=("onnx", "trt"), default="onnx",
+                   help="onnx (verified with onnxruntime) or trt (TensorRT engines built from the ONNX; unverified)")
+    p.add_argument("--out", required=True, help="the export directory (a manifest.json is written last)")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="the DiT's compute dtype")
+    p.add_argument("--batch", type=_range, default=(1, 2), help="batch range, within 1-2 (default 1-2)")
+    p.add_argument("--frames", type=_range, default=(5, 81), help="frame range, 4n+1 (default 5-81)")
+    p.add_argument("--height", type=_range, default=(480, 720), help="height range in pixels (default 480-720)")
+    p.add_argument("--width", type=_range, default=(480, 1280), help="width range in pixels (default 480-1280)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from .export.manifest import ShapeRange
+    from .export.onnx_export import export_onnx
+    from .pipelines.t2v import WanPipeline
+
+    shapes = ShapeRange(batch=args.batch, frames=args.frames, height=args.height, width=args.width)
+    if args.component == "vae-encoder":
+        raise ValueError("--component vae-encoder: not exported yet (the static encoder chunks exist; T2V does "
+                         "not encode)")
+    out = Path(args.out).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out {out} is not empty: give a new directory (an export is never written over another)")
+    pipe = WanPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype, cuda_graphs=False)
+    start = time.perf_counter()
+    onnx_dir = out if args.format == "onnx" else out / "onnx"
+    manifest = export_onnx(pipe, args.component, onnx_dir, shapes)
+    if args.format == "trt":
+        from .export.tensorrt import build_engines, profiles_for
+
+        manifest = build_engines(onnx_dir, out, profiles_for(onnx_dir, manifest, pipe.config), fp16=args.dtype == "fp16",
+                                 bf16=args.dtype == "bf16")
+    print(f"exported {args.component} of {manifest.model} to {out} ({manifest.format}, {manifest.dtype}, "
+          f"{len(manifest.files)} graph(s), {time.perf_counter() - start:.1f} s): {', '.join(manifest.files.values())}")
+    return 0
+
+
 def _add_calibrate(sub) -> None:
     p = sub.add_parser("calibrate", help="fit the TeaCache / MagCache calibration of a model from uncached runs")
     p.add_argument("--cache", choices=("teacache", "magcache", "all"), default="all")
@@ -315,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_serve(sub)
     _add_calibrate(sub)
+    _add_export(sub)
     _add_info(sub)
     from .bench.cli import add_bench_parser
 

@@ -49,10 +49,9 @@ def make_guided_velocity(dit, context: torch.Tensor, context_null: torch.Tensor,
     cfg: False runs the conditional branch alone, one forward per step (for CFG-distilled models;
     explicit, since guidance 1 is `u + 1 * (c - u)`, not bitwise `c`); `guidance` is then unused.
     """
-
     if mesh is not None and not isinstance(mesh, ParallelMesh):
         raise ValueError(f"mesh must be a ParallelMesh or None, got {type(mesh).__name__}")
-    if step_cache is not None and not isinstance(dit, WanExecutor):
+    if step_cache is not None and not takes_prepared_text(dit):
         raise ValueError("step caching needs the executor engine (the reference runs every step)")
     predict = _predictor(step_cache, graphs if isinstance(dit, WanExecutor) else None)
     if not cfg:
@@ -60,7 +59,7 @@ def make_guided_velocity(dit, context: torch.Tensor, context_null: torch.Tensor,
     if mesh is not None and mesh.cfg_size == 2:
         return _cfg_parallel_velocity(dit, branch_context(mesh, context, context_null), guidance, mesh, predict)
 
-    if not isinstance(dit, WanExecutor):
+    if not takes_prepared_text(dit):
         def reference_velocity(latents, timestep, step=None):
             return _guide(dit(latents, timestep, context).float(), dit(latents, timestep, context_null).float(),
                           guidance)
@@ -87,11 +86,17 @@ def make_guided_velocity(dit, context: torch.Tensor, context_null: torch.Tensor,
     return batched_velocity
 
 
+def takes_prepared_text(dit) -> bool:
+    """The executor, or a DiT exported from it (ONNX, TensorRT): text K/V prepared once per request,
+    `predict(x, t, text)` every step. Anything else is called like the reference, `dit(x, t, context)`."""
+    return isinstance(dit, WanExecutor) or (hasattr(dit, "prepare_text") and hasattr(dit, "predict"))
+
+
 def _conditional_velocity(dit, context: torch.Tensor, mesh: ParallelMesh | None, predict) -> GuidedVelocity:
     """The conditional branch alone: one forward per step, no negative prompt."""
     if mesh is not None and mesh.cfg_size == 2:
         raise ValueError("cfg=False runs one branch; CFG parallelism (cfg=2) needs two: drop --cfg-parallel")
-    if not isinstance(dit, WanExecutor):
+    if not takes_prepared_text(dit):
         def reference_conditional(latents, timestep, step=None):
             return dit(latents, timestep, context).float()
         return reference_conditional
@@ -123,7 +128,7 @@ def _predictor(step_cache: StepCache | None, graphs: GraphReplayer | None):
 def _cfg_parallel_velocity(dit, own_context: torch.Tensor, guidance: float, mesh: ParallelMesh,
                            predict) -> GuidedVelocity:
     """One branch on this rank (its own prompt's K/V prepared once), combined across the cfg group."""
-    if isinstance(dit, WanExecutor):
+    if takes_prepared_text(dit):
         text = dit.prepare_text(own_context)
         own = (cfg_branch(mesh),)
 

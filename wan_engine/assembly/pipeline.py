@@ -35,7 +35,7 @@ from ..parallel.apply import apply_parallel
 from ..parallel.config import ParallelConfig
 from ..parallel.mesh import ParallelMesh
 from ..parallel.runtime import DEFAULT_TIMEOUT_S, init_distributed, rank_device
-from ..placement import place, stage_placement
+from ..placement import stage_placement
 from ..reference.dit import WanDiT
 from ..reference.text_encoder import TextEncoder
 from ..reference.vae import WanVAE
@@ -157,12 +157,15 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     pipeline's `set_loras` replaces them later). quant: "fp8" (sm_89+ GPUs) or "fp8-emulated" (any
     device, for numerics) quantizes the executor's block GEMM weights after the LoRAs are merged.
     """
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    exported = parse_exported_engine(engine)
+    if exported is not None:
+        engine = "reference"  # the model loads as usual; its DiT is then replaced by the exported one
+    elif engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, onnx:DIR or trt:DIR, got {engine!r}")
     if cache is not None and not isinstance(cache, CacheConfig):
         raise ValueError(f"cache must be a CacheConfig or None; got {type(cache).__name__}")
-    if cache is not None and engine != "executor":
-        raise ValueError("step caching (cache=...) needs engine='executor'")
+    if cache is not None and engine != "executor" and exported is None:
+        raise ValueError("step caching (cache=...) needs engine='executor' (or an exported one)")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     lora_specs = check_lora_files(parse_loras(loras))
@@ -226,10 +229,39 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         dit.quantize_weights(quant)
     if engine == "executor" and mesh.sp_size > 1:
         dit = apply_parallel(dit, mesh)
+    vae_decoder = None
+    if exported is not None:
+        if mesh.config.world_size > 1:
+            raise ValueError("exported engines run in one process (no sequence parallelism inside an ONNX/TensorRT "
+                             "graph yet)")
+        dit, vae_decoder = exported_components(exported, dit.config, vae)
     return dict(config=config, text_encoder=text, dit=dit, vae=vae, device=device, dtype=dtype,
                 text_device=text_device, offload=offload, mesh=mesh, decode_group=decode_group, cache=cache,
-                vae_decode=vae_decode, cuda_graphs=cuda_graphs, lora=lora,
+                vae_decode=vae_decode, cuda_graphs=cuda_graphs, vae_decoder=vae_decoder, lora=lora,
                 cache_calibration=model_calibration(folder, config.name))
+
+
+def parse_exported_engine(engine) -> tuple[str, Path] | None:
+    """("onnx" | "trt", folder) for engine "onnx:DIR" / "trt:DIR", else None."""
+    if not isinstance(engine, str) or ":" not in engine:
+        return None
+    kind, _, folder = engine.partition(":")
+    if kind not in ("onnx", "trt") or not folder:
+        raise ValueError(f"engine must be executor, reference, onnx:DIR or trt:DIR; got {engine!r}")
+    return kind, Path(folder).expanduser()
+
+
+def exported_components(exported: tuple[str, Path], dit_config, vae):
+    """The exported DiT of the folder (itself an export, or holding `dit/`), and its exported VAE
+    decoder when the folder holds `vae-decoder/` (None: the static chunk decode in torch)."""
+    from ..export import runner_for
+
+    kind, folder = exported
+    dit_folder = folder / "dit" if (folder / "dit").is_dir() else folder
+    dit = runner_for(kind, "dit", dit_folder, dit_config=dit_config)
+    vae_folder = folder / "vae-decoder"
+    decoder = runner_for(kind, "vae-decoder", vae_folder, vae=vae) if vae_folder.is_dir() else None
+    return dit, decoder
 
 
 def check_lora_files(specs: tuple[LoraSpec, ...]) -> tuple[LoraSpec, ...]:

@@ -62,10 +62,18 @@ class StepCache:
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < self.steps:
             raise ValueError(f"step must be an int in [0, {self.steps}) (the solver step being run); got {step!r}")
         rows = x.shape[0] // len(branches)
-        if self.graphs is not None:
+        exported = hasattr(dit, "step_functions")  # an exported DiT runs whole steps, no staged forward
+        if exported and self.dynamic:
+            raise ValueError("the first-block cache decides inside the forward; an exported DiT runs whole steps: "
+                             "use teacache or magcache with --engine onnx/trt")
+        if exported or self.graphs is not None:
             decisions = [self.schedule[b][step] for b in branches]
             if all(decisions) or not any(decisions):
-                return self._graphed(dit, x, t, text, branches, step, rows, all(decisions))
+                return self._whole_steps(dit, x, t, text, branches, step, rows, all(decisions))
+            if exported:  # the branches disagree: each branch's rows as its own whole step
+                return torch.cat([self._whole_steps(dit, x[j * rows:(j + 1) * rows], t[j * rows:(j + 1) * rows],
+                                                    text.rows(j * rows, (j + 1) * rows), (b,), step, rows, c)
+                                  for j, (b, c) in enumerate(zip(branches, decisions))])
         stream = dit.begin(x, t)
         if self.dynamic:
             stream, decisions = self._first_block(dit, stream, text, branches, rows, step)
@@ -96,19 +104,26 @@ class StepCache:
                 self._record_output(branch, velocity[j * rows:(j + 1) * rows])
         return velocity
 
-    def _graphed(self, dit, x, t, text, branches, step, rows, compute: bool) -> torch.Tensor:
+    def _whole_steps(self, dit, x, t, text, branches, step, rows, compute: bool) -> torch.Tensor:
+        """All `branches` computing (storing their residual) or all reusing, as one whole-step
+        function: a CUDA-graph replay of the executor's, or an exported DiT's own."""
         patches, rope = dit.tokens_in(x, t)
-        fns = StepFunctions(dit, rope, text)
+        if hasattr(dit, "step_functions"):
+            fns = dit.step_functions(rope, text)
+
+            def call(key, fn, *inputs):
+                return fn(*inputs)
+        else:
+            fns, call = StepFunctions(dit, rope, text), self.graphs.call
         kv = text_tensors(text)
         if compute:
-            out, residual = self.graphs.call(fns.key("full+residual", patches, text), fns.full_with_residual,
-                                             patches, t, rope.cos, rope.sin, *kv)
+            out, residual = call(fns.key("full+residual", patches, text), fns.full_with_residual,
+                                 patches, t, rope.cos, rope.sin, *kv)
             for j, branch in enumerate(branches):
                 self._residual[branch] = residual[j * rows:(j + 1) * rows]
         else:
             residual = torch.cat([self._stored(b, step) for b in branches])
-            out = self.graphs.call(fns.key("reuse", patches, text), fns.reuse, patches, t, rope.cos, rope.sin,
-                                   residual, *kv)
+            out = call(fns.key("reuse", patches, text), fns.reuse, patches, t, rope.cos, rope.sin, residual, *kv)
         for branch in branches:
             self.decisions[branch][step] = compute
         return dit.tokens_out(out, rope)

@@ -22,18 +22,19 @@ from torch import nn
 from ..configs import DiTConfig
 from ..engine_config import EngineConfig
 from ..ops import OpSet, resolve_ops
-from ..reference.dit import patchify, sinusoidal_embedding_1d, unpatchify, video_input
+from ..reference.dit import sinusoidal_embedding_1d
 from .block import BlockSpec, make_block_fn
 from .rope_cache import RopeCache, RopeTable
 from .sharding import TokenShardPlan
 from .stream import TokenStream
+from .token_io import TokenIO
 from .text_cache import TextKV, prepare_context_kv
 from .weights import BlockWeights, ContextWeights, build_stores, official_slots
 
 FP32 = torch.float32
 
 
-class WanExecutor(nn.Module):
+class WanExecutor(nn.Module, TokenIO):
     """The Wan2.1 DiT on fused ops. Build it with `build_executor(reference_dit, engine_config)`.
 
     Weights live in buffers (so `.to(device)` moves them); the ops are resolved once for the
@@ -51,13 +52,13 @@ class WanExecutor(nn.Module):
         self.compute_dtype = compute_dtype
         # Resolve first: an unusable backend is reported before any weight is cast or moved.
         self.ops: OpSet = resolve_ops(engine_config, device, compute_dtype, config.head_dim)
-        self.globals, self.blocks, self.contexts = build_stores(config, state_dict, compute_dtype, consume)
         self.ops_device = torch.device(device)  # where the ops run (the weights may wait elsewhere)
+        self.globals, self.blocks, self.contexts = build_stores(config, state_dict, compute_dtype, consume)
         self.to(device if weights_device is None else weights_device)
         self.rope_cache = RopeCache(config.head_dim)
-        self.parallelize(self.ops.attention, None)
         self.quant: str | None = None  # "fp8" / "fp8-emulated" after `quantize_weights`
         self._linear = None  # the block GEMM (None: F.linear on the dense weights)
+        self.parallelize(self.ops.attention, None)
 
     def parallelize(self, self_attention, shard_plan: TokenShardPlan | None) -> None:
         """Run self-attention with `self_attention` (called like `ops.attention`) on the token
@@ -80,7 +81,6 @@ class WanExecutor(nn.Module):
         if self.engine_config.compile:
             self._block, self._last_block = torch.compile(self._block), torch.compile(self._last_block)
 
-    # -- the reference-compatible call ------------------------------------------------------------
     def quantize_weights(self, mode: str) -> None:
         """Quantize the blocks' six GEMM weights to fp8 in place (executor/fp8.py): "fp8" runs them
         through torch._scaled_mm (sm_89+, bf16), "fp8-emulated" computes the same numerics anywhere.
@@ -95,6 +95,7 @@ class WanExecutor(nn.Module):
         self.quant, self._linear = mode, linear_for(mode)
         self.parallelize(self.self_attention, self.shard_plan)  # rebuild the block functions
 
+    # -- the reference-compatible call ------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, seq_len: int | None = None,
                 clip_fea: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -129,34 +130,9 @@ class WanExecutor(nn.Module):
         patches, rope = self.tokens_in(x, t, seq_len, y)
         return self.embed(patches, t, rope)
 
-    def tokens_in(self, x: torch.Tensor, t: torch.Tensor, seq_len: int | None = None,
-                  y: torch.Tensor | None = None) -> tuple[torch.Tensor, RopeTable]:
-        """The fixed-shape core's inputs: (patches [B, f*h*w, patch features], the RoPE table of
-        the grid padded to `seq_len`, rounded up to the sp degree). Arguments as `predict`."""
-        cfg = self.config
-        x = video_input(cfg, x, y)
-        batch = x.shape[0]
-        if t.shape != (batch,):
-            raise ValueError(f"t must have shape [B] = [{batch}], got {tuple(t.shape)}")
-        patches, grid = patchify(x, cfg.patch_size)
-        real_len = patches.shape[1]
-        seq_len = real_len if seq_len is None else seq_len
-        if self.shard_plan is not None:
-            seq_len = self.shard_plan.padded_length(seq_len)
-        return patches, self.rope_table(grid, seq_len, x.device)
-
-    def tokens_out(self, out: torch.Tensor, rope: RopeTable) -> torch.Tensor:
-        """The head's token output [B, seq_len, ...] -> fp32 velocity [B, out_dim, F, H, W]."""
-        cfg = self.config
-        return unpatchify(out, rope.grid, cfg.patch_size, cfg.out_dim).float()
-
     def finish(self, stream: TokenStream) -> torch.Tensor:
         """The head and unpatchify after the last block: fp32 velocity [B, out_dim, F, H, W]."""
         return self.tokens_out(self.head(stream), stream.rope)
-
-    def rope_table(self, grid: tuple[int, int, int], seq_len: int, device: torch.device) -> RopeTable:
-        """The cached RoPE table of `grid` padded to `seq_len` tokens on `device`."""
-        return self.rope_cache.get(grid, seq_len, device)
 
     def forward_tokens(self, patches: torch.Tensor, t: torch.Tensor, text: TextKV, rope: RopeTable) -> torch.Tensor:
         """The fixed-shape core. patches [B, f*h*w, in_dim*pt*ph*pw] (from `patchify`), t [B],
@@ -196,13 +172,6 @@ class WanExecutor(nn.Module):
         last = len(self.blocks) - 1
         for i in range(stream.next_block, stop):
             if i < last:
-    # -- weights by official name (LoRA merging) ---------------------------------------------------
-
-    def official_slots(self) -> dict[str, tuple[torch.Tensor, tuple[int, ...]]]:
-        """Official parameter name -> (a writable view of the stored tensor, the official shape);
-        see `weights.official_slots`. Built fresh per call: `.to(device)` replaces the buffers."""
-        return official_slots(self.config, self.globals, self.blocks, self.contexts)
-
                 block, next_shift, next_scale = self._block, mods[i + 1, 0], mods[i + 1, 1]
             else:
                 block, next_shift, next_scale = self._last_block, stream.head_shift, stream.head_scale
@@ -226,6 +195,13 @@ class WanExecutor(nn.Module):
         g = self._globals()
         out = F.linear(stream.normed, g["head_weight"], g["head_bias"])
         return out if self.shard_plan is None else self.shard_plan.gather(out)
+
+    # -- weights by official name (LoRA merging) ---------------------------------------------------
+
+    def official_slots(self) -> dict[str, tuple[torch.Tensor, tuple[int, ...]]]:
+        """Official parameter name -> (a writable view of the stored tensor, the official shape);
+        see `weights.official_slots`. Built fresh per call: `.to(device)` replaces the buffers."""
+        return official_slots(self.config, self.globals, self.blocks, self.contexts)
 
     # -- helpers ----------------------------------------------------------------------------------
 

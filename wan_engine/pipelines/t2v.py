@@ -24,7 +24,6 @@ from ..cache import (
     CacheConfig, CacheReport, Calibration, StepCache, build_step_cache, cache_report, resolve_calibration,
 )
 from ..device import synchronize
-from ..executor import WanExecutor
 from ..graphs import GraphReplayer
 from ..lora import LoraMerger, LoraReport
 from ..vae.decode import VAEDecodeOptions, VAEDecoder
@@ -33,7 +32,7 @@ from ..parallel.mesh import ParallelMesh
 from ..parallel.runtime import shared_noise, shared_seed
 from ..parallel.vae_decode import parallel_vae_decode
 from ..sampling import get_sampling_preset, make_sampling_solver
-from ..runner import cfg_denoise
+from ..runner import cfg_denoise, takes_prepared_text
 from ..placement import place, stage_placement
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ class WanPipeline:
                  dtype: torch.dtype, text_device: torch.device | None = None, offload: bool = False,
                  mesh: ParallelMesh | None = None, decode_group=None, cache: CacheConfig | None = None,
                  cache_calibration: Calibration | None = None, vae_decode: VAEDecodeOptions | None = None,
-                 cuda_graphs: bool = True, lora: LoraMerger | None = None):
+                 cuda_graphs: bool = True, vae_decoder=None, lora: LoraMerger | None = None):
         self.mesh = ParallelMesh.single() if mesh is None else mesh
         vae_decode = VAEDecodeOptions() if vae_decode is None else vae_decode
         if not isinstance(vae_decode, VAEDecodeOptions):
@@ -99,7 +98,8 @@ class WanPipeline:
             raise ValueError(f"cuda_graphs must be True or False; got {cuda_graphs!r}")
         # DiT steps and VAE chunks replayed as CUDA graphs (on CUDA; elsewhere off, with the reason).
         self.graphs = GraphReplayer(device, enabled=cuda_graphs)
-        self.vae_decoder = VAEDecoder(vae, vae_decode)
+        # An exported engine brings its own decoder (the ONNX/TensorRT chunks); else the static loop.
+        self.vae_decoder = VAEDecoder(vae, vae_decode) if vae_decoder is None else vae_decoder
         _check_cache(cache)
         self.cache = cache  # the default step cache of every request (None: off)
         self.cache_calibration = cache_calibration  # the model's own (its folder's or the published one)
@@ -178,11 +178,11 @@ class WanPipeline:
             d = dataclasses.replace(d, steps=preset.steps, shift=preset.shift)
             solver = preset.solver if solver is None else validation.check_solver(solver)
             cfg = preset.cfg if cfg is None else cfg
-        if cfg is not None and not isinstance(cfg, bool):
-            raise ValueError(f"cfg must be True, False or None, got {cfg!r}")
             if steps is not None and steps != preset.steps:
                 raise ValueError(f"steps must be {preset.steps} with sampling={sampling!r} (its solver's fixed "
                                  f"timesteps), got {steps!r}")
+        if cfg is not None and not isinstance(cfg, bool):
+            raise ValueError(f"cfg must be True, False or None, got {cfg!r}")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
         if negative_prompt is not None and not isinstance(negative_prompt, str):
@@ -301,13 +301,15 @@ class WanPipeline:
     def _calibration(self, cache: CacheConfig | None) -> Calibration | None:
         if cache is None or not cache.needs_calibration:
             return None
-        if not isinstance(self.dit, WanExecutor):
+        if not takes_prepared_text(self.dit):
             raise ValueError("step caching needs the executor engine (the reference runs every step)")
         return resolve_calibration(cache.calibration, self.cache_calibration, self.config.name)
 
     def _place(self, stage: str) -> None:
         """Put the text encoder and the DiT where `stage` needs them (see `placement`)."""
         target = stage_placement(stage, device=self.device, text_device=self.text_device, offload=self.offload)
-        moved = place(self.text_encoder.model, target.text_encoder) | place(self.dit, target.dit)
+        moved = place(self.text_encoder.model, target.text_encoder)
+        if isinstance(self.dit, torch.nn.Module):  # an exported DiT's weights live in its runtime
+            moved |= place(self.dit, target.dit)
         if moved and self.device.type == "cuda":
             torch.cuda.empty_cache()  # return what moved off to the driver before the stage allocates

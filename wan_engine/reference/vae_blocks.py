@@ -138,8 +138,9 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
         y = self.to_qkv(self.norm(_frames_to_batch(x)))  # [B*T, 3C, H, W]: q, k, v channel blocks
-        q, k, v = y.flatten(2).transpose(1, 2).chunk(3, dim=-1)  # each [B*T, H*W, C]
-        y = F.scaled_dot_product_attention(q, k, v)  # one head of width C, scale 1/sqrt(C)
+        q, k, v = y.flatten(2).transpose(1, 2)[:, None].chunk(3, dim=-1)  # each [B*T, 1, H*W, C]
+        # One head of width C, scale 1/sqrt(C); 4-D (a head axis of 1), as ONNX's attention takes it.
+        y = F.scaled_dot_product_attention(q, k, v)[:, 0]
         y = self.proj(y.transpose(1, 2).reshape(b * t, c, h, w))
         return x + _batch_to_frames(y, b)
 

@@ -1,0 +1,154 @@
+"""ONNX export of the DiT and the VAE decoder chunks, run through onnxruntime against eager; a whole
+generation through `--engine onnx:DIR`; directories that do not fit are refused by name; the
+TensorRT path (marked `trt`) where TensorRT exists.
+
+fp32 throughout: an exported graph runs the same operations in another runtime, which may order
+its sums differently (~1e-7 relative per op); 1e-5 relative L2 is the issue's bound. A whole
+generation compounds that over every step: the video is held to 40 dB PSNR and one level.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import wan_engine
+from wan_engine.cache import CacheConfig
+from wan_engine.export.manifest import Manifest, ShapeRange
+from wan_engine.export.modules import DiTStep, TextKVStep, VAEChunk
+from wan_engine.export.onnx_export import export_onnx
+from wan_engine.export.onnx_runtime import OnnxGraph
+from wan_engine.vae.static import decoder_chunks
+
+SHAPES = ShapeRange(batch=(1, 2), frames=(5, 9), height=(32, 64), width=(32, 64))
+REQUEST = dict(prompt="a red kite above a grey sea", size=(48, 32), num_frames=9, steps=6, seed=3)
+
+
+def _rel_l2(a, b) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return wan_engine.WanPipeline.from_pretrained("tiny", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    export_onnx(tiny, "dit", root / "dit", SHAPES)
+    export_onnx(tiny, "vae-decoder", root / "vae-decoder", SHAPES)
+    return root
+
+
+def test_the_exports_pass_the_checker_and_carry_a_manifest(exported):
+    for component in ("dit", "vae-decoder"):
+        manifest = Manifest.load(exported / component)
+        assert manifest.component == component and manifest.opset == 20 and manifest.versions["onnx"]
+        for name in manifest.files.values():
+            onnx.checker.check_model(str(exported / component / name))
+            inputs = onnx.load(str(exported / component / name), load_external_data=False).graph.input
+            assert all(i.type.tensor_type.elem_type != onnx.TensorProto.COMPLEX64 for i in inputs)  # real RoPE
+
+
+@pytest.mark.parametrize("grid", [(2, 3, 8, 8), (1, 5, 6, 10)], ids=["batch2-3x4x4", "batch1-5x3x5"])
+def test_dit_graphs_match_eager_at_two_shapes_from_one_file(tiny, exported, grid):
+    b, f, h, w = grid
+    dit = tiny.dit
+    gen = torch.Generator().manual_seed(f)
+    x = torch.randn(b, 16, f, h, w, generator=gen)
+    t = torch.tensor([640.0, 210.0][:b])
+    context = torch.randn(b, dit.config.text_len, dit.config.text_dim, generator=gen)
+    patches, rope = dit.tokens_in(x, t)
+    k, v = TextKVStep(dit)(context)
+    residual = torch.randn(b, patches.shape[1], dit.config.dim, generator=gen)
+    manifest = Manifest.load(exported / "dit")
+    with torch.no_grad():
+        cases = {"text_kv": ((context,), (k, v)),
+                 "full": ((patches, t, rope.cos, rope.sin, k, v),
+                          (DiTStep(dit, "full")(patches, t, rope.cos, rope.sin, k, v),)),
+                 "full_residual": ((patches, t, rope.cos, rope.sin, k, v),
+                                   DiTStep(dit, "full_residual")(patches, t, rope.cos, rope.sin, k, v)),
+                 "reuse": ((patches, t, rope.cos, rope.sin, residual, k, v),
+                           (DiTStep(dit, "reuse")(patches, t, rope.cos, rope.sin, residual, k, v),))}
+    for role, (inputs, expected) in cases.items():
+        got = OnnxGraph(exported / "dit" / manifest.files[role])(*inputs)
+        errors = [_rel_l2(g, e) for g, e in zip(got, expected)]
+        print(f"{role} {grid}: rel L2 {max(errors):.2e}")
+        assert len(got) == len(expected) and max(errors) <= 1e-5
+
+
+@pytest.mark.parametrize("hw", [(4, 6), (8, 5)])
+def test_vae_chunks_match_eager_at_two_shapes_from_one_file(tiny, exported, hw):
+    chunks = decoder_chunks(tiny.vae)
+    manifest = Manifest.load(exported / "vae-decoder")
+    gen = torch.Generator().manual_seed(hw[0])
+    x = torch.randn(1, 16, 1, *hw, generator=gen)
+    slots = tuple(torch.randn(s.shape, generator=gen) for s in chunks.slots(1, *hw, torch.float32, "cpu"))
+    for role, first in (("first", True), ("steady", False)):
+        with torch.no_grad():
+            expected = VAEChunk(chunks, first)(x, *slots)
+        got = OnnxGraph(exported / "vae-decoder" / manifest.files[role])(x, *slots)
+        assert len(got) == len(expected) and max(_rel_l2(g, e) for g, e in zip(got, expected)) <= 1e-5
+
+
+@pytest.mark.parametrize("cache", [None, "magcache:0.3,K=3,retention=0.1"], ids=["uncached", "magcache"])
+def test_a_generation_through_onnxruntime_is_the_executors(tiny, exported, cache):
+    cache = None if cache is None else CacheConfig.parse(cache, calibration="t2v-1.3B")
+    onnx_pipe = wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{exported}")
+    a, b = tiny.run(**REQUEST, cache=cache), onnx_pipe.run(**REQUEST, cache=cache)
+    diff = np.abs(a.frames.astype(np.int16) - b.frames.astype(np.int16))
+    mse = float((diff.astype(np.float64) ** 2).mean())
+    psnr = float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+    print(f"onnxruntime vs executor: PSNR {psnr:.1f} dB, max {diff.max()} levels")
+    assert psnr >= 40 and diff.max() <= 1
+    if cache is not None:
+        assert a.cache.computed == b.cache.computed
+
+
+def test_directories_that_do_not_fit_are_refused_by_name(tiny, exported, tmp_path):
+    with pytest.raises(ValueError, match="not an export directory"):
+        wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{tmp_path}")
+    other = wan_engine.configs.get_preset("tiny").replace(
+        dit=wan_engine.configs.DiTConfig(dim=64, ffn_dim=64, num_heads=2, num_layers=2, text_dim=32, freq_dim=256))
+    with pytest.raises(ValueError, match="exported from another model: dim differ"):
+        wan_engine.WanPipeline.from_pretrained(other, device="cpu", engine=f"onnx:{exported}")
+    onnx_pipe = wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{exported}")
+    with pytest.raises(ValueError, match="height 128 is outside the exported range"):
+        onnx_pipe.run(prompt="x", size=(64, 128), num_frames=9, steps=2)
+    with pytest.raises(ValueError, match="first-block cache decides inside the forward"):
+        onnx_pipe.run(**REQUEST, cache=CacheConfig("fbcache", 0.1))
+    with pytest.raises(ValueError, match="holds a onnx export; this engine runs trt"):
+        wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"trt:{exported}")
+
+
+def test_cli_export_writes_a_directory_and_refuses_a_used_one(tmp_path, capsys):
+    from wan_engine.cli import main
+
+    out = tmp_path / "vae"
+    assert main(["export", "--model", "tiny", "--component", "vae-decoder", "--out", str(out), "--height", "32-64",
+                 "--width", "32-64", "--frames", "5-9"]) == 0
+    assert "exported vae-decoder of tiny" in capsys.readouterr().out and (out / "manifest.json").is_file()
+    assert main(["export", "--model", "tiny", "--component", "vae-decoder", "--out", str(out)]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert main(["export", "--model", "tiny", "--component", "dit", "--out", str(tmp_path / "d"),
+                 "--batch", "1-3"]) == 2
+    assert "batch must be within 1-2" in capsys.readouterr().err
+
+
+@pytest.mark.trt
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
+                    reason="TensorRT is not installed (its wheel fetches from outside the package registry)")
+def test_tensorrt_engines_match_onnxruntime(tiny, exported, tmp_path):
+    from wan_engine.export.tensorrt import build_engines, profiles_for
+
+    manifest = Manifest.load(exported / "dit")
+    built = build_engines(exported / "dit", tmp_path / "dit", profiles_for(exported / "dit", manifest, tiny.config))
+    assert built.format == "trt"
+    pipe = wan_engine.WanPipeline.from_pretrained("tiny", device="cuda", dtype="fp32", engine=f"trt:{tmp_path}")
+    reference = wan_engine.WanPipeline.from_pretrained("tiny", device="cuda", dtype="fp32")
+    a, b = pipe.run(**REQUEST), reference.run(**REQUEST)
+    assert np.abs(a.frames.astype(int) - b.frames.astype(int)).max() <= 1

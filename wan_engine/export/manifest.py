@@ -1,0 +1,109 @@
+"""The export directory's manifest: what was exported, for which model, shapes and dtype.
+
+`manifest.json` beside the .onnx / .plan files. A runner reads it first and refuses, by name,
+a directory that does not fit the model or the request (another model, shapes outside the
+exported ranges, another dtype) before any work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMAT = "wan_engine.export/1"
+FILE = "manifest.json"
+COMPONENTS = ("dit", "vae-decoder", "vae-encoder")
+FORMATS = ("onnx", "trt")
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """Batch 1-2, frames 4n+1, height and width in pixels (multiples of 16), each (min, max)."""
+
+    batch: tuple[int, int] = (1, 2)
+    frames: tuple[int, int] = (5, 81)
+    height: tuple[int, int] = (480, 720)
+    width: tuple[int, int] = (480, 1280)
+
+    def __post_init__(self):
+        for name in ("batch", "frames", "height", "width"):
+            lo, hi = getattr(self, name)
+            if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
+                raise ValueError(f"export {name} range must be two ints 1 <= min <= max; got {(lo, hi)}")
+        if self.batch[1] > 2:
+            raise ValueError(f"export batch must be within 1-2 (the CFG pair); got {self.batch}")
+        for v in self.frames:
+            if (v - 1) % 4:
+                raise ValueError(f"export frames must be 4n+1; got {self.frames}")
+        for name in ("height", "width"):
+            for v in getattr(self, name):
+                if v % 16:
+                    raise ValueError(f"export {name} must be multiples of 16 pixels; got {getattr(self, name)}")
+
+    def check(self, batch: int, frames: int, height: int, width: int, where: str) -> None:
+        for name, value in (("batch", batch), ("frames", frames), ("height", height), ("width", width)):
+            lo, hi = getattr(self, name)
+            if not lo <= value <= hi:
+                raise ValueError(f"{where}: {name} {value} is outside the exported range [{lo}, {hi}]; export "
+                                 f"again with a range that holds it")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: str
+    component: str
+    format: str
+    dtype: str
+    shapes: ShapeRange
+    config: dict  # the DiT or VAE config it was exported from
+    files: dict  # role -> file name
+    opset: int | None = None
+    versions: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["format_version"] = FORMAT
+        return data
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / FILE
+        partial = path.with_name(f".{FILE}.partial")
+        partial.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        os.replace(partial, path)  # written last: a directory without it is an unfinished export
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Manifest":
+        folder = Path(folder).expanduser()
+        path = folder / FILE
+        if not path.is_file():
+            raise ValueError(f"{folder} is not an export directory (no {FILE}; run `wan-engine export` first, or the "
+                             f"export did not finish)")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        if data.pop("format_version", None) != FORMAT:
+            raise ValueError(f"{path}: not a wan_engine export manifest ({FORMAT})")
+        data["shapes"] = ShapeRange(**{k: tuple(v) for k, v in data["shapes"].items()})
+        manifest = cls(**data)
+        for role, name in manifest.files.items():
+            if not (folder / name).is_file():
+                raise ValueError(f"{folder}: the manifest names {role} file {name}, which is missing")
+        return manifest
+
+    def check(self, *, component: str, config: dict, dtype: str | None = None, where: str = "") -> None:
+        """Refuse a directory exported for something else, naming what differs."""
+        where = where or f"export ({self.model})"
+        config = json.loads(json.dumps(config))  # tuples read back from JSON as lists
+        if self.component != component:
+            raise ValueError(f"{where} holds a {self.component} export, not {component}")
+        if self.config != config:
+            diff = sorted(k for k in set(config) | set(self.config) if config.get(k) != self.config.get(k))
+            raise ValueError(f"{where} was exported from another model: {', '.join(diff)} differ "
+                             f"(exported {self.model})")
+        if dtype is not None and dtype != self.dtype:
+            raise ValueError(f"{where} was exported in {self.dtype}, the run asks for {dtype}")

@@ -1,0 +1,124 @@
+"""`export_onnx`: the DiT or the VAE decoder of a pipeline as ONNX files, with a manifest.
+
+torch.onnx's dynamo exporter over the modules of `export.modules`. The DiT becomes four graphs
+(the text K/V, the full step, the full step that also returns the block-stack residual, and the
+reused step) with dynamic batch (1-2) and tokens; the VAE decoder two (its first and steady
+chunks) with dynamic latent rows and columns and the cache slots as inputs and outputs. Files
+over 2 GB keep their weights as external data. The manifest is written last.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+from pathlib import Path
+
+import torch
+
+from ..configs import VAEConfig
+from ..vae.static import decoder_chunks
+from .manifest import Manifest, ShapeRange
+from .modules import DIT_KINDS, DiTStep, TextKVStep, VAEChunk
+
+OPSET = 20
+EXTERNAL_DATA_BYTES = 1 << 31  # the protobuf limit: larger models keep their weights beside the graph
+
+
+def _versions() -> dict:
+    out = {}
+    for package in ("torch", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def _save(module, args, dynamic_shapes, path: Path, weight_bytes: int) -> None:
+    program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic_shapes, opset_version=OPSET,
+                                verbose=False)
+    program.save(str(path), external_data=weight_bytes >= EXTERNAL_DATA_BYTES)
+
+
+def token_range(shapes: ShapeRange, vae: VAEConfig, patch=(1, 2, 2)) -> tuple[int, int]:
+    """The DiT's token counts at the smallest and the largest exported video."""
+    def tokens(frames, height, width):
+        lf = (frames - 1) // vae.temporal_stride + 1
+        return (lf // patch[0]) * (height // vae.spatial_stride // patch[1]) * (width // vae.spatial_stride // patch[2])
+    return (tokens(shapes.frames[0], shapes.height[0], shapes.width[0]),
+            tokens(shapes.frames[1], shapes.height[1], shapes.width[1]))
+
+
+@torch.no_grad()
+def export_dit(executor, vae_config: VAEConfig, out_dir: Path, shapes: ShapeRange, model_name: str,
+               dtype: str) -> Manifest:
+    cfg = executor.config
+    lo, hi = token_range(shapes, vae_config, cfg.patch_size)
+    batch = torch.export.Dim("batch", min=1, max=2)
+    tokens = torch.export.Dim("tokens", min=max(lo, 2), max=hi)
+    device = next(executor.buffers()).device
+    cd = executor.compute_dtype
+    gen = torch.Generator().manual_seed(0)
+    b, s = 2, max(lo, 2)  # example sizes inside the ranges (a size of 1 would be specialized)
+    patch_dim = cfg.in_dim * cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2]
+    patches = torch.randn(b, s, patch_dim, generator=gen).to(device)
+    t = torch.tensor([700.0, 300.0], device=device)
+    cos = torch.randn(s, cfg.head_dim // 2, generator=gen).to(device)
+    sin = torch.randn(s, cfg.head_dim // 2, generator=gen).to(device)
+    context = torch.randn(b, cfg.text_len, cfg.text_dim, generator=gen).to(device, cd)
+    k, v = TextKVStep(executor)(context)
+    residual = torch.randn(b, s, cfg.dim, generator=gen).to(device)
+    weight_bytes = sum(t.numel() * t.element_size() for t in executor.buffers())
+    kv = {1: batch}
+    files = {"text_kv": "dit_text_kv.onnx"}
+    _save(TextKVStep(executor).eval(), (context,), ({0: batch},), out_dir / files["text_kv"], weight_bytes)
+    rope = {0: tokens}
+    for kind in DIT_KINDS:
+        args = (patches, t, cos, sin) + ((residual,) if kind == "reuse" else ()) + (k, v)
+        rest = (({0: batch, 1: tokens},) if kind == "reuse" else ()) + (kv, kv)
+        dyn = ({0: batch, 1: tokens}, {0: batch}, rope, rope, rest)  # the module's *rest is one tuple
+        files[kind] = f"dit_{kind}.onnx"
+        _save(DiTStep(executor, kind).eval(), args, dyn, out_dir / files[kind], weight_bytes)
+    return Manifest(model_name, "dit", "onnx", dtype, shapes, dataclasses.asdict(cfg), files, OPSET, _versions())
+
+
+@torch.no_grad()
+def export_vae_decoder(vae, out_dir: Path, shapes: ShapeRange, model_name: str) -> Manifest:
+    cfg = vae.config
+    s = cfg.spatial_stride
+    chunks = decoder_chunks(vae)
+    h_lo, h_hi = shapes.height[0] // s, shapes.height[1] // s
+    w_lo, w_hi = shapes.width[0] // s, shapes.width[1] // s
+    rows = torch.export.Dim("latent_rows", min=max(h_lo, 2), max=h_hi)
+    cols = torch.export.Dim("latent_cols", min=max(w_lo, 2), max=w_hi)
+    device = next(vae.parameters()).device
+    h, w = max(h_lo, 2), max(w_lo, 2)
+    x = torch.randn(1, cfg.z_dim, 1, h, w, generator=torch.Generator().manual_seed(1)).to(device)
+    slots = chunks.slots(1, h, w, torch.float32, device)
+    dyn = ({3: rows, 4: cols}, tuple({3: rows * int(sp.scale_h), 4: cols * int(sp.scale_w)} for sp in chunks.specs))
+    weight_bytes = sum(p.numel() * p.element_size() for p in vae.decoder.parameters())
+    files = {}
+    for role, first in (("first", True), ("steady", False)):
+        files[role] = f"vae_decoder_{role}.onnx"
+        _save(VAEChunk(chunks, first).eval(), (x, *slots), dyn, out_dir / files[role], weight_bytes)
+    return Manifest(model_name, "vae-decoder", "onnx", "fp32", shapes, dataclasses.asdict(cfg), files, OPSET,
+                    _versions())
+
+
+def export_onnx(pipe, component: str, out_dir: str | Path, shapes: ShapeRange | None = None) -> Manifest:
+    """Export `component` ("dit" or "vae-decoder") of a built pipeline into `out_dir`."""
+    from ..executor import WanExecutor
+
+    shapes = ShapeRange() if shapes is None else shapes
+    out_dir = Path(out_dir).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if component == "dit":
+        if not isinstance(pipe.dit, WanExecutor):
+            raise ValueError("the DiT export needs the executor engine (its fixed-shape core is what is exported)")
+        dtype = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[pipe.dit.compute_dtype]
+        manifest = export_dit(pipe.dit, pipe.config.vae, out_dir, shapes, pipe.config.name, dtype)
+    elif component == "vae-decoder":
+        manifest = export_vae_decoder(pipe.vae, out_dir, shapes, pipe.config.name)
+    else:
+        raise ValueError(f"component must be dit or vae-decoder for ONNX (vae-encoder: not yet); got {component!r}")
+    manifest.save(out_dir)
+    return manifest

@@ -1,0 +1,115 @@
+"""What every exported runtime shares: the DiT behind the executor's runner interface and the VAE
+decoder's chunk loop, over graphs that a runtime (onnxruntime, TensorRT) runs.
+
+A runtime supplies `run_graph(path) -> callable(*torch tensors) -> tuple of torch tensors`; the
+classes here read the manifest (refusing a folder exported for another model, format or shapes),
+and provide `prepare_text`, `predict`, `step_functions` (for static step caches) and the decode.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..engine_config import EngineConfig
+from ..executor.rope_cache import RopeCache, RopeTable
+from ..executor.steps import text_tensors
+from ..executor.text_cache import TextKV
+from ..executor.token_io import TokenIO
+from ..reference.dit import pad_context
+from .manifest import Manifest
+
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class ExportedSteps:
+    """The whole-step functions of an exported DiT (the same signatures as `StepFunctions`).
+    Timesteps enter as fp32, as exported (the solver's may be integers)."""
+
+    def __init__(self, graphs: dict[str, Callable]):
+        self.graphs = graphs
+
+    def key(self, kind, patches, text):
+        return kind
+
+    def full(self, patches, t, cos, sin, *kv):
+        return self.graphs["full"](patches, t.float(), cos, sin, *kv)[0]
+
+    def full_with_residual(self, patches, t, cos, sin, *kv):
+        return self.graphs["full_residual"](patches, t.float(), cos, sin, *kv)
+
+    def reuse(self, patches, t, cos, sin, residual, *kv):
+        return self.graphs["reuse"](patches, t.float(), cos, sin, residual, *kv)[0]
+
+
+def _load(folder, fmt: str, component: str, config: dict) -> tuple[Path, Manifest]:
+    folder = Path(folder).expanduser()
+    manifest = Manifest.load(folder)
+    if manifest.format != fmt:
+        raise ValueError(f"{folder} holds a {manifest.format} export; this engine runs {fmt} exports "
+                         f"(wan-engine export --format {fmt})")
+    manifest.check(component=component, config=config, where=f"export {folder}")
+    return folder, manifest
+
+
+class ExportedDiT(TokenIO):
+    """The exported DiT of `folder` for a model whose DiT config is `config` (refused otherwise)."""
+
+    def __init__(self, folder, config, fmt: str, run_graph: Callable[[Path], Callable]):
+        self.folder, self.manifest = _load(folder, fmt, "dit", dataclasses.asdict(config))
+        self.config = config
+        self.engine_config = EngineConfig()
+        self.compute_dtype = TORCH_DTYPES[self.manifest.dtype]
+        self.shard_plan = None
+        self.rope_cache = RopeCache(config.head_dim)
+        self.graphs = {role: run_graph(self.folder / name) for role, name in self.manifest.files.items()}
+        self.steps = ExportedSteps(self.graphs)
+
+    def prepare_text(self, context: torch.Tensor, clip_fea=None) -> TextKV:
+        if clip_fea is not None:
+            raise ValueError("the exported T2V DiT takes no CLIP features")
+        k, v = self.graphs["text_kv"](pad_context(context, self.config.text_len).to(self.compute_dtype))
+        return TextKV(k, v)
+
+    def step_functions(self, rope: RopeTable, text: TextKV) -> ExportedSteps:
+        return self.steps
+
+    def tokens_in(self, x, t, seq_len=None, y=None):
+        if seq_len is not None:
+            raise ValueError("the exported DiT runs unpadded token sequences (seq_len must be None)")
+        b, _, f, h, w = x.shape
+        self.manifest.shapes.check(b, 4 * (f - 1) + 1, 8 * h, 8 * w, f"export {self.folder}")
+        return super().tokens_in(x, t, None, y)
+
+    def predict(self, x, t, text: TextKV, seq_len=None, y=None) -> torch.Tensor:
+        patches, rope = self.tokens_in(x, t, seq_len, y)
+        return self.tokens_out(self.steps.full(patches, t, rope.cos, rope.sin, *text_tensors(text)), rope)
+
+
+class ExportedVAEDecoder:
+    """`decode(latents)` through the exported first and steady chunks of `folder` for `vae` (its
+    config is checked; its normalization and per-pixel conv2 run in torch)."""
+
+    def __init__(self, folder, vae, fmt: str, run_graph: Callable[[Path], Callable]):
+        from ..vae.static import decoder_chunks
+
+        self.folder, self.manifest = _load(folder, fmt, "vae-decoder", dataclasses.asdict(vae.config))
+        self.vae, self.chunks = vae, decoder_chunks(vae)
+        self.first = run_graph(self.folder / self.manifest.files["first"])
+        self.steady = run_graph(self.folder / self.manifest.files["steady"])
+
+    @torch.no_grad()
+    def __call__(self, latents: torch.Tensor, graphs=None) -> torch.Tensor:
+        vae = self.vae
+        b, _, f, h, w = latents.shape
+        self.manifest.shapes.check(b, 4 * (f - 1) + 1, 8 * h, 8 * w, f"export {self.folder}")
+        x = vae.conv2(vae.denormalize_latents(latents))
+        slots = self.chunks.slots(b, h, w, torch.float32, x.device)
+        out, *slots = self.first(x[:, :, :1], *slots)
+        frames = [out]
+        for i in range(1, f):
+            out, *slots = self.steady(x[:, :, i:i + 1], *slots)
+            frames.append(out)
+        return torch.cat(frames, dim=2).clamp(-1.0, 1.0)
