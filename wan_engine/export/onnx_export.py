@@ -50,7 +50,8 @@ def token_range(shapes: ShapeRange, vae: VAEConfig, patch=(1, 2, 2)) -> tuple[in
 
 @torch.no_grad()
 def export_dit(executor, vae_config: VAEConfig, out_dir: Path, shapes: ShapeRange, model_name: str,
-               dtype: str) -> Manifest:
+               dtype: str, kinds: tuple[str, ...] = DIT_KINDS) -> Manifest:
+    """The text K/V graph and one graph per step kind (`kinds`: all three by default)."""
     cfg = executor.config
     lo, hi = token_range(shapes, vae_config, cfg.patch_size)
     batch = torch.export.Dim("batch", min=1, max=2)
@@ -72,7 +73,7 @@ def export_dit(executor, vae_config: VAEConfig, out_dir: Path, shapes: ShapeRang
     files = {"text_kv": "dit_text_kv.onnx"}
     _save(TextKVStep(executor).eval(), (context,), ({0: batch},), out_dir / files["text_kv"], weight_bytes)
     rope = {0: tokens}
-    for kind in DIT_KINDS:
+    for kind in kinds:
         args = (patches, t, cos, sin) + ((residual,) if kind == "reuse" else ()) + (k, v)
         rest = (({0: batch, 1: tokens},) if kind == "reuse" else ()) + (kv, kv)
         dyn = ({0: batch, 1: tokens}, {0: batch}, rope, rope, rest)  # the module's *rest is one tuple
