@@ -69,12 +69,49 @@ def forward_rows(preset: str, device: torch.device) -> list[dict]:
     return rows
 
 
+SHAPES_PROMPTS = 8  # held-out prompts (one seed each) for the trained-model rows
+
+
+def shapes_rows(ctx: BenchContext) -> list[dict]:
+    """The trained `shapes` model in bf16, dense and with fp8 block weights (`fp8-emulated` on the
+    CPU, the real GEMM where the GPU has it): PSNR/SSIM of the fp8 videos against the bf16 ones
+    and the adherence score of each, on the same held-out prompts and seeds."""
+    import numpy as np
+
+    from wan_engine.pipelines.t2v import WanPipeline
+    from wan_engine.shapes.world import HELD_OUT
+
+    from ..accuracy import compare_frames
+    from ..adherence import accuracy, read_clip, score
+
+    quant = "fp8" if ctx.device.type == "cuda" and torch.cuda.get_device_capability(ctx.device) >= (8, 9) \
+        else "fp8-emulated"
+    combos = HELD_OUT[:SHAPES_PROMPTS]
+    videos, scores = {}, {}
+    for name, q in (("bf16", None), (quant, quant)):
+        pipe = WanPipeline.from_pretrained("shapes", device=ctx.device, dtype="bf16", quant=q)
+        videos[name] = [pipe.generate(c.caption, seed=0) for c in combos]
+        scores[name] = accuracy([score(read_clip(v), c) for v, c in zip(videos[name], combos)])
+    quality = compare_frames(np.concatenate(videos[quant]), np.concatenate(videos["bf16"]))
+    rows = []
+    for name in ("bf16", quant):
+        acc = scores[name]
+        rows.append(dict(suite="fp8", case="shapes video", impl=name, dtype="bf16", device=ctx.device.type,
+                         shape=f"{SHAPES_PROMPTS} held-out prompts, preset defaults",
+                         oracle="bf16 videos" if name != "bf16" else None,
+                         **(quality if name != "bf16" else {}),
+                         note="adherence " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in acc.items())))
+    return rows
+
+
 def run(ctx: BenchContext) -> SuiteResult:
     rows = []
     for preset in ("t2v-1.3B", "t2v-14B"):
         rows += layer_rows(preset) + forward_rows(preset, ctx.device)
     notes = ["fp8: per-output-channel weight scales, per-token activation scales (e4m3fn); errors vs float64 "
-             "(layers) and the fp32 executor (forward); random weights, so no quality claim about a trained model",
-             "PSNR and adherence against bf16 on the shapes model: `wan-engine bench --suite adherence` with "
-             "quant='fp8-emulated' (not yet a row here)"]
+             "(layers) and the fp32 executor (forward); random weights, so no quality claim about a trained model"]
+    if ctx.preset == "shapes":
+        rows += shapes_rows(ctx)
+    else:
+        notes.append("fp8 on the trained model (PSNR and adherence against bf16): `--suite fp8 --model shapes`")
     return SuiteResult(rows=rows, notes=notes)
