@@ -130,13 +130,18 @@ def _compiled_reference(dtype: torch.dtype) -> Candidate:
     return Candidate("torch.compile", dtype, build, compiled=True)
 
 
-def _executor_candidate(impl: str, dtype: torch.dtype, make, graphs: bool = False, **options) -> Candidate:
+def _executor_candidate(impl: str, dtype: torch.dtype, make, graphs: bool = False, quant: str | None = None,
+                        **options) -> Candidate:
     def build(setup: DitSetup) -> Prepared:
         executor = make(setup.reference(dtype), dtype=dtype, **options)
+        if quant is not None:
+            executor.quantize_weights(quant)
         attention = executor.ops.attention
         call = _graphed_call(executor, setup.inputs) if graphs else _executor_call(executor, setup.inputs)
         return Prepared(call, attention.label, attention.describe())
 
+    if quant is not None:  # lossy by design: its error is reported, not held to the lossless bounds
+        return Candidate(impl, dtype, build, judge="peer", note="fp8 block weights (lossy): measured, not judged")
     return Candidate(impl, dtype, build, compiled=bool(options.get("compile")))
 
 
@@ -164,6 +169,11 @@ def default_candidates(ctx: BenchContext, notes: list[str]) -> list[Candidate]:
             out.append(_executor_candidate("executor+graphs", ctx.dtype, make, graphs=True))
         else:
             notes.append("dit executor+graphs: skipped (CUDA graphs need a GPU)")
+        if ctx.device.type == "cuda" and ctx.dtype == torch.bfloat16 and torch.cuda.get_device_capability(ctx.device) >= (8, 9):
+            # fp8 block weights (lossy: judged like the other executor rows, its error reported).
+            out.append(_executor_candidate("executor+fp8", ctx.dtype, make, quant="fp8"))
+        else:
+            notes.append("dit executor+fp8: skipped (needs a bf16 run on an sm_89+ GPU)")
         if ctx.compile:
             out.append(_executor_candidate("executor+compile", ctx.dtype, make, compile=True))
     if importlib.util.find_spec("diffusers") is None:
