@@ -1,6 +1,6 @@
 """The trained `shapes` preset: it loads from the package, both layouts of its weights load to the same
 modules, the executor and the reference make the same video, parallel launches make the one-process
-video, and a generated clip has its prompt's background (read by the adherence scorer).
+video, and a generated clip has its prompt's background and motion (read by the adherence scorer).
 
 The full adherence figures (24 held-out + 24 seen prompts x 2 seeds) come from
 `wan-engine bench --suite adherence --model shapes`.
@@ -89,11 +89,13 @@ def test_executor_and_reference_make_the_same_video(pipe):
 
 @pytest.mark.parametrize("combo", [HELD_OUT[1], HELD_OUT[7], Combo("yellow", "circle", "up", "black")],
                          ids=lambda c: c.caption.replace(" ", "-"))
-def test_a_generated_clip_has_its_prompts_background(pipe, combo):
-    """What the current weights follow. Colour and motion they do not follow yet (the adherence
-    suite's figures are in the session note), so no test claims them."""
+def test_a_generated_clip_has_its_prompts_background_and_motion(pipe, combo):
+    """What the current weights follow (the adherence suite: background 100 %, direction 94 % held
+    out): the background and the direction of motion, on these seeded generations. Colour they
+    follow on 56-62 % of prompts only, so no test claims it."""
     reading = read_clip(pipe.generate(combo.caption, seed=0))
     assert reading.background == combo.background, reading
+    assert reading.direction == combo.direction, reading
     assert reading.color is not None  # a foreground shape is drawn
 
 

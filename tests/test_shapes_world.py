@@ -114,3 +114,31 @@ def test_training_continues_from_an_exported_model(tmp_path):
     assert all(torch.equal(again.vae.state_dict()[k], v) for k, v in exported_vae.items())
     start = load_dit(first).state_dict()
     assert any(not torch.equal(again.dit.state_dict()[k], v) for k, v in start.items())  # trained further
+
+
+def test_the_word_tokenizer_puts_each_part_of_a_caption_at_a_fixed_position():
+    from wan_engine.shapes.vocabulary import WORDS, shapes_tokenizer
+
+    tok = shapes_tokenizer(16)
+    ids, mask = tok([c.caption for c in all_combos()[:40]])
+    assert mask.sum(1).tolist() == [10] * 40  # 9 words + EOS, whatever the colour's spelling
+    colours = {c.color: ids[i, 1].item() for i, c in enumerate(all_combos()[:40])}
+    assert len(set(colours.values())) == len(colours)  # one id per colour, always at position 1
+    assert len(WORDS) == len(set(WORDS))
+    # Lower-cased; punctuation and words outside the grammar are unknown (id 2).
+    assert tok(["A RED, circle"])[0][0, :4].tolist() == [3, 3 + WORDS.index("red"), 2, 3 + WORDS.index("circle")]
+
+
+def test_training_a_new_dit_on_an_exported_vae(tmp_path):
+    """--vae-from: only the VAE is kept (no VAE phase, no decoder phase); text encoder and DiT are new."""
+    from wan_engine.assembly import load_vae
+    from wan_engine.shapes.train import export, toy_plan, train_all
+
+    plan = toy_plan()
+    first = export(train_all(plan, tmp_path / "a", lambda *_: None), tmp_path / "out", plan)
+    logs = []
+    again = train_all(toy_plan(vae_from=str(first), dit_steps=2), tmp_path / "b", logs.append)
+    assert not any("[vae] step" in line or "[decoder] step" in line for line in logs)
+    assert all(torch.equal(again.vae.state_dict()[k], v) for k, v in load_vae(first).state_dict().items())
+    with pytest.raises(ValueError, match="exclude each other"):
+        train_all(toy_plan(vae_from=str(first), init_from=str(first)), tmp_path / "c", lambda *_: None)

@@ -142,11 +142,11 @@ TINY_VAE = VAEConfig(base_dim=8)
 
 # The `shapes` model (wan_engine/shapes): the real architecture at toy size, trained on the CPU
 # on the shapes world (scripts/train_shapes.py). 4 heads so that Ulysses 2 and 4 divide them; a
-# 64-token text_len holds the world's captions in the byte-level tiny tokenizer.
-SHAPES_T5 = dataclasses.replace(TINY_T5, text_len=64)
-SHAPES_DIT = DiTConfig(dim=192, ffn_dim=768, num_heads=4, num_layers=5, text_dim=32, text_len=64, freq_dim=256)
+# 16-token text_len holds the world's captions (10 tokens in its word-level tokenizer).
+SHAPES_T5 = dataclasses.replace(TINY_T5, text_len=16)
+SHAPES_DIT = DiTConfig(dim=192, ffn_dim=768, num_heads=4, num_layers=5, text_dim=32, text_len=16, freq_dim=256)
 SHAPES_VAE = VAEConfig(base_dim=16, num_res_blocks=1)
-SHAPES_SHIFT = 3.0  # training draws sigmas from this shifted schedule; sampling uses the same
+SHAPES_SHIFT = 5.0  # training draws sigmas from this shifted schedule; sampling uses the same (Wan's T2V shift)
 
 PRESETS: dict[str, ModelConfig] = {
     # Official generate.py defaults (shift 5, guidance 5); its README suggests shift 8 / guide 6 for 1.3B.

@@ -86,7 +86,7 @@ def toy_plan(**changes) -> TrainPlan:
     base = dict(size=(32, 32), frames=5, vae=VAEConfig(base_dim=4, num_res_blocks=1), vae_minutes=1, vae_steps=3,
                 decoder_minutes=1, decoder_steps=2,
                 vae_batch=2, vae_crop=(5, 16, 16), latent_clips=8,
-                dit=DiTConfig(dim=32, ffn_dim=64, num_heads=4, num_layers=2, text_dim=32, text_len=64,
+                dit=DiTConfig(dim=32, ffn_dim=64, num_heads=4, num_layers=2, text_dim=32, text_len=16,
                               freq_dim=256), dit_minutes=1, dit_steps=4, dit_batch=4, log_every=1)
     return TrainPlan(**(base | changes))
 
