@@ -39,6 +39,15 @@ def _save(module, args, dynamic_shapes, path: Path, weight_bytes: int) -> None:
     program.save(str(path), external_data=weight_bytes >= EXTERNAL_DATA_BYTES)
 
 
+def _dim(name: str, lo: int, hi: int):
+    """A dynamic axis over [lo, hi], or None (a static axis) when the range is one value."""
+    return None if lo == hi else torch.export.Dim(name, min=lo, max=hi)
+
+
+def _scaled(dim, factor: float):
+    return None if dim is None else dim * int(factor)
+
+
 def token_range(shapes: ShapeRange, vae: VAEConfig, patch=(1, 2, 2)) -> tuple[int, int]:
     """The DiT's token counts at the smallest and the largest exported video."""
     def tokens(frames, height, width):
@@ -54,15 +63,15 @@ def export_dit(executor, vae_config: VAEConfig, out_dir: Path, shapes: ShapeRang
     """The text K/V graph and one graph per step kind (`kinds`: all three by default)."""
     cfg = executor.config
     lo, hi = token_range(shapes, vae_config, cfg.patch_size)
-    batch = torch.export.Dim("batch", min=1, max=2)
-    tokens = torch.export.Dim("tokens", min=max(lo, 2), max=hi)
+    batch = _dim("batch", shapes.batch[0], shapes.batch[1])
+    tokens = _dim("tokens", max(lo, 2), max(hi, 2))
     device = next(executor.buffers()).device
     cd = executor.compute_dtype
     gen = torch.Generator().manual_seed(0)
-    b, s = 2, max(lo, 2)  # example sizes inside the ranges (a size of 1 would be specialized)
+    b, s = shapes.batch[1], max(lo, 2)  # example sizes inside the ranges (a size of 1 would be specialized)
     patch_dim = cfg.in_dim * cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2]
     patches = torch.randn(b, s, patch_dim, generator=gen).to(device)
-    t = torch.tensor([700.0, 300.0], device=device)
+    t = torch.tensor([700.0, 300.0][:b], device=device)
     cos = torch.randn(s, cfg.head_dim // 2, generator=gen).to(device)
     sin = torch.randn(s, cfg.head_dim // 2, generator=gen).to(device)
     context = torch.randn(b, cfg.text_len, cfg.text_dim, generator=gen).to(device, cd)
@@ -89,13 +98,14 @@ def export_vae_decoder(vae, out_dir: Path, shapes: ShapeRange, model_name: str) 
     chunks = decoder_chunks(vae)
     h_lo, h_hi = shapes.height[0] // s, shapes.height[1] // s
     w_lo, w_hi = shapes.width[0] // s, shapes.width[1] // s
-    rows = torch.export.Dim("latent_rows", min=max(h_lo, 2), max=h_hi)
-    cols = torch.export.Dim("latent_cols", min=max(w_lo, 2), max=w_hi)
+    rows = _dim("latent_rows", max(h_lo, 2), max(h_hi, 2))
+    cols = _dim("latent_cols", max(w_lo, 2), max(w_hi, 2))
     device = next(vae.parameters()).device
     h, w = max(h_lo, 2), max(w_lo, 2)
     x = torch.randn(1, cfg.z_dim, 1, h, w, generator=torch.Generator().manual_seed(1)).to(device)
     slots = chunks.slots(1, h, w, torch.float32, device)
-    dyn = ({3: rows, 4: cols}, tuple({3: rows * int(sp.scale_h), 4: cols * int(sp.scale_w)} for sp in chunks.specs))
+    dyn = ({3: rows, 4: cols}, tuple({3: _scaled(rows, sp.scale_h), 4: _scaled(cols, sp.scale_w)}
+                                     for sp in chunks.specs))
     weight_bytes = sum(p.numel() * p.element_size() for p in vae.decoder.parameters())
     files = {}
     for role, first in (("first", True), ("steady", False)):
