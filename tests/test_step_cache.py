@@ -22,7 +22,7 @@ REQUEST = dict(size=(48, 48), num_frames=9, steps=10, seed=4)
 @pytest.mark.parametrize("text, expected", [
     ("teacache:0.2", CacheConfig("teacache", 0.2)),
     ("teacache:0.2,ret_steps", CacheConfig("teacache", 0.2, ret_steps=True)),
-    ("teacache", CacheConfig("teacache", 0.2)),
+    ("teacache", CacheConfig("teacache")),  # threshold None: the model's recommended one, else 0.2
     ("magcache:0.12,K=2,retention=0.2", CacheConfig("magcache", 0.12, max_skips=2, retention=0.2)),
     ("magcache:0.3,K=4", CacheConfig("magcache", 0.3, max_skips=4)),
     ("fbcache:0.05", CacheConfig("fbcache", 0.05)),
@@ -63,11 +63,24 @@ def test_published_calibrations_and_their_lookup():
     assert resolve_calibration("t2v-14B", None, "x").model == "t2v-14B"
 
 
+def test_a_policy_without_a_threshold_takes_the_models_recommended_one_else_the_default():
+    assert CacheConfig("teacache").with_default_threshold(None).threshold == 0.2
+    assert CacheConfig("fbcache").with_default_threshold({"fbcache": 0.15}).threshold == 0.15
+    assert CacheConfig("fbcache", 0.05).with_default_threshold({"fbcache": 0.15}).threshold == 0.05  # given wins
+    shapes = wan_engine.WanPipeline.from_pretrained("shapes", device="cpu")
+    assert shapes.cache_calibration.thresholds == {"teacache": 0.1, "fbcache": 0.15}
+    result = shapes.run("a red circle moving left on a black background", steps=6, seed=0,
+                        cache=CacheConfig("fbcache"))
+    assert result.cache.policy == "fbcache 0.15"
+
+
 def test_calibration_files_round_trip_and_refuse_what_is_not_one(tmp_path):
-    cal = Calibration("m", "fitted", {"plain": (1.0, 2.0, 3.0, 4.0, 5.0)}, ((1.0, 0.9), (1.0, 0.8)), {"prompts": 2})
+    cal = Calibration("m", "fitted", {"plain": (1.0, 2.0, 3.0, 4.0, 5.0)}, ((1.0, 0.9), (1.0, 0.8)), {"prompts": 2},
+                      {"teacache": 0.1})
     path = cal.save(tmp_path / "sub" / "cal.json")
     back = Calibration.load(path)
-    assert (back.teacache, back.magcache, back.fitted) == (cal.teacache, cal.magcache, cal.fitted)
+    assert (back.teacache, back.magcache, back.fitted, back.thresholds) == (cal.teacache, cal.magcache, cal.fitted,
+                                                                              cal.thresholds)
     assert not list(path.parent.glob(".*partial"))
     with pytest.raises(ValueError, match="has no TeaCache ret_steps coefficients"):
         back.teacache_coefficients(True)

@@ -6,7 +6,8 @@ A calibration file (`wan-engine calibrate` writes one; a model folder may hold o
     {"format": "wan_engine.cache_calibration/1", "model": "shapes",
      "teacache": {"plain": [c4, c3, c2, c1, c0], "ret_steps": [...]},
      "magcache": {"cond": [1.0, r1, ...], "uncond": [1.0, r1, ...]},
-     "fitted": {...how it was measured...}}
+     "fitted": {...how it was measured...},
+     "thresholds": {"teacache": 0.1, "fbcache": 0.15}}   # optional: this model's recommended thresholds
 
 Either policy's entry may be missing; asking for it then fails with a message naming the fix.
 """
@@ -37,6 +38,8 @@ class Calibration:
     teacache: dict[str, tuple[float, ...]] = field(default_factory=dict)
     magcache: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     fitted: dict = field(default_factory=dict)
+    # Recommended thresholds per policy for this model (what `--cache POLICY` without a threshold uses).
+    thresholds: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         for mode, coefficients in self.teacache.items():
@@ -71,6 +74,8 @@ class Calibration:
             data["magcache"] = {"cond": list(self.magcache[0]), "uncond": list(self.magcache[1])}
         if self.fitted:
             data["fitted"] = self.fitted
+        if self.thresholds:
+            data["thresholds"] = dict(self.thresholds)
         return data
 
     def save(self, path: str | Path) -> Path:
@@ -95,8 +100,13 @@ class Calibration:
             if set(magcache) != {"cond", "uncond"}:
                 raise ValueError(f"{source}: magcache must hold exactly \"cond\" and \"uncond\"")
             ratios = (_floats(magcache["cond"], source), _floats(magcache["uncond"], source))
+        thresholds = data.get("thresholds", {})
+        if not isinstance(thresholds, dict) or not all(
+                k in ("teacache", "magcache", "fbcache") and isinstance(v, (int, float)) and not isinstance(v, bool)
+                and math.isfinite(v) and v >= 0 for k, v in thresholds.items()):
+            raise ValueError(f"{source}: thresholds must map teacache/magcache/fbcache to finite numbers >= 0")
         return cls(str(data.get("model", "?")), source, {m: _floats(c, source) for m, c in teacache.items()},
-                   ratios, dict(data.get("fitted", {})))
+                   ratios, dict(data.get("fitted", {})), {k: float(v) for k, v in thresholds.items()})
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":

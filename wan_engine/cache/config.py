@@ -9,6 +9,7 @@ Every policy is lossy except at threshold 0, which computes every step (bit for 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -23,7 +24,9 @@ DEFAULT_RETENTION = 0.2
 @dataclass(frozen=True)
 class CacheConfig:
     """policy: "teacache", "magcache" or "fbcache".
-    threshold: the accumulated-change bound under which a step reuses the cached residual (>= 0).
+    threshold: the accumulated-change bound under which a step reuses the cached residual (>= 0);
+      None takes the model's recommended threshold (its calibration's `thresholds`), else the
+      policy's published default (`DEFAULT_THRESHOLD`).
     ret_steps: TeaCache only: the `use_ret_steps` mode (signal e0, first 5 steps always computed).
     max_skips: MagCache only (its K): the most consecutive reused steps per branch (>= 1).
     retention: MagCache only: the fraction of the first steps that are always computed, in [0, 1].
@@ -41,11 +44,12 @@ class CacheConfig:
     def __post_init__(self):
         if self.policy not in POLICIES:
             raise ValueError(f"cache policy must be one of {', '.join(POLICIES)}; got {self.policy!r}")
-        threshold = DEFAULT_THRESHOLD[self.policy] if self.threshold is None else self.threshold
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
-                math.isfinite(threshold) and threshold >= 0):
-            raise ValueError(f"cache threshold must be a finite number >= 0; got {self.threshold!r}")
-        object.__setattr__(self, "threshold", float(threshold))
+        threshold = self.threshold
+        if threshold is not None:  # None: the model's recommended threshold, else DEFAULT_THRESHOLD
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
+                    math.isfinite(threshold) and threshold >= 0):
+                raise ValueError(f"cache threshold must be a finite number >= 0; got {self.threshold!r}")
+            object.__setattr__(self, "threshold", float(threshold))
         if not isinstance(self.ret_steps, bool):
             raise ValueError(f"cache ret_steps must be True or False; got {self.ret_steps!r}")
         if self.ret_steps and self.policy != "teacache":
@@ -60,11 +64,21 @@ class CacheConfig:
         if self.calibration is not None and (not isinstance(self.calibration, str) or not self.calibration):
             raise ValueError(f"cache calibration must be a file path or a model name; got {self.calibration!r}")
 
+    def with_default_threshold(self, recommended: dict | None = None) -> "CacheConfig":
+        """This config with its threshold filled in when none was given: the model's recommended
+        one for this policy (a calibration's `thresholds`), else the policy's published default."""
+        if self.threshold is not None:
+            return self
+        value = (recommended or {}).get(self.policy, DEFAULT_THRESHOLD[self.policy])
+        return dataclasses.replace(self, threshold=float(value))
+
     @property
     def needs_calibration(self) -> bool:
         return self.policy in ("teacache", "magcache")
 
     def describe(self) -> str:
+        if self.threshold is None:
+            return f"{self.policy} (default threshold)"
         if self.policy == "teacache":
             return f"teacache {self.threshold:g}" + (" ret_steps" if self.ret_steps else " plain")
         if self.policy == "magcache":

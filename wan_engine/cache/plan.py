@@ -26,6 +26,7 @@ def timestep_signal(dit, timesteps: torch.Tensor, ret_steps: bool) -> list[float
 def build_step_cache(config: CacheConfig, calibration: Calibration | None, dit, timesteps: torch.Tensor,
                      sp_group=None, graphs=None) -> StepCache:
     """The request's cache: TeaCache and MagCache get their whole schedule here, before step 0."""
+    config = config.with_default_threshold(calibration.thresholds if calibration is not None else None)
     steps = int(timesteps.numel())
     if config.policy == "fbcache":
         return StepCache(steps, first_block_threshold=config.threshold, sp_group=sp_group, graphs=graphs)

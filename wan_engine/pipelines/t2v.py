@@ -217,6 +217,9 @@ class WanPipeline:
         req = self.make_request(prompt, negative_prompt, size, num_frames, steps, guidance, shift, seed, solver,
                                 cache, cfg, sampling)
         calibration = self._calibration(req.cache)  # a missing calibration fails before any compute
+        if req.cache is not None:  # no threshold given: the model's recommended one, else the default
+            own = calibration or self.cache_calibration
+            req = dataclasses.replace(req, cache=req.cache.with_default_threshold(own.thresholds if own else None))
         timings: dict[str, float] = {}
         with torch.inference_mode():
             with self._timed(timings, "text_encoding"):
