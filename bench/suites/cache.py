@@ -72,13 +72,14 @@ def run(ctx: BenchContext) -> SuiteResult:
                                 note=_score_note(base_score), **_score_fields(base_score)))
     for spec in (*SETTINGS, *DEFAULTS):
         cache = CacheConfig.parse(spec)
-        label = f"{cache.describe()}{' (default)' if spec in DEFAULTS else ''}"
+        label = cache.describe()
         try:
             frames, seconds, reports = _run_all(pipe, ctx, prompts, cache)
         except Exception as err:  # noqa: BLE001 - a crashed setting is a FAIL row, the sweep goes on
             result.rows.append(crash_row(ctx, SUITE, label, "shapes", err, shape=shape))
             continue
         steps = reports[0].steps
+        label = f"{reports[0].policy} (default)" if spec in DEFAULTS else label  # the threshold it resolved to
         computed = np.mean([sum(r.counts()) / 2 for r in reports])
         reduction = steps / computed
         adherence = _adherence(frames, prompts)
