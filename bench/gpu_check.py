@@ -3,7 +3,7 @@
 What it runs, in order, each part timed against its planned share of the 8-minute budget
 (PLAN_FULL; printed as it goes and tabled in the report):
 
-1. tests: `pytest -m "gpu or multigpu" tests/` in a subprocess (bench/gpu_tests.py): every test
+1. tests: `pytest -m "gpu or multigpu or trt" tests/` in a subprocess (bench/gpu_tests.py): every test
    marked `gpu` (among them the Triton kernels compiled for the card, every attention backend
    that resolves and the auto probe, the bf16 executor eager and compiled) and, with more than
    one visible GPU, the NCCL tests marked `multigpu` (tests/parallel/test_nccl_parallel.py:
@@ -34,7 +34,7 @@ from wan_engine.device import resolve_device, resolve_dtype
 
 from .ceilings import measure_ceilings
 from .gpu_tests import describe as describe_tests
-from .gpu_tests import run_gpu_tests
+from .gpu_tests import SELECTION, run_gpu_tests
 from .report import REPO_ROOT, SCHEMA, environment, failures, markdown_report, write_json
 from .run import print_results, run_suites, settings_of
 from .suites import check_extra
@@ -125,7 +125,7 @@ def run_gpu_check(out_dir: Path | str, *, dry_run: bool = False, device=None, te
     # The tests first, while this process holds no CUDA context or cached memory: they get the
     # whole card (and every card, for the NCCL ranks).
     began = time.perf_counter()
-    log(f"[gpu-check] GPU-only tests: pytest -m 'gpu or multigpu' {tests}")
+    log(f"[gpu-check] GPU-only tests: pytest -m '{SELECTION}' {tests}")
     test_report = run_gpu_tests(tests, plan.tests_timeout_s, REPO_ROOT, gpus)
     log(f"[gpu-check] tests: {'ok' if test_report['ok'] else 'FAIL'}: {test_report['summary']}; {test_report['nccl']}")
     part_done("tests", began)

@@ -18,7 +18,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-SELECTION = "gpu or multigpu"
+SELECTION = "gpu or multigpu or trt"  # trt tests skip themselves where TensorRT is absent
 PLUGIN = "wan_engine.bench.pytest_plugin"
 NO_TESTS_SELECTED = 5  # pytest's exit code when nothing was collected or everything deselected
 
