@@ -277,3 +277,20 @@ def test_generate_refuses_bad_cache_options(tmp_path, capsys, argv, message):
     assert main(["generate", "--model", "tiny", "--prompt", "x", "--output", str(tmp_path / "v.mp4"), *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "v.mp4").exists()
+
+
+def test_the_executor_reusing_a_residual_stands_in_for_its_blocks(pipes):
+    """skip_blocks(begin(x), residual) with the residual the blocks added at the same step is the
+    full forward (up to fp32 rounding of x + (y - x)); `finish` after either gives the same velocity."""
+    dit = pipes[True].dit
+    gen = torch.Generator().manual_seed(9)
+    x, t = torch.randn(2, 16, 3, 6, 6, generator=gen), torch.tensor([700.0, 300.0])
+    text = dit.prepare_text(torch.randn(2, 12, dit.config.text_dim, generator=gen))
+    with torch.no_grad():
+        stream = dit.begin(x, t)
+        full = dit.run_blocks(stream, text)
+        reused = dit.skip_blocks(stream, full.x - stream.x)
+        torch.testing.assert_close(dit.finish(reused), dit.finish(full), rtol=1e-5, atol=1e-5)
+        assert torch.equal(dit.finish(full), dit.predict(x, t, text))  # the stages are the forward
+    with pytest.raises(ValueError, match="residual must have the stream's shape"):
+        dit.skip_blocks(stream, full.x[:1])
