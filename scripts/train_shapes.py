@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     p.add_argument("--dit-minutes", type=float, default=TrainPlan.dit_minutes)
     p.add_argument("--decoder-minutes", type=float, default=TrainPlan.decoder_minutes)
     p.add_argument("--latent-clips", type=int, default=TrainPlan.latent_clips)
+    p.add_argument("--dit-lr", type=float, default=TrainPlan.dit_lr,
+                   help="the DiT's peak learning rate (a continuation may want a lower one)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="continue from an exported model (official layout): keep its VAE and text encoder, "
                         "train its DiT further")
@@ -45,13 +47,15 @@ def main(argv=None) -> int:
             p.error(f"--{name.replace('_', '-')} must be > 0")
     if args.init_from is not None and args.vae_from is not None:
         p.error("--init-from and --vae-from exclude each other")
+    if not 0 < args.dit_lr < 1:
+        p.error(f"--dit-lr must be in (0, 1), got {args.dit_lr}")
     if args.latent_clips < 1:
         p.error("--latent-clips must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     plan = dataclasses.replace(TrainPlan(), seed=args.seed, vae_minutes=args.vae_minutes,
                                dit_minutes=args.dit_minutes, decoder_minutes=args.decoder_minutes,
-                               latent_clips=args.latent_clips,
+                               latent_clips=args.latent_clips, dit_lr=args.dit_lr,
                                init_from=None if args.init_from is None else str(args.init_from),
                                vae_from=None if args.vae_from is None else str(args.vae_from))
     start = time.perf_counter()
