@@ -104,6 +104,36 @@ class T5Config:
 
 
 @dataclass(frozen=True)
+class ImageEncoderConfig:
+    """The CLIP visual tower Wan's I2V/FLF2V models condition on: open_clip's
+    `xlm-roberta-large-vit-huge-14` (ViT-H/14). Wan reads the output of its penultimate block."""
+
+    image_size: int = 224
+    patch_size: int = 14
+    dim: int = 1280
+    mlp_dim: int = 5120
+    num_heads: int = 16
+    num_layers: int = 32
+    eps: float = 1e-5
+    # open_clip / OpenAI CLIP normalization of the [0, 1] image
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+    def __post_init__(self):
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.num_layers < 2:
+            raise ValueError(f"num_layers must be >= 2 (the features come from the penultimate block), got {self.num_layers}")
+
+    @property
+    def tokens(self) -> int:
+        """Feature rows per image: the class token and one per patch (257 for ViT-H/14 at 224)."""
+        return (self.image_size // self.patch_size) ** 2 + 1
+
+
+@dataclass(frozen=True)
 class SampleDefaults:
     steps: int = 50
     shift: float = 5.0
