@@ -8,6 +8,8 @@ Original (e.g. Wan2.1-T2V-1.3B/):         diffusers (e.g. Wan2.1-T2V-1.3B-Diffus
   models_t5_umt5-xxl-enc-bf16.pth           text_encoder/{config.json, model*.safetensors}
   google/umt5-xxl/  (tokenizer)             tokenizer/
                                             scheduler/scheduler_config.json
+I2V / FLF2V models add the CLIP image encoder:
+  models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth   image_encoder/{config.json, model*.safetensors}
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ DIT_STEM = "diffusion_pytorch_model"
 ORIGINAL_VAE = "Wan2.1_VAE.pth"
 ORIGINAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
 ORIGINAL_TOKENIZER = Path("google") / "umt5-xxl"
+ORIGINAL_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,12 @@ class ModelLayout:
     vae: Path | None  # a file (original) or a directory (diffusers)
     text_encoder: Path | None
     tokenizer: Path | None
+    image_encoder: Path | None = None  # I2V / FLF2V only: a file (original) or a directory (diffusers)
 
     def describe(self) -> str:
         rows = [("layout", self.kind), ("root", self.root), ("dit", self.dit_dir), ("vae", self.vae),
-                ("text encoder", self.text_encoder), ("tokenizer", self.tokenizer)]
+                ("text encoder", self.text_encoder), ("tokenizer", self.tokenizer),
+                ("image encoder", self.image_encoder)]
         return "\n".join(f"{k:>13}: {v if v is not None else '(absent)'}" for k, v in rows)
 
 
@@ -79,6 +84,7 @@ def detect_layout(path: str | Path) -> ModelLayout:
             vae=_existing(root / "vae"),
             text_encoder=_existing(root / "text_encoder"),
             tokenizer=_existing(root / "tokenizer"),
+            image_encoder=_existing(root / "image_encoder"),
         )
     if _has_dit_weights(root):
         config = _read_json(root / "config.json") if (root / "config.json").is_file() else {}
@@ -93,6 +99,7 @@ def detect_layout(path: str | Path) -> ModelLayout:
             vae=_existing(root / ORIGINAL_VAE),
             text_encoder=_existing(root / ORIGINAL_T5),
             tokenizer=_existing(root / ORIGINAL_TOKENIZER),
+            image_encoder=_existing(root / ORIGINAL_CLIP),
         )
     raise CheckpointError(
         f"{root} is in neither known layout: expected either the original Wan2.1 files "
