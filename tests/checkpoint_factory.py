@@ -1,13 +1,15 @@
-"""Writes small random checkpoints in the real on-disk layouts (original Wan2.1 and diffusers)."""
+"""Writes small random checkpoints in the real on-disk layouts (original Wan2.1 and diffusers),
+with the CLIP image encoder of i2v/flf2v models in each layout's own format."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from wan_engine.configs import ModelConfig
+from wan_engine.configs import ImageEncoderConfig, ModelConfig
 from wan_engine.loading.dit_format import official_to_diffusers_dit
 from wan_engine.loading.random_init import random_state_dict
 from wan_engine.loading.t5_format import hf_to_wan_t5
@@ -58,6 +60,11 @@ def write_original(root: Path, config: ModelConfig, seed: int = 0, shards: int =
     wan_t5 = hf_to_wan_t5(text.model.state_dict())
     torch.save({k: v.clone() for k, v in wan_t5.items()}, root / "models_t5_umt5-xxl-enc-bf16.pth")
     text.tokenizer.hf.save_pretrained(root / "google" / "umt5-xxl")
+    clip = random_clip(config, seed)
+    if clip is not None:
+        hf = {f"vision_model.{k}": v for k, v in clip.state_dict().items()}
+        torch.save(official_clip_from_transformers(hf, config.image_encoder.num_layers, config.image_encoder.dim),
+                   root / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
     return root
 
 
@@ -76,7 +83,10 @@ def write_diffusers(root: Path, config: ModelConfig, seed: int = 0) -> Path:
         "_class_name": "WanTransformer3DModel", "patch_size": list(d.patch_size),
         "num_attention_heads": d.num_heads, "attention_head_dim": d.head_dim, "in_channels": d.in_dim,
         "out_channels": d.out_dim, "text_dim": d.text_dim, "freq_dim": d.freq_dim, "ffn_dim": d.ffn_dim,
-        "num_layers": d.num_layers, "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": d.eps}))
+        "num_layers": d.num_layers, "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": d.eps,
+        "image_dim": d.image_dim if d.model_type != "t2v" else None,
+        "added_kv_proj_dim": d.dim if d.model_type != "t2v" else None,
+        "pos_embed_seq_len": 2 * d.image_tokens if d.model_type == "flf2v" else None}))
     save_file({k: v.contiguous() for k, v in official_to_diffusers_dit(dit_sd).items()},
               str(root / "transformer" / "diffusion_pytorch_model.safetensors"))
     v = config.vae
@@ -88,7 +98,55 @@ def write_diffusers(root: Path, config: ModelConfig, seed: int = 0) -> Path:
               str(root / "vae" / "diffusion_pytorch_model.safetensors"))
     text.model.save_pretrained(root / "text_encoder")
     text.tokenizer.hf.save_pretrained(root / "tokenizer")
+    clip = random_clip(config, seed)
+    if clip is not None:
+        clip.save_pretrained(root / "image_encoder")
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps({
         "_class_name": "UniPCMultistepScheduler", "prediction_type": "flow_prediction",
         "use_flow_sigmas": True, "flow_shift": 3.0, "num_train_timesteps": 1000}))
     return root
+
+
+def clip_vision_config(cfg: ImageEncoderConfig):
+    """transformers' CLIPVisionConfig of an ImageEncoderConfig (exact GELU, as the official ViT-H/14)."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=cfg.dim, intermediate_size=cfg.mlp_dim, num_attention_heads=cfg.num_heads,
+                            num_hidden_layers=cfg.num_layers, image_size=cfg.image_size, patch_size=cfg.patch_size,
+                            hidden_act="gelu", layer_norm_eps=cfg.eps)
+
+
+def official_clip_from_transformers(hf: dict, layers: int, dim: int) -> dict:
+    """The official `XLMRobertaCLIP` file for transformers CLIPVisionModel weights (names from
+    `wan/modules/clip.py`, defined here independently of the loader), plus head and text-tower extras."""
+    hf = {k.removeprefix("vision_model."): v for k, v in hf.items()}
+    out = {
+        "visual.patch_embedding.weight": hf["embeddings.patch_embedding.weight"],
+        "visual.cls_embedding": hf["embeddings.class_embedding"].view(1, 1, -1),
+        "visual.pos_embedding": hf["embeddings.position_embedding.weight"][None],
+        "visual.pre_norm.weight": hf["pre_layrnorm.weight"], "visual.pre_norm.bias": hf["pre_layrnorm.bias"],
+        "visual.post_norm.weight": hf["post_layernorm.weight"], "visual.post_norm.bias": hf["post_layernorm.bias"],
+    }
+    for i in range(layers):
+        src, dst = f"encoder.layers.{i}.", f"visual.transformer.{i}."
+        for leaf in ("weight", "bias"):
+            out[dst + f"attn.to_qkv.{leaf}"] = torch.cat([hf[src + f"self_attn.{p}_proj.{leaf}"] for p in "qkv"])
+            for theirs, ours in (("self_attn.out_proj", "attn.proj"), ("layer_norm1", "norm1"),
+                                 ("layer_norm2", "norm2"), ("mlp.fc1", "mlp.0"), ("mlp.fc2", "mlp.2")):
+                out[dst + f"{ours}.{leaf}"] = hf[src + f"{theirs}.{leaf}"]
+    gen = torch.Generator().manual_seed(7)
+    out["visual.head"] = torch.randn(dim, 32, generator=gen)
+    out["textual.token_embedding.weight"] = torch.randn(10, 16, generator=gen)
+    out["textual.head.0.weight"] = torch.randn(8, 16, generator=gen)
+    out["log_scale"] = torch.tensor(math.log(1 / 0.07))
+    return {k: v.clone().contiguous() for k, v in out.items()}
+
+
+def random_clip(config: ModelConfig, seed: int = 0):
+    """A seeded random transformers CLIPVisionModel of the model's image encoder (None for t2v)."""
+    if config.image_encoder is None:
+        return None
+    from transformers import CLIPVisionModel
+
+    torch.manual_seed(seed + 3)
+    return CLIPVisionModel(clip_vision_config(config.image_encoder)).eval()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from checkpoint_factory import clip_vision_config, official_clip_from_transformers
 from wan_engine.assembly import load_image_encoder, random_image_encoder
 from wan_engine.configs import ImageEncoderConfig
 from wan_engine.loading import clip_format
@@ -28,34 +29,11 @@ DIM, LAYERS = CFG.dim, CFG.num_layers
 
 
 def _hf_config(cfg: ImageEncoderConfig) -> CLIPVisionConfig:
-    return CLIPVisionConfig(hidden_size=cfg.dim, intermediate_size=cfg.mlp_dim, num_attention_heads=cfg.num_heads,
-                            num_hidden_layers=cfg.num_layers, image_size=cfg.image_size, patch_size=cfg.patch_size,
-                            hidden_act="gelu", layer_norm_eps=1e-5)
+    return clip_vision_config(cfg)
 
 
 def _official_from_transformers(hf: dict, layers: int) -> dict:
-    """The official `XLMRobertaCLIP` file for these vision weights, plus head and text-tower extras."""
-    hf = {k.removeprefix("vision_model."): v for k, v in hf.items()}
-    out = {
-        "visual.patch_embedding.weight": hf["embeddings.patch_embedding.weight"],
-        "visual.cls_embedding": hf["embeddings.class_embedding"].view(1, 1, -1),
-        "visual.pos_embedding": hf["embeddings.position_embedding.weight"][None],
-        "visual.pre_norm.weight": hf["pre_layrnorm.weight"], "visual.pre_norm.bias": hf["pre_layrnorm.bias"],
-        "visual.post_norm.weight": hf["post_layernorm.weight"], "visual.post_norm.bias": hf["post_layernorm.bias"],
-    }
-    for i in range(layers):
-        src, dst = f"encoder.layers.{i}.", f"visual.transformer.{i}."
-        for leaf in ("weight", "bias"):
-            out[dst + f"attn.to_qkv.{leaf}"] = torch.cat([hf[src + f"self_attn.{p}_proj.{leaf}"] for p in "qkv"])
-            for theirs, ours in (("self_attn.out_proj", "attn.proj"), ("layer_norm1", "norm1"),
-                                 ("layer_norm2", "norm2"), ("mlp.fc1", "mlp.0"), ("mlp.fc2", "mlp.2")):
-                out[dst + f"{ours}.{leaf}"] = hf[src + f"{theirs}.{leaf}"]
-    gen = torch.Generator().manual_seed(7)
-    out["visual.head"] = torch.randn(DIM, 32, generator=gen)
-    out["textual.token_embedding.weight"] = torch.randn(10, 16, generator=gen)
-    out["textual.head.0.weight"] = torch.randn(8, 16, generator=gen)
-    out["log_scale"] = torch.tensor(math.log(1 / 0.07))
-    return {k: v.clone().contiguous() for k, v in out.items()}
+    return official_clip_from_transformers(hf, layers, DIM)
 
 
 def _fake_dit(folder):

@@ -192,8 +192,9 @@ def test_offload_plan_keeps_each_component_on_the_gpu_only_for_its_stage():
 
     gpu = torch.device("cuda", 0)  # a device value; nothing runs on it here
     plan = {stage: stage_placement(stage, device=gpu, text_device=gpu, offload=True)
-            for stage in ("load", "text_encoding", "denoising", "vae_decode")}
-    assert [(p.text_encoder, p.dit) for p in plan.values()] == [(CPU, CPU), (gpu, CPU), (CPU, gpu), (CPU, CPU)]
+            for stage in ("load", "text_encoding", "image_encoding", "denoising", "vae_decode")}
+    assert [(p.text_encoder, p.image_encoder, p.dit) for p in plan.values()] == [
+        (CPU, CPU, CPU), (gpu, CPU, CPU), (CPU, gpu, CPU), (CPU, CPU, gpu), (CPU, CPU, CPU)]
     t5_cpu = stage_placement("text_encoding", device=gpu, text_device=CPU, offload=True)
     assert (t5_cpu.text_encoder, t5_cpu.dit) == (CPU, CPU)
     resident = {stage_placement(s, device=gpu, text_device=gpu, offload=False) for s in plan}

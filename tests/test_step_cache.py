@@ -121,7 +121,7 @@ class ControlledDiT:
         self.first, self.rest, self.layers, self.step = first, rest, layers, 0
         self.blocks_run = 0
 
-    def begin(self, x, t):
+    def begin(self, x, t, y=None):
         b, s, _ = x.shape
         z = torch.zeros(b, 1)
         rope = RopeTable(torch.ones(s, 1), torch.zeros(s, 1), (1, 1, s), s, s)

@@ -26,6 +26,9 @@ def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="text -> MP4")
     p.add_argument("--model", default="tiny", help="model directory (original or diffusers layout) or preset")
     p.add_argument("--prompt", required=True)
+    p.add_argument("--image", default=None, metavar="FIRST.png",
+                   help="i2v/flf2v models: the first frame (the video takes its aspect ratio; --size is the area)")
+    p.add_argument("--last-image", default=None, metavar="LAST.png", help="flf2v models: the last frame")
     p.add_argument("--negative-prompt", default=None, help="default: the official Wan2.1 negative prompt")
     p.add_argument("--output", default="out.mp4", help="the .mp4 file to write (missing folders are created)")
     p.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT, multiples of 16 (default: preset's)")
@@ -171,6 +174,23 @@ def _check_given(args) -> None:
     validation.check_output_file(args.output, "--output", ".mp4")
     if args.save_frames is not None:
         validation.check_output_file(args.save_frames, "--save-frames", ".npy")
+    _check_images(args)  # last: it reads the model's headers
+
+
+def _check_images(args) -> None:
+    """Read and size --image/--last-image against the model's type before the load (the type
+    and default size come from the preset or the checkpoint's headers); state any conversion."""
+    from .assembly import peek_model
+    from .pipelines.image_condition import image_prompt
+
+    dit, sample = peek_model(args.model)
+    if dit.model_type == "t2v" and args.image is None and args.last_image is None:
+        return
+    width, height = sample.size if args.size is None else args.size
+    prompt = image_prompt(args.image, args.last_image, width * height, dit.model_type,
+                          names=("--image", "--last-image"))
+    for note in prompt.conversions():
+        print(f"converted {note}")
 
 
 def cmd_generate(args) -> int:
@@ -188,7 +208,7 @@ def cmd_generate(args) -> int:
     engine = Engine(pipe, dist_timeout_s=timeout_s)  # the --cache policy is the pipeline's default
     request = GenerationRequest(args.prompt, args.negative_prompt, args.size, args.frames, args.steps,
                                 args.guidance, args.shift, args.seed, args.solver, cfg=args.cfg,
-                                sampling=args.sampling)
+                                sampling=args.sampling, image=args.image, last_image=args.last_image)
     result = engine.generate(request, progress=pipe.mesh.rank == 0)  # PeerFailure names the failed collective
     # Reached only when every collective succeeded; after a failure, tearing the group down could
     # wait on the failed peer, so the process just exits.

@@ -45,6 +45,10 @@ class DiTConfig:
     qk_norm: bool = True
     cross_attn_norm: bool = True
     eps: float = 1e-6
+    # i2v/flf2v: width and rows per image of the CLIP features `img_emb` consumes (ViT-H/14's
+    # penultimate block: 257 x 1280; flf2v's `emb_pos` holds two images' rows).
+    image_dim: int = 1280
+    image_tokens: int = 257
 
     def __post_init__(self):
         if self.model_type not in ("t2v", "i2v", "flf2v"):
@@ -153,6 +157,8 @@ class ModelConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     t5: T5Config = field(default_factory=T5Config)
     sample: SampleDefaults = field(default_factory=SampleDefaults)
+    # i2v/flf2v: the CLIP visual tower (None for t2v models)
+    image_encoder: ImageEncoderConfig | None = None
     # Embedded weights: a folder in the official layout, relative to the wan_engine package
     # (None: the preset builds seeded random weights).
     weights: str | None = None
@@ -163,12 +169,25 @@ class ModelConfig:
 
 _T2V_1_3B = DiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)
 _T2V_14B = DiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+# I2V/FLF2V: 16 noise + 4 mask + 16 image-latent input channels.
+_I2V_14B = dataclasses.replace(_T2V_14B, model_type="i2v", in_dim=36)
+_FLF2V_14B = dataclasses.replace(_T2V_14B, model_type="flf2v", in_dim=36)
+# Official generate.py defaults: i2v 40 steps, shift 3.0 at 480p and 5.0 at 720p; flf2v keeps the
+# 50 steps of the non-i2v tasks with shift 16 and prefixes its negative prompt with "镜头切换，"
+# (wan/configs/__init__.py); guidance 5.0 for all.
+_I2V_480P = SampleDefaults(steps=40, shift=3.0, size=(832, 480))
+_I2V_720P = SampleDefaults(steps=40, shift=5.0, size=(1280, 720))
+_FLF2V = SampleDefaults(steps=50, shift=16.0, size=(1280, 720), negative_prompt="镜头切换，" + WAN21_NEGATIVE_PROMPT)
 
 # Toy-sized but architecturally complete: every code path of the real model runs.
 # head_dim 16 keeps the attention backends that need a multiple of 8 usable.
 TINY_T5 = T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
 TINY_DIT = DiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=32, freq_dim=256)
 TINY_VAE = VAEConfig(base_dim=8)
+# A toy CLIP tower (17 rows per image) and the tiny DiT conditioned on it. head_dim 80 as ViT-H/14's,
+# so that the head count of an official-layout file (which carries no config) is inferable.
+TINY_IMAGE_ENCODER = ImageEncoderConfig(image_size=56, patch_size=14, dim=160, mlp_dim=320, num_heads=2, num_layers=3)
+_TINY_IMAGE = dict(in_dim=36, image_dim=TINY_IMAGE_ENCODER.dim, image_tokens=TINY_IMAGE_ENCODER.tokens)
 
 # The `shapes` model (wan_engine/shapes): the real architecture at toy size, trained on the CPU
 # on the shapes world (scripts/train_shapes.py). 4 heads so that Ulysses 2 and 4 divide them; a
@@ -186,6 +205,17 @@ PRESETS: dict[str, ModelConfig] = {
         "tiny", TINY_DIT, TINY_VAE, TINY_T5,
         SampleDefaults(steps=8, size=(64, 64), num_frames=9),
     ),
+    "i2v-14B-480p": ModelConfig("i2v-14B-480p", _I2V_14B, sample=_I2V_480P, image_encoder=ImageEncoderConfig()),
+    "i2v-14B-720p": ModelConfig("i2v-14B-720p", _I2V_14B, sample=_I2V_720P, image_encoder=ImageEncoderConfig()),
+    "flf2v-14B": ModelConfig("flf2v-14B", _FLF2V_14B, sample=_FLF2V, image_encoder=ImageEncoderConfig()),
+    "tiny-i2v": ModelConfig(
+        "tiny-i2v", dataclasses.replace(TINY_DIT, model_type="i2v", **_TINY_IMAGE), TINY_VAE, TINY_T5,
+        SampleDefaults(steps=8, size=(64, 64), num_frames=9), image_encoder=TINY_IMAGE_ENCODER,
+    ),
+    "tiny-flf2v": ModelConfig(
+        "tiny-flf2v", dataclasses.replace(TINY_DIT, model_type="flf2v", **_TINY_IMAGE), TINY_VAE, TINY_T5,
+        SampleDefaults(steps=8, size=(64, 64), num_frames=9), image_encoder=TINY_IMAGE_ENCODER,
+    ),
     # An empty negative prompt: the caption dropout in training used the empty caption.
     "shapes": ModelConfig(
         "shapes", SHAPES_DIT, SHAPES_VAE, SHAPES_T5,
@@ -202,9 +232,13 @@ def get_preset(name: str) -> ModelConfig:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
-def preset_for(dit_dim: int, model_type: str) -> ModelConfig | None:
-    """The published preset whose DiT matches, for sampling defaults and display names."""
-    for preset in PRESETS.values():
-        if preset.dit.dim == dit_dim and preset.dit.model_type == model_type:
+def preset_for(dit_dim: int, model_type: str, folder_name: str = "") -> ModelConfig | None:
+    """The published preset whose DiT matches, for sampling defaults and display names. The I2V
+    480p and 720p checkpoints share one architecture: the folder's name picks (as the official
+    Wan2.1-I2V-14B-720P), else the first (480p)."""
+    matches = [p for p in PRESETS.values() if p.dit.dim == dit_dim and p.dit.model_type == model_type]
+    for preset in matches:
+        resolution = preset.name.rsplit("-", 1)[-1]
+        if resolution in ("480p", "720p") and resolution in folder_name.lower():
             return preset
-    return None
+    return matches[0] if matches else None

@@ -1,8 +1,9 @@
 """Where the text encoder and the DiT live during each stage of a request (the memory options).
 
 `t5_cpu` keeps the text encoder on the CPU for good. `offload` keeps every large component off
-the GPU except while its own stage runs: the text encoder only for text encoding, the DiT only
-for denoising (the VAE stays, it is small and decodes last). The peak GPU memory is then the
+the GPU except while its own stage runs: the text encoder only for text encoding, the image
+encoder (i2v/flf2v) only for image encoding, the DiT only for denoising (the VAE stays, it is
+small and encodes the conditioning frames and decodes last). The peak GPU memory is then the
 largest single stage, not the sum of all weights.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-STAGES = ("load", "text_encoding", "denoising", "vae_decode")
+STAGES = ("load", "text_encoding", "image_encoding", "denoising", "vae_decode")
 CPU = torch.device("cpu")
 
 
@@ -19,6 +20,7 @@ CPU = torch.device("cpu")
 class Placement:
     text_encoder: torch.device
     dit: torch.device
+    image_encoder: torch.device
 
 
 def stage_placement(stage: str, *, device: torch.device, text_device: torch.device, offload: bool) -> Placement:
@@ -28,9 +30,10 @@ def stage_placement(stage: str, *, device: torch.device, text_device: torch.devi
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {', '.join(STAGES)}; got {stage!r}")
     if not offload:
-        return Placement(text_encoder=text_device, dit=device)
+        return Placement(text_encoder=text_device, dit=device, image_encoder=device)
     return Placement(text_encoder=text_device if stage == "text_encoding" else CPU,
-                     dit=device if stage == "denoising" else CPU)
+                     dit=device if stage == "denoising" else CPU,
+                     image_encoder=device if stage == "image_encoding" else CPU)
 
 
 def module_device(module: torch.nn.Module) -> torch.device:

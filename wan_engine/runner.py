@@ -10,6 +10,7 @@ every rank then holds the guided velocity and steps its solver in lockstep with 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -27,6 +28,19 @@ from .reference.dit import pad_context
 GuidedVelocity = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class ImageInputs:
+    """The i2v/flf2v conditioning of one request, the same for both CFG branches (as official):
+    clip_fea [B, T, image_dim] and y [B, C_y, F, H, W], concatenated to the latents on channels."""
+
+    clip_fea: torch.Tensor
+    y: torch.Tensor
+
+    def doubled(self) -> "ImageInputs":
+        """Both branches stacked (the batched CFG forward)."""
+        return ImageInputs(torch.cat([self.clip_fea, self.clip_fea]), torch.cat([self.y, self.y]))
+
+
 def _guide(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float) -> torch.Tensor:
     # Formed exactly as the official code does, so guidance 1 still mixes both branches.
     return v_uncond + guidance * (v_cond - v_uncond)
@@ -35,7 +49,7 @@ def _guide(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float) -> tor
 def make_guided_velocity(dit, context: torch.Tensor, context_null: torch.Tensor, guidance: float,
                          cfg_batch: bool | None = None, mesh: ParallelMesh | None = None,
                          step_cache: StepCache | None = None, graphs: GraphReplayer | None = None,
-                         cfg: bool = True) -> GuidedVelocity:
+                         cfg: bool = True, image: ImageInputs | None = None) -> GuidedVelocity:
     """The CFG step function `u + g * (c - u)` for one request.
 
     dit: a WanExecutor (fast path) or any callable `dit(x, t, context)` such as the reference.
@@ -48,6 +62,7 @@ def make_guided_velocity(dit, context: torch.Tensor, context_null: torch.Tensor,
     graphs: executor only; replays each fixed-shape step as a CUDA graph (eager where inactive).
     cfg: False runs the conditional branch alone, one forward per step (for CFG-distilled models;
     explicit, since guidance 1 is `u + 1 * (c - u)`, not bitwise `c`); `guidance` is then unused.
+    image: the i2v/flf2v conditioning (CLIP features and y), batch B like the latents; None for t2v.
     """
     if mesh is not None and not isinstance(mesh, ParallelMesh):
         raise ValueError(f"mesh must be a ParallelMesh or None, got {type(mesh).__name__}")
@@ -55,32 +70,37 @@ def make_guided_velocity(dit, context: torch.Tensor, context_null: torch.Tensor,
         raise ValueError("step caching needs the executor engine (the reference runs every step)")
     predict = _predictor(step_cache, graphs if isinstance(dit, WanExecutor) else None)
     if not cfg:
-        return _conditional_velocity(dit, context, mesh, predict)
+        return _conditional_velocity(dit, context, mesh, predict, image)
     if mesh is not None and mesh.cfg_size == 2:
-        return _cfg_parallel_velocity(dit, branch_context(mesh, context, context_null), guidance, mesh, predict)
+        return _cfg_parallel_velocity(dit, branch_context(mesh, context, context_null), guidance, mesh, predict,
+                                      image)
+    clip, y = (None, None) if image is None else (image.clip_fea, image.y)
 
     if not takes_prepared_text(dit):
         def reference_velocity(latents, timestep, step=None):
-            return _guide(dit(latents, timestep, context).float(), dit(latents, timestep, context_null).float(),
-                          guidance)
+            return _guide(dit(latents, timestep, context, clip_fea=clip, y=y).float(),
+                          dit(latents, timestep, context_null, clip_fea=clip, y=y).float(), guidance)
         return reference_velocity
 
     cfg_batch = dit.engine_config.cfg_batch if cfg_batch is None else cfg_batch
     if not cfg_batch:
-        text_cond, text_uncond = dit.prepare_text(context), dit.prepare_text(context_null)
+        text_cond, text_uncond = dit.prepare_text(context, clip), dit.prepare_text(context_null, clip)
 
         def separate_velocity(latents, timestep, step=None):
-            return _guide(predict(dit, latents, timestep, text_cond, (COND_BRANCH,), step),
-                          predict(dit, latents, timestep, text_uncond, (UNCOND_BRANCH,), step), guidance)
+            return _guide(predict(dit, latents, timestep, text_cond, (COND_BRANCH,), step, y),
+                          predict(dit, latents, timestep, text_uncond, (UNCOND_BRANCH,), step, y), guidance)
         return separate_velocity
 
     # Both prompts' K/V from one batched preparation (the DiT pads each context to text_len anyway).
     text_len = dit.config.text_len
-    text_both = dit.prepare_text(torch.cat([pad_context(context, text_len), pad_context(context_null, text_len)]))
+    both = None if image is None else image.doubled()
+    text_both = dit.prepare_text(torch.cat([pad_context(context, text_len), pad_context(context_null, text_len)]),
+                                 None if both is None else both.clip_fea)
+    y_both = None if both is None else both.y
 
     def batched_velocity(latents, timestep, step=None):
         v_cond, v_uncond = predict(dit, torch.cat([latents, latents]), torch.cat([timestep, timestep]), text_both,
-                                   (COND_BRANCH, UNCOND_BRANCH), step).chunk(2)
+                                   (COND_BRANCH, UNCOND_BRANCH), step, y_both).chunk(2)
         return _guide(v_cond, v_uncond, guidance)
 
     return batched_velocity
@@ -92,33 +112,35 @@ def takes_prepared_text(dit) -> bool:
     return isinstance(dit, WanExecutor) or (hasattr(dit, "prepare_text") and hasattr(dit, "predict"))
 
 
-def _conditional_velocity(dit, context: torch.Tensor, mesh: ParallelMesh | None, predict) -> GuidedVelocity:
+def _conditional_velocity(dit, context: torch.Tensor, mesh: ParallelMesh | None, predict,
+                          image: ImageInputs | None) -> GuidedVelocity:
     """The conditional branch alone: one forward per step, no negative prompt."""
     if mesh is not None and mesh.cfg_size == 2:
         raise ValueError("cfg=False runs one branch; CFG parallelism (cfg=2) needs two: drop --cfg-parallel")
+    clip, y = (None, None) if image is None else (image.clip_fea, image.y)
     if not takes_prepared_text(dit):
         def reference_conditional(latents, timestep, step=None):
-            return dit(latents, timestep, context).float()
+            return dit(latents, timestep, context, clip_fea=clip, y=y).float()
         return reference_conditional
-    text = dit.prepare_text(context)
+    text = dit.prepare_text(context, clip)
 
     def conditional_velocity(latents, timestep, step=None):
-        return predict(dit, latents, timestep, text, (COND_BRANCH,), step)
+        return predict(dit, latents, timestep, text, (COND_BRANCH,), step, y)
     return conditional_velocity
 
 
 def _predictor(step_cache: StepCache | None, graphs: GraphReplayer | None):
-    """predict(dit, x, t, text, branches, step): the plain executor call, its CUDA-graph replay,
-    or the cached one (which replays graphs itself where it can)."""
+    """predict(dit, x, t, text, branches, step, y): the plain executor call, its CUDA-graph replay,
+    or the cached one (which replays graphs itself where it can); y: i2v/flf2v conditioning or None."""
     if step_cache is not None:
         return step_cache.predict
     if graphs is None or not graphs.active:
-        def predict(dit, x, t, text, branches, step):
-            return dit.predict(x, t, text)
+        def predict(dit, x, t, text, branches, step, y=None):
+            return dit.predict(x, t, text, y=y)
         return predict
 
-    def graphed_predict(dit, x, t, text, branches, step):
-        patches, rope = dit.tokens_in(x, t)
+    def graphed_predict(dit, x, t, text, branches, step, y=None):
+        patches, rope = dit.tokens_in(x, t, y=y)
         fns = StepFunctions(dit, rope, text)
         out = graphs.call(fns.key("full", patches, text), fns.full, patches, t, rope.cos, rope.sin, *text_tensors(text))
         return dit.tokens_out(out, rope)
@@ -126,17 +148,18 @@ def _predictor(step_cache: StepCache | None, graphs: GraphReplayer | None):
 
 
 def _cfg_parallel_velocity(dit, own_context: torch.Tensor, guidance: float, mesh: ParallelMesh,
-                           predict) -> GuidedVelocity:
+                           predict, image: ImageInputs | None) -> GuidedVelocity:
     """One branch on this rank (its own prompt's K/V prepared once), combined across the cfg group."""
+    clip, y = (None, None) if image is None else (image.clip_fea, image.y)
     if takes_prepared_text(dit):
-        text = dit.prepare_text(own_context)
+        text = dit.prepare_text(own_context, clip)
         own = (cfg_branch(mesh),)
 
         def branch(latents, timestep, step=None):
-            return predict(dit, latents, timestep, text, own, step)
+            return predict(dit, latents, timestep, text, own, step, y)
     else:
         def branch(latents, timestep, step=None):
-            return dit(latents, timestep, own_context)
+            return dit(latents, timestep, own_context, clip_fea=clip, y=y)
 
     def cfg_parallel_velocity(latents, timestep, step=None):
         return cfg_combine(branch(latents, timestep, step), mesh, guidance)
@@ -148,7 +171,8 @@ def cfg_denoise(dit, latents: torch.Tensor, context: torch.Tensor, context_null:
                 guidance: float, progress: bool = False, cfg_batch: bool | None = None,
                 mesh: ParallelMesh | None = None, step_cache: StepCache | None = None,
                 graphs: GraphReplayer | None = None, *,
-                on_step: Callable[[int, int], None] | None = None, cfg: bool = True) -> torch.Tensor:
+                on_step: Callable[[int, int], None] | None = None, cfg: bool = True,
+                image: ImageInputs | None = None) -> torch.Tensor:
     """Run every solver step on `latents [B, C, F, H, W]`; returns the final fp32 latents.
 
     The text K/V preparation (executor) happens once here, before the first step. With a
@@ -156,10 +180,12 @@ def cfg_denoise(dit, latents: torch.Tensor, context: torch.Tensor, context_null:
     `step_cache` (built for this request's steps) decides which steps run the block stack.
     `on_step(done, total)` runs after each step (progress; it may raise to stop between steps).
     Under a parallel mesh it runs on every rank, so a callback that stops must stop every rank alike.
+    `image`: the i2v/flf2v conditioning (`ImageInputs`), None for t2v.
     """
     if step_cache is not None and step_cache.steps != solver.num_steps:
         raise ValueError(f"the step cache was built for {step_cache.steps} steps, the solver has {solver.num_steps}")
-    velocity = make_guided_velocity(dit, context, context_null, guidance, cfg_batch, mesh, step_cache, graphs, cfg)
+    velocity = make_guided_velocity(dit, context, context_null, guidance, cfg_batch, mesh, step_cache, graphs, cfg,
+                                    image)
     # One host-to-device copy for the whole schedule: a pageable copy per step would make the
     # host wait for the previous step's GPU work every step (the solver's CPU sigmas enter as
     # scalars and cost nothing).

@@ -57,8 +57,8 @@ def diffusers_transformer(cfg, state_dict: dict, dtype: torch.dtype, device: tor
         patch_size=cfg.patch_size, num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
         in_channels=cfg.in_dim, out_channels=cfg.out_dim, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim,
         ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, cross_attn_norm=cfg.cross_attn_norm, eps=cfg.eps,
-        image_dim=1280 if image else None, added_kv_proj_dim=cfg.dim if image else None,
-        pos_embed_seq_len=514 if cfg.model_type == "flf2v" else None,
+        image_dim=cfg.image_dim if image else None, added_kv_proj_dim=cfg.dim if image else None,
+        pos_embed_seq_len=2 * cfg.image_tokens if cfg.model_type == "flf2v" else None,
     )
     model.load_state_dict(official_to_diffusers_dit(state_dict), strict=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

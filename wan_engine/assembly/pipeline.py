@@ -18,7 +18,9 @@ import torch
 
 from ..cache import CacheConfig, Calibration, published
 from ..cache.calibration import FILE_NAME as CALIBRATION_FILE
-from ..configs import PRESETS, DiTConfig, ModelConfig, T5Config, get_preset, preset_for
+from ..configs import (
+    PRESETS, DiTConfig, ImageEncoderConfig, ModelConfig, SampleDefaults, T5Config, get_preset, preset_for,
+)
 from ..device import resolve_device, resolve_dtype
 from ..engine_config import ENGINES, EngineConfig
 from ..env import LaunchEnv
@@ -40,13 +42,14 @@ from ..reference.dit import WanDiT
 from ..reference.text_encoder import TextEncoder
 from ..reference.vae import WanVAE
 from .components import load_dit, load_text_encoder, load_vae
+from .image_encoder import load_image_encoder, random_image_encoder
 from .text_encoder import random_text_encoder
 
 
 def random_components(config: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int = 0,
                       dit_device: torch.device | None = None):
-    """Reference DiT, VAE and text encoder with seeded random weights (the embedded presets); the
-    DiT on `dit_device` (default `device`)."""
+    """Reference DiT, VAE and text encoder with seeded random weights (the random-weight presets);
+    the DiT on `dit_device` (default `device`). See `random_image_encoder` for i2v/flf2v."""
     with torch.device("meta"):
         dit = WanDiT(config.dit, compute_dtype=dtype)
         vae = WanVAE(config.vae)
@@ -85,6 +88,21 @@ def peek_dit_config(path_or_preset: str | ModelConfig) -> DiTConfig:
     if str(path_or_preset) in PRESETS:
         return get_preset(str(path_or_preset)).dit
     raise _not_a_model(path_or_preset)
+
+
+def peek_model(path_or_preset: str) -> tuple[DiTConfig, SampleDefaults]:
+    """(DiT config, sampling defaults) of a preset or model directory, from headers only."""
+    if str(path_or_preset) in PRESETS:
+        preset = get_preset(str(path_or_preset))
+        return preset.dit, preset.sample
+    dit = peek_dit_config(path_or_preset)
+    preset = preset_for(dit.dim, dit.model_type, Path(str(path_or_preset)).expanduser().resolve().name)
+    return dit, (preset or _fallback_preset(dit.model_type)).sample
+
+
+def _fallback_preset(model_type: str) -> ModelConfig:
+    """The published preset whose sampling defaults a custom model of `model_type` takes."""
+    return get_preset({"t2v": "t2v-14B", "i2v": "i2v-14B-480p", "flf2v": "flf2v-14B"}[model_type])
 
 
 def _not_a_model(path_or_preset) -> ValueError:
@@ -190,32 +208,42 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     embedded = None if isinstance(path_or_preset, ModelConfig) else embedded_weights(str(path_or_preset))
     if embedded is not None:
         path = embedded
+    image_encoder = None
     if isinstance(path_or_preset, ModelConfig):
         config = path_or_preset  # a custom size with seeded random weights (benchmarks, memory tests)
         text, dit, vae = random_components(config, device, dtype, seed, dit_device=home.dit)
         text = TextEncoder(text.model, text.tokenizer, device=text_home, dtype=text_dtype)
+        image_encoder = preset_image_encoder(config, seed, dtype, home.image_encoder)
     elif path.is_dir():
         layout = detect_layout(path)
-        dit = load_dit(layout.root, dtype=dtype, device=home.dit)
-        preset = get_preset(str(path_or_preset)) if embedded else preset_for(dit.config.dim, dit.config.model_type)
+        dit_config = peek_dit_config(layout.root)
+        image_encoder = None
+        if dit_config.model_type != "t2v":
+            image_encoder = load_image_encoder(layout.root, dtype=dtype, device=home.image_encoder)
+            dit_config = image_conditioned(dit_config, image_encoder.cfg, layout.root)
+        dit = load_dit(layout.root, dtype=dtype, device=home.dit, config=dit_config)
+        preset = (get_preset(str(path_or_preset)) if embedded
+                  else preset_for(dit.config.dim, dit.config.model_type, path.resolve().name))
         config = ModelConfig(
             name=preset.name if embedded else f"{preset.name if preset else 'custom'} ({path.name})",
             dit=dit.config,
-            sample=preset.sample if preset else get_preset("t2v-14B").sample,
+            sample=(preset or _fallback_preset(dit.config.model_type)).sample,
         )
         if layout.vae is None:
             raise CheckpointError(f"{path}: no VAE in this {layout.kind} directory")
         vae = load_vae(layout.vae, device=device)
         text = load_text_encoder(layout.root, dtype=text_dtype, device=text_home, text_len=dit.config.text_len)
         config = dataclasses.replace(config, vae=vae.config, t5=text_config(text),
-                                     weights=preset.weights if embedded else None)
+                                     weights=preset.weights if embedded else None,
+                                     image_encoder=None if image_encoder is None else image_encoder.cfg)
     elif str(path_or_preset) in PRESETS:
         config = get_preset(str(path_or_preset))
-        if config.name != "tiny":
+        if not config.name.startswith("tiny"):
             warnings.warn(f"preset {config.name!r} has no embedded weights: using seeded random weights "
                           f"(for benchmarks; the video will be noise)", stacklevel=2)
         text, dit, vae = random_components(config, device, dtype, seed, dit_device=home.dit)
         text = TextEncoder(text.model, text.tokenizer, device=text_home, dtype=text_dtype)
+        image_encoder = preset_image_encoder(config, seed, dtype, home.image_encoder)
     else:
         raise _not_a_model(path_or_preset)
     folder = None if isinstance(path_or_preset, ModelConfig) or not path.is_dir() else path
@@ -238,7 +266,29 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     return dict(config=config, text_encoder=text, dit=dit, vae=vae, device=device, dtype=dtype,
                 text_device=text_device, offload=offload, mesh=mesh, decode_group=decode_group, cache=cache,
                 vae_decode=vae_decode, cuda_graphs=cuda_graphs, vae_decoder=vae_decoder, lora=lora,
-                cache_calibration=model_calibration(folder, config.name))
+                cache_calibration=model_calibration(folder, config.name), image_encoder=image_encoder)
+
+
+def image_conditioned(dit: DiTConfig, encoder: ImageEncoderConfig, root: Path) -> DiTConfig:
+    """The DiT config with the image encoder's feature shape (an i2v checkpoint does not record
+    its rows per image; flf2v's position table does, and must agree)."""
+    if dit.image_dim != encoder.dim:
+        raise CheckpointError(f"{root}: the DiT's image projection takes {dit.image_dim}-wide features, the image "
+                              f"encoder gives {encoder.dim}")
+    if dit.model_type == "flf2v" and dit.image_tokens != encoder.tokens:
+        raise CheckpointError(f"{root}: the DiT's emb_pos holds 2 x {dit.image_tokens} rows, the image encoder "
+                              f"gives {encoder.tokens} per image")
+    return dataclasses.replace(dit, image_tokens=encoder.tokens)
+
+
+def preset_image_encoder(config: ModelConfig, seed: int, dtype: torch.dtype, device: torch.device):
+    """The seeded random CLIP tower of an i2v/flf2v preset (None for t2v)."""
+    if config.dit.model_type == "t2v":
+        return None
+    if config.image_encoder is None:
+        raise ValueError(f"model {config.name!r}: an {config.dit.model_type} model needs image_encoder "
+                         f"(an ImageEncoderConfig)")
+    return random_image_encoder(config.image_encoder, seed=seed + 3, dtype=dtype, device=device)
 
 
 def parse_exported_engine(engine) -> tuple[str, Path] | None:

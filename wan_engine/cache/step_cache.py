@@ -56,9 +56,9 @@ class StepCache:
         return self.threshold is not None
 
     def predict(self, dit, x: torch.Tensor, t: torch.Tensor, text: TextKV, branches: tuple[int, ...],
-                step: int) -> torch.Tensor:
-        """`dit.predict(x, t, text)` with the block stack cached. The batch holds `branches` in
-        order (0 conditional, 1 unconditional), x.shape[0] // len(branches) rows each."""
+                step: int, y: torch.Tensor | None = None) -> torch.Tensor:
+        """`dit.predict(x, t, text, y=y)` with the block stack cached. The batch holds `branches` in
+        order (0 conditional, 1 unconditional), x.shape[0] // len(branches) rows each (y too)."""
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < self.steps:
             raise ValueError(f"step must be an int in [0, {self.steps}) (the solver step being run); got {step!r}")
         rows = x.shape[0] // len(branches)
@@ -69,12 +69,13 @@ class StepCache:
         if exported or self.graphs is not None:
             decisions = [self.schedule[b][step] for b in branches]
             if all(decisions) or not any(decisions):
-                return self._whole_steps(dit, x, t, text, branches, step, rows, all(decisions))
+                return self._whole_steps(dit, x, t, text, branches, step, rows, all(decisions), y)
             if exported:  # the branches disagree: each branch's rows as its own whole step
                 return torch.cat([self._whole_steps(dit, x[j * rows:(j + 1) * rows], t[j * rows:(j + 1) * rows],
-                                                    text.rows(j * rows, (j + 1) * rows), (b,), step, rows, c)
+                                                    text.rows(j * rows, (j + 1) * rows), (b,), step, rows, c,
+                                                    None if y is None else y[j * rows:(j + 1) * rows])
                                   for j, (b, c) in enumerate(zip(branches, decisions))])
-        stream = dit.begin(x, t)
+        stream = dit.begin(x, t, y=y)
         if self.dynamic:
             stream, decisions = self._first_block(dit, stream, text, branches, rows, step)
         else:
@@ -104,10 +105,10 @@ class StepCache:
                 self._record_output(branch, velocity[j * rows:(j + 1) * rows])
         return velocity
 
-    def _whole_steps(self, dit, x, t, text, branches, step, rows, compute: bool) -> torch.Tensor:
+    def _whole_steps(self, dit, x, t, text, branches, step, rows, compute: bool, y=None) -> torch.Tensor:
         """All `branches` computing (storing their residual) or all reusing, as one whole-step
         function: a CUDA-graph replay of the executor's, or an exported DiT's own."""
-        patches, rope = dit.tokens_in(x, t)
+        patches, rope = dit.tokens_in(x, t, y=y)
         if hasattr(dit, "step_functions"):
             fns = dit.step_functions(rope, text)
 

@@ -314,7 +314,7 @@ class Engine:
             return self.pipeline.run(req.prompt, req.negative_prompt, req.size, req.num_frames,
                                      req.num_inference_steps, req.guidance_scale, req.shift, req.seed, req.solver,
                                      progress=progress, cache=cache, on_step=on_step, cfg=req.cfg,
-                                     sampling=req.sampling)
+                                     sampling=req.sampling, image=req.image, last_image=req.last_image)
 
 
 def _call(hook, *args) -> None:

@@ -35,7 +35,8 @@ class RequestLimits:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One text-to-video generation. None means the model's default (the seed: drawn at submit)."""
+    """One generation (text-to-video; with `image` image-to-video). None means the model's default
+    (the seed: drawn at submit)."""
 
     prompt: str
     negative_prompt: str | None = None
@@ -49,6 +50,10 @@ class GenerationRequest:
     cache: str | None = None  # a step-cache spec such as "teacache:0.2"; None: off (lossless)
     cfg: bool | None = None  # False: conditional branch only (distilled models); None: the sampling's (True)
     sampling: str | None = None  # a named sampling preset ("distill-4step"); None: the model's defaults
+    # i2v/flf2v models: local image files read by the process that runs the model (the HTTP
+    # server does not accept these fields: a client must not name files on the server).
+    image: str | None = None
+    last_image: str | None = None
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -124,6 +129,10 @@ def resolve_request(req: GenerationRequest, defaults: SampleDefaults, limits: Re
     elif draw_seed:
         seed = random.SystemRandom().randrange(validation.SEED_BOUND)
     check_cache_spec(req.cache)
+    for field in ("image", "last_image"):
+        value = getattr(req, field)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise RequestError(field, f"{field} must be the path of an image file, got {value!r}")
     return replace(
         req,
         size=(width, height),

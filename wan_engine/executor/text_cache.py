@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..configs import DiTConfig
 from ..ops import OpSet
-from ..reference.dit import CLIP_DIM, CLIP_TOKENS, pad_context
+from ..reference.dit import image_features, pad_context
 from .weights import ContextWeights
 
 
@@ -22,7 +22,7 @@ class TextKV:
     """Per-layer cross-attention keys (RMS-normed) and values of a batch of contexts.
 
     k, v: [num_layers, B, text_len, H, head_dim] in the compute dtype.
-    k_img, v_img: i2v/flf2v CLIP-token keys/values [num_layers, B, 257 (514), H, head_dim], else None.
+    k_img, v_img: i2v/flf2v CLIP-token keys/values [num_layers, B, T, H, head_dim] (T = 257, flf2v 514), else None.
     """
 
     k: torch.Tensor
@@ -77,30 +77,14 @@ def embed_text(context: torch.Tensor, g: dict[str, torch.Tensor], cfg: DiTConfig
 
 
 def embed_image(clip_fea: torch.Tensor, g: dict[str, torch.Tensor], cfg: DiTConfig, dtype: torch.dtype) -> torch.Tensor:
-    """Official MLPProj: CLIP features [B, T, 1280] -> fp32 [B, T, dim] (LayerNorms in fp32)."""
+    """Official MLPProj: CLIP features [B, T, image_dim] -> fp32 [B, T, dim] (LayerNorms in fp32)."""
     x = clip_fea.float()
     if "img_emb_pos" in g:
         x = x + g["img_emb_pos"]
-    x = F.layer_norm(x, (CLIP_DIM,), g["img_ln_in_weight"], g["img_ln_in_bias"], 1e-5)
+    x = F.layer_norm(x, (cfg.image_dim,), g["img_ln_in_weight"], g["img_ln_in_bias"], 1e-5)
     x = F.gelu(F.linear(x.to(dtype), g["img_fc1_weight"], g["img_fc1_bias"]))
     x = F.linear(x, g["img_fc2_weight"], g["img_fc2_bias"])
     return F.layer_norm(x.float(), (cfg.dim,), g["img_ln_out_weight"], g["img_ln_out_bias"], 1e-5)
-
-
-def check_clip_fea(clip_fea: torch.Tensor | None, cfg: DiTConfig, batch: int) -> torch.Tensor | None:
-    """clip_fea as [B, 257 (flf2v: 514), 1280], or a clear error; None for t2v."""
-    if cfg.model_type == "t2v":
-        if clip_fea is not None:
-            raise ValueError("clip_fea is only accepted by i2v/flf2v models; this model_type is 't2v'")
-        return None
-    tokens = 2 * CLIP_TOKENS if cfg.model_type == "flf2v" else CLIP_TOKENS
-    if (not isinstance(clip_fea, torch.Tensor) or clip_fea.shape[-1] != CLIP_DIM
-            or clip_fea.numel() != batch * tokens * CLIP_DIM):
-        got = None if clip_fea is None else tuple(clip_fea.shape)
-        raise ValueError(f"model_type {cfg.model_type!r} needs clip_fea with B*{tokens} tokens of {CLIP_DIM} "
-                         f"([{batch}, {tokens}, {CLIP_DIM}]), got {got}")
-    # flf2v's official [2B, 257, 1280] pairs (first, last frame) reshape to [B, 514, 1280].
-    return clip_fea.reshape(batch, tokens, CLIP_DIM)
 
 
 def prepare_context_kv(ops: OpSet, cfg: DiTConfig, dtype: torch.dtype, g: dict[str, torch.Tensor],
@@ -109,7 +93,7 @@ def prepare_context_kv(ops: OpSet, cfg: DiTConfig, dtype: torch.dtype, g: dict[s
     """context [B, L <= text_len, text_dim] (+ clip_fea for i2v/flf2v) -> TextKV for every layer."""
     if context.ndim != 3 or context.shape[2] != cfg.text_dim:
         raise ValueError(f"context must be [B, L, text_dim={cfg.text_dim}], got {tuple(context.shape)}")
-    clip_fea = check_clip_fea(clip_fea, cfg, context.shape[0])
+    clip_fea = image_features(clip_fea, cfg, context.shape[0])
     text = embed_text(context, g, cfg, dtype)
     ks, vs = zip(*(_project_kv(ops, text, w.kv_weight, w.kv_bias, w.norm_k, cfg, dtype) for w in layers))
     if clip_fea is None:

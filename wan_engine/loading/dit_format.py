@@ -62,7 +62,6 @@ _BLOCK_KEY = re.compile(r"blocks\.(\d+)\.(.+)")
 
 # Published head counts by model width (the official checkpoints' config.json `num_heads`).
 PUBLISHED_NUM_HEADS = {1536: 12, 5120: 40}
-CLIP_TOKENS = 257
 
 
 def _tensor_pairs(modules, tensors) -> list[tuple[str, str]]:
@@ -152,18 +151,27 @@ def infer_dit_config(sd: Mapping, config_json: dict | None = None) -> DiTConfig:
         "qk_norm": "blocks.0.self_attn.norm_q.weight" in sd,
         "cross_attn_norm": "blocks.0.norm3.weight" in sd,
     }
-    if model_type == "flf2v" and _shape(sd, "img_emb.emb_pos")[1] != 2 * CLIP_TOKENS:
-        raise ValueError(f"img_emb.emb_pos must hold {2 * CLIP_TOKENS} tokens, got {_shape(sd, 'img_emb.emb_pos')}")
+    if model_type != "t2v":
+        # The CLIP width from the projection's input LayerNorm; the rows per image from flf2v's
+        # position table (an i2v checkpoint does not fix them: the official 257 of ViT-H/14).
+        inferred["image_dim"] = _shape(sd, "img_emb.proj.0.weight")[0]
+        if model_type == "flf2v":
+            rows = _shape(sd, "img_emb.emb_pos")
+            if len(rows) != 3 or rows[1] % 2 or rows[2] != inferred["image_dim"]:
+                raise ValueError(f"img_emb.emb_pos must be [1, 2 x tokens per image, {inferred['image_dim']}], "
+                                 f"got {rows}")
+            inferred["image_tokens"] = rows[1] // 2
 
     # Official config.json names first, then diffusers' names for the same quantity.
     aliases = {
         "dim": ("dim",), "in_dim": ("in_dim", "in_channels"), "out_dim": ("out_dim", "out_channels"),
         "text_dim": ("text_dim",), "freq_dim": ("freq_dim",), "ffn_dim": ("ffn_dim",),
         "num_layers": ("num_layers",), "model_type": ("model_type",), "patch_size": ("patch_size",),
+        "image_dim": ("image_dim",),
     }
     for field, names in aliases.items():
         name, value = _config_value(config_json, *names)
-        if name is None:
+        if name is None or field not in inferred:
             continue
         value = tuple(value) if field == "patch_size" else value
         if value != inferred[field]:

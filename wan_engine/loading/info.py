@@ -18,12 +18,20 @@ def describe_model(path: str | Path) -> str:
     if is_diffusers_dit(shapes):
         shapes = diffusers_to_official_dit(shapes)
     cfg = infer_dit_config(shapes, layout.dit_config)
-    preset = preset_for(cfg.dim, cfg.model_type)
+    preset = preset_for(cfg.dim, cfg.model_type, Path(path).expanduser().resolve().name)
     params = sum(t.numel() for t in shapes.values())
     lines = [layout.describe(),
              f"{'model':>13}: {cfg.model_type} ({preset.name if preset else 'custom size'}), "
              f"{_count(params)} DiT parameters",
              f"{'dit config':>13}: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())]
+    if cfg.model_type != "t2v":
+        frames = "the first frame (--image)" if cfg.model_type == "i2v" else \
+            "the first and last frames (--image, --last-image)"
+        rows = (2 if cfg.model_type == "flf2v" else 1) * cfg.image_tokens
+        lines.append(f"{'conditioning':>13}: {frames}; {rows} x {cfg.image_dim} CLIP features + "
+                     f"{cfg.in_dim - cfg.out_dim} mask/latent channels")
+        if layout.image_encoder is None:
+            lines.append(f"{'':>13}  (no image encoder in this folder: the model cannot run without one)")
     return "\n".join(lines)
 
 

@@ -1,5 +1,9 @@
 """Text-to-video: prompt -> text embeddings -> denoising loop with CFG -> VAE decode -> uint8 frames.
 
+Image-to-video (i2v) and first-last-frame-to-video (flf2v) models run the same loop with the
+image conditioning of `image_condition` (CLIP features and the masked, VAE-encoded frames) added
+to both CFG branches; `generate(prompt, image=..., last_image=...)`.
+
 Under a multi-process launch every rank runs the same `run` call: rank 0 draws the seed (when
 none is given) and the initial noise and broadcasts both, the DiT runs with sequence and/or CFG
 parallelism, every rank steps the solver on the same guided velocity, and the VAE decode is split
@@ -29,10 +33,11 @@ from ..lora import LoraMerger, LoraReport
 from ..vae.decode import VAEDecodeOptions, VAEDecoder
 from ..parallel.comm import group_size
 from ..parallel.mesh import ParallelMesh
-from ..parallel.runtime import shared_noise, shared_seed
+from ..parallel.runtime import broadcast_from_rank0, shared_noise, shared_seed
 from ..parallel.vae_decode import parallel_vae_decode
 from ..sampling import get_sampling_preset, make_sampling_solver
-from ..runner import cfg_denoise, takes_prepared_text
+from ..runner import ImageInputs, cfg_denoise, takes_prepared_text
+from .image_condition import ImagePrompt, condition_inputs, image_prompt
 from ..placement import place, stage_placement
 
 log = logging.getLogger(__name__)
@@ -60,6 +65,7 @@ class Request:
     solver: str
     cache: CacheConfig | None = None
     cfg: bool = True  # False: the conditional branch alone, one forward per step (distilled models)
+    image: ImagePrompt | None = None  # i2v/flf2v: the first (and last) frame; width/height follow from it
 
 
 def _check_cache(cache):
@@ -86,7 +92,8 @@ class WanPipeline:
                  dtype: torch.dtype, text_device: torch.device | None = None, offload: bool = False,
                  mesh: ParallelMesh | None = None, decode_group=None, cache: CacheConfig | None = None,
                  cache_calibration: Calibration | None = None, vae_decode: VAEDecodeOptions | None = None,
-                 cuda_graphs: bool = True, vae_decoder=None, lora: LoraMerger | None = None):
+                 cuda_graphs: bool = True, vae_decoder=None, lora: LoraMerger | None = None,
+                 image_encoder=None):
         self.mesh = ParallelMesh.single() if mesh is None else mesh
         vae_decode = VAEDecodeOptions() if vae_decode is None else vae_decode
         if not isinstance(vae_decode, VAEDecodeOptions):
@@ -108,6 +115,10 @@ class WanPipeline:
         self.text_encoder = text_encoder
         self.dit = dit
         self.vae = vae
+        if (config.dit.model_type != "t2v") != (image_encoder is not None):
+            raise ValueError(f"image_encoder: a {config.dit.model_type} model "
+                             f"{'needs one' if image_encoder is None else 'takes none'}")
+        self.image_encoder = image_encoder  # the CLIP visual tower of i2v/flf2v models (None for t2v)
         self.device = device
         self.dtype = dtype
         self.text_device = text_device or device
@@ -154,14 +165,16 @@ class WanPipeline:
     def generate(self, prompt: str, negative_prompt: str | None = None, size=None, num_frames=None,
                  steps=None, guidance=None, shift=None, seed=None, solver=None, progress=False,
                  cache: CacheConfig | None | str = "default", *, cfg: bool | None = None,
-                 sampling: str | None = None) -> np.ndarray | None:
+                 sampling: str | None = None, image=None, last_image=None) -> np.ndarray | None:
         """Return uint8 frames `[F, H, W, 3]` (None on ranks other than 0 of a parallel launch).
         Unset options take the model's official defaults; `cache` a `CacheConfig`, None (off) or
         "default" (the pipeline's); `cfg` False runs the conditional branch alone (one forward per
         step); `sampling` a named preset ("distill-4step") whose steps, shift, solver and cfg fill the
-        options left unset."""
+        options left unset. i2v/flf2v models: `image` (and for flf2v `last_image`), each a file
+        path, PIL image or uint8 [H, W, 3] array; `size` is then the area to fill, the video takes
+        the first image's aspect ratio (the official rule)."""
         return self.run(prompt, negative_prompt, size, num_frames, steps, guidance, shift, seed, solver,
-                        progress, cache, cfg=cfg, sampling=sampling).frames
+                        progress, cache, cfg=cfg, sampling=sampling, image=image, last_image=last_image).frames
 
     def set_loras(self, loras) -> tuple[LoraReport, ...]:
         """Replace the merged LoRAs with `loras` (LoraSpec, "FILE[:STRENGTH]" or (file, strength);
@@ -171,7 +184,7 @@ class WanPipeline:
 
     def make_request(self, prompt, negative_prompt=None, size=None, num_frames=None, steps=None,
                      guidance=None, shift=None, seed=None, solver=None, cache="default", cfg=None,
-                     sampling=None) -> Request:
+                     sampling=None, image=None, last_image=None) -> Request:
         d = self.config.sample
         preset = None if sampling is None else get_sampling_preset(sampling)
         if preset is not None:  # the preset's values stand in for the model's defaults
@@ -188,6 +201,14 @@ class WanPipeline:
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise ValueError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
         width, height = validation.check_size(d.size if size is None else size)
+        condition = None
+        model_type = self.config.dit.model_type
+        if model_type != "t2v" or image is not None or last_image is not None:
+            # The requested size is the area; the video takes the first image's aspect ratio.
+            condition = image_prompt(image, last_image, width * height, model_type)
+            width, height = condition.width, condition.height
+            for note in condition.conversions():
+                log.warning("converted %s", note)
         if seed is not None:
             validation.check_seed(seed)
         if self.is_parallel:
@@ -208,14 +229,15 @@ class WanPipeline:
             solver=solver if preset is not None else validation.check_solver(d.solver if solver is None else solver),
             cache=self.cache if isinstance(cache, str) and cache == "default" else _check_cache(cache),
             cfg=True if cfg is None else cfg,
+            image=condition,
         )
 
     def run(self, prompt, negative_prompt=None, size=None, num_frames=None, steps=None, guidance=None,
             shift=None, seed=None, solver=None, progress=False, cache="default", *,
-            on_step=None, cfg=None, sampling=None) -> GenerationResult:
+            on_step=None, cfg=None, sampling=None, image=None, last_image=None) -> GenerationResult:
         """`on_step(done, total)` runs after every denoising step (see `runner.cfg_denoise`)."""
         req = self.make_request(prompt, negative_prompt, size, num_frames, steps, guidance, shift, seed, solver,
-                                cache, cfg, sampling)
+                                cache, cfg, sampling, image, last_image)
         calibration = self._calibration(req.cache)  # a missing calibration fails before any compute
         if req.cache is not None:  # no threshold given: the model's recommended one, else the default
             own = calibration or self.cache_calibration
@@ -225,10 +247,15 @@ class WanPipeline:
             with self._timed(timings, "text_encoding"):
                 self._place("text_encoding")
                 context, context_null = self.encode_prompts(req.prompt, req.negative_prompt)
+            image = None
+            if req.image is not None:
+                with self._timed(timings, "image_encoding"):
+                    self._place("image_encoding")
+                    image = self.encode_image(req)
             with self._timed(timings, "denoising"):
                 self._place("denoising")
                 step_cache = self.make_step_cache(req, calibration)
-                latents = self.denoise(req, context, context_null, progress, step_cache, on_step=on_step)
+                latents = self.denoise(req, context, context_null, progress, step_cache, on_step=on_step, image=image)
                 report = None
                 if step_cache is not None:
                     report = cache_report(step_cache, req.cache, calibration, cfg_group=self.mesh.cfg_group)
@@ -249,6 +276,15 @@ class WanPipeline:
             row[: emb.shape[0]] = emb.to(device=self.device, dtype=self.dtype)
         return padded[:1], padded[1:]
 
+    def encode_image(self, req: Request) -> ImageInputs:
+        """The request's CLIP features and DiT conditioning `y` (mask + VAE latents of the given
+        frames). Under several ranks rank 0's values are broadcast, so every rank conditions alike."""
+        clip_fea, y = condition_inputs(req.image, req.num_frames, self.vae, self.image_encoder, self.device,
+                                       self.dtype)
+        if self.is_parallel:
+            clip_fea, y = (broadcast_from_rank0(t.contiguous(), self.mesh) for t in (clip_fea, y))
+        return ImageInputs(clip_fea, y)
+
     def initial_noise(self, req: Request) -> torch.Tensor:
         vae = self.config.vae
         shape = (1, vae.z_dim, (req.num_frames - 1) // vae.temporal_stride + 1,
@@ -259,13 +295,14 @@ class WanPipeline:
         return torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
 
     def denoise(self, req: Request, context, context_null, progress=False,
-                step_cache: StepCache | None = None, *, on_step=None) -> torch.Tensor:
-        """The final latents; `step_cache` (from `make_step_cache`) skips the block stack on some steps."""
+                step_cache: StepCache | None = None, *, on_step=None, image: ImageInputs | None = None) -> torch.Tensor:
+        """The final latents; `step_cache` (from `make_step_cache`) skips the block stack on some
+        steps; `image` the i2v/flf2v conditioning (`encode_image`)."""
         solver = make_sampling_solver(req.solver, req.steps, req.shift, req.seed, self.device)
         mesh = self.mesh if self.is_parallel else None
         return cfg_denoise(self.dit, self.initial_noise(req), context, context_null, solver,
                            req.guidance, progress=progress, mesh=mesh, step_cache=step_cache, graphs=self.graphs,
-                           on_step=on_step, cfg=req.cfg)
+                           on_step=on_step, cfg=req.cfg, image=image)
 
     def make_step_cache(self, req: Request, calibration: Calibration | None) -> StepCache | None:
         """The request's step cache (its schedule fixed here for TeaCache and MagCache), or None."""
@@ -312,6 +349,8 @@ class WanPipeline:
         """Put the text encoder and the DiT where `stage` needs them (see `placement`)."""
         target = stage_placement(stage, device=self.device, text_device=self.text_device, offload=self.offload)
         moved = place(self.text_encoder.model, target.text_encoder)
+        if self.image_encoder is not None:
+            moved |= place(self.image_encoder, target.image_encoder)
         if isinstance(self.dit, torch.nn.Module):  # an exported DiT's weights live in its runtime
             moved |= place(self.dit, target.dit)
         if moved and self.device.type == "cuda":

@@ -34,8 +34,6 @@ FP32_PARAMETERS = re.compile(
     r"^(time_embedding\.|time_projection\.|head\.|img_emb\.proj\.[04]\.|img_emb\.emb_pos$)"
     r"|\.modulation$|\.norm(_q|_k|_k_img|3)\.(weight|bias)$"
 )
-CLIP_DIM = 1280  # width of the CLIP ViT-H/14 penultimate features the official img_emb consumes
-CLIP_TOKENS = 257  # 16x16 patches + class token per image
 COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -285,24 +283,43 @@ class DiTHead(nn.Module):
         return linear(h, self.head, torch.float32)
 
 
+def image_features(clip_fea: torch.Tensor | None, cfg: DiTConfig, batch: int) -> torch.Tensor | None:
+    """clip_fea as [B, T, image_dim] (T = image_tokens; flf2v 2 x image_tokens, the first frame's
+    rows then the last's), or a clear error; None for t2v. flf2v also takes the official
+    [2B, image_tokens, image_dim] pairs (first, last frame of each sample)."""
+    if cfg.model_type == "t2v":
+        if clip_fea is not None:
+            raise ValueError("clip_fea is only accepted by i2v/flf2v models; this model_type is 't2v'")
+        return None
+    tokens = (2 if cfg.model_type == "flf2v" else 1) * cfg.image_tokens
+    dim = cfg.image_dim
+    if (not isinstance(clip_fea, torch.Tensor) or clip_fea.ndim != 3 or clip_fea.shape[-1] != dim
+            or clip_fea.numel() != batch * tokens * dim):
+        got = None if not isinstance(clip_fea, torch.Tensor) else tuple(clip_fea.shape)
+        raise ValueError(f"model_type {cfg.model_type!r} needs clip_fea with B*{tokens} tokens of {dim} "
+                         f"([{batch}, {tokens}, {dim}]), got {got}")
+    return clip_fea.reshape(batch, tokens, dim)
+
+
 class ImageEmbedding(nn.Module):
     """Official MLPProj: CLIP features -> dim. LN -> Linear -> GELU (exact) -> Linear -> LN;
-    flf2v adds a learned position table over the 2 x 257 first/last-frame tokens."""
+    flf2v adds a learned position table over the first and last frames' tokens."""
 
-    def __init__(self, dim: int, flf2v: bool):
+    def __init__(self, cfg: DiTConfig):
         super().__init__()
-        self.proj = nn.Sequential(nn.LayerNorm(CLIP_DIM), nn.Linear(CLIP_DIM, CLIP_DIM), nn.GELU(),
-                                  nn.Linear(CLIP_DIM, dim), nn.LayerNorm(dim))
-        if flf2v:
-            self.emb_pos = nn.Parameter(torch.zeros(1, 2 * CLIP_TOKENS, CLIP_DIM))
+        d = cfg.image_dim
+        self.proj = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.dim),
+                                  nn.LayerNorm(cfg.dim))
+        if cfg.model_type == "flf2v":
+            self.emb_pos = nn.Parameter(torch.zeros(1, 2 * cfg.image_tokens, d))
 
     def forward(self, clip_fea: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
-        """clip_fea [B, T, 1280] -> [B, T, dim] fp32 (the final LayerNorm is an fp32 op)."""
+        """clip_fea [B, T, image_dim] -> [B, T, dim] fp32 (the final LayerNorm is an fp32 op)."""
         x = clip_fea
         if hasattr(self, "emb_pos"):
             x = x.float() + self.emb_pos.float()
         ln_in, fc1, _, fc2, ln_out = self.proj
-        x = F.layer_norm(x.float(), (CLIP_DIM,), ln_in.weight.float(), ln_in.bias.float(), ln_in.eps)
+        x = F.layer_norm(x.float(), (x.shape[-1],), ln_in.weight.float(), ln_in.bias.float(), ln_in.eps)
         x = linear(F.gelu(linear(x, fc1, compute_dtype)), fc2, compute_dtype)
         return F.layer_norm(x.float(), (x.shape[-1],), ln_out.weight.float(), ln_out.bias.float(), ln_out.eps)
 
@@ -330,7 +347,7 @@ class WanDiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.num_layers))
         self.head = DiTHead(cfg)
         if cfg.model_type != "t2v":
-            self.img_emb = ImageEmbedding(cfg.dim, flf2v=cfg.model_type == "flf2v")
+            self.img_emb = ImageEmbedding(cfg)
         self._rope_tables: dict[tuple, torch.Tensor] = {}
 
     def rope_table(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
@@ -358,7 +375,7 @@ class WanDiT(nn.Module):
         context: text embeddings [B, L, text_dim], L <= text_len (zero-padded to text_len here).
         seq_len: token count to pad the video sequence to (>= f*h*w); padded keys are masked.
         clip_fea: CLIP features [B, 257, 1280] for i2v; for flf2v [B, 514, 1280] (first frame's
-        tokens, then the last frame's) or the official [2B, 257, 1280] pairs.
+        tokens, then the last frame's) or the official [2B, 257, 1280] pairs (`image_features`).
         Returns fp32 [B, out_dim, F, H, W].
         """
         cfg, cd = self.config, self.compute_dtype
@@ -382,23 +399,13 @@ class WanDiT(nn.Module):
         e, e0 = time_conditioning(t, self.time_embedding, self.time_projection, cfg.freq_dim)
         text = pad_context(context, cfg.text_len)
         text = linear(F.gelu(linear(text, self.text_embedding[0], cd), approximate="tanh"), self.text_embedding[2], cd)
-        if cfg.model_type == "t2v":
-            if clip_fea is not None:
-                raise ValueError("clip_fea is only accepted by i2v/flf2v models; this model_type is 't2v'")
-            context = text
-        else:
-            context = torch.cat([self._embed_image(clip_fea, batch), text], dim=1)
+        image = image_features(clip_fea, cfg, batch)
+        if image is not None:  # the image rows precede the text rows, as the official context
+            text = torch.cat([self.img_emb(image, cd), text], dim=1)
+        context = text
 
         rope_table = self.rope_table(grid, x.device)
         for block in self.blocks:
             tokens = block(tokens, e0, context, rope_table, real_len, cd)
         out = self.head(tokens, e)
         return unpatchify(out, grid, cfg.patch_size, cfg.out_dim).float()
-
-    def _embed_image(self, clip_fea: torch.Tensor | None, batch: int) -> torch.Tensor:
-        tokens = 2 * CLIP_TOKENS if self.config.model_type == "flf2v" else CLIP_TOKENS
-        if clip_fea is None or clip_fea.numel() != batch * tokens * CLIP_DIM or clip_fea.shape[-1] != CLIP_DIM:
-            got = None if clip_fea is None else tuple(clip_fea.shape)
-            raise ValueError(f"model_type {self.config.model_type!r} needs clip_fea with B*{tokens} tokens "
-                             f"of {CLIP_DIM} ([{batch}, {tokens}, {CLIP_DIM}]), got {got}")
-        return self.img_emb(clip_fea.reshape(batch, tokens, CLIP_DIM), self.compute_dtype)
