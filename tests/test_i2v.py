@@ -379,3 +379,71 @@ def test_cli_refuses_bad_images_before_the_model_loads(tmp_path, capsys, monkeyp
     argv = [a.format(**files) for a in argv]
     assert main(["generate", "--prompt", PROMPT, "--output", str(tmp_path / "o.mp4"), *argv]) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_exporting_an_image_conditioned_dit_is_refused_before_the_load(tmp_path, capsys, monkeypatch):
+    from wan_engine.cli import main
+
+    monkeypatch.setattr(WanPipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded"))
+    assert main(["export", "--model", "tiny-flf2v", "--component", "dit", "--out", str(tmp_path / "x")]) == 2
+    assert "--component dit: the export covers text-to-video DiTs; flf2v" in capsys.readouterr().err
+
+
+def test_bench_suites_run_image_conditioned_models(tmp_path, capsys):
+    """The DiT, step and e2e suites give an i2v/flf2v model its conditioning, and every row passes
+    against the fp32 reference (the bench exits non-zero on a FAIL row or a failed suite)."""
+    from wan_engine.cli import main
+
+    for suite in ("dit", "step", "e2e"):
+        code = main(["bench", "--suite", suite, "--model", "tiny-flf2v", "--device", "cpu", "--repeats", "1",
+                     "--warmup", "0", "--out", str(tmp_path / suite)])
+        assert code == 0, capsys.readouterr().out[-2000:]
+
+
+@pytest.mark.parametrize("cache", [None, "magcache:0.3,K=3,retention=0.1"], ids=["uncached", "magcache"])
+def test_graph_replays_carry_the_conditioning(pipes, cache):
+    """The graphed step (a stand-in capture on the CPU: no graph recorded, a replay re-runs the
+    function on its static inputs) takes y through the same static inputs as eager."""
+    import contextlib
+
+    from wan_engine.graphs import GraphReplayer
+
+    pipe = pipes["tiny-flf2v"]
+    cache = None if cache is None else CacheConfig.parse(cache, calibration="i2v-14B-480p")
+    kw = dict(size=(48, 48), num_frames=9, steps=6, seed=4, image=rgb(48, 48, 1), last_image=rgb(48, 48, 2),
+              cache=cache)
+    eager = pipe.run(PROMPT, **kw)
+    pipe.graphs = GraphReplayer("cpu", capture=contextlib.nullcontext)
+    try:
+        replayed = pipe.run(PROMPT, **kw)
+        assert pipe.graphs.replays > 0
+    finally:
+        pipe.graphs = GraphReplayer("cpu")
+    assert np.array_equal(eager.frames, replayed.frames)
+
+
+@pytest.mark.gpu
+def test_i2v_graph_replay_equals_eager_on_the_gpu():
+    kw = dict(size=(48, 48), num_frames=9, steps=4, seed=4, image=rgb(48, 48, 1))
+    graphed = WanPipeline.from_pretrained("tiny-i2v", device="cuda", dtype="bf16")
+    eager = WanPipeline.from_pretrained("tiny-i2v", device="cuda", dtype="bf16", cuda_graphs=False)
+    a, b = graphed.run(PROMPT, **kw), eager.run(PROMPT, **kw)
+    assert graphed.graphs.active and graphed.graphs.replays > 0, graphed.graphs.disabled_reason
+    assert np.array_equal(a.frames, b.frames)
+
+
+def test_the_engine_runs_an_i2v_request_from_a_local_image(pipes, tmp_path):
+    from wan_engine.engine import Engine, GenerationRequest
+    from wan_engine.engine.request import RequestError
+
+    path = _save(tmp_path, "first.png", rgb(48, 48, 1))
+    engine = Engine(pipes["tiny-i2v"])
+    try:
+        result = engine.generate(GenerationRequest(PROMPT, size=(48, 48), num_frames=5, num_inference_steps=2,
+                                                   seed=0, image=str(path)))
+        direct = pipes["tiny-i2v"].generate(PROMPT, size=(48, 48), num_frames=5, steps=2, seed=0, image=path)
+        assert np.array_equal(result.frames, direct)
+        with pytest.raises(RequestError, match="image must be the path of an image file"):
+            engine.generate(GenerationRequest(PROMPT, image=b"png bytes"))
+    finally:
+        engine.close()

@@ -177,13 +177,21 @@ def generator(ctx: BenchContext, offset: int = 0) -> torch.Generator:
 
 
 def dit_inputs(ctx: BenchContext, cfg: DiTConfig, batch: int) -> dict[str, torch.Tensor]:
-    """Random (not zero) DiT inputs: x [B, in_dim, f, h, w] fp32, t [B] int64, context [B, 48, text_dim]."""
+    """Random (not zero) DiT inputs: x [B, C, f, h, w] fp32, t [B] int64, context [B, 48, text_dim];
+    for i2v/flf2v also y [B, in_dim - C, f, h, w] (C = out_dim, the noise) and clip_fea
+    [B, T, image_dim]. Keyword arguments of the reference's forward."""
     gen = generator(ctx, 100)
     lf, lh, lw = ctx.latent_grid
-    x = torch.randn(batch, cfg.in_dim, lf, lh, lw, generator=gen, device=ctx.device)
+    noise_channels = cfg.in_dim if cfg.model_type == "t2v" else cfg.out_dim
+    x = torch.randn(batch, noise_channels, lf, lh, lw, generator=gen, device=ctx.device)
     t = torch.randint(0, 1000, (batch,), generator=gen, device=ctx.device)
     context = torch.randn(batch, min(TEXT_TOKENS, cfg.text_len), cfg.text_dim, generator=gen, device=ctx.device)
-    return dict(x=x, t=t, context=context)
+    if cfg.model_type == "t2v":
+        return dict(x=x, t=t, context=context)
+    y = torch.randn(batch, cfg.in_dim - noise_channels, lf, lh, lw, generator=gen, device=ctx.device)
+    rows = (2 if cfg.model_type == "flf2v" else 1) * cfg.image_tokens
+    clip_fea = torch.randn(batch, rows, cfg.image_dim, generator=gen, device=ctx.device)
+    return dict(x=x, t=t, context=context, clip_fea=clip_fea, y=y)
 
 
 def reference_dit(cfg: DiTConfig, state_dict: dict, dtype: torch.dtype, device: torch.device):

@@ -66,10 +66,14 @@ def diffusers_transformer(cfg, state_dict: dict, dtype: torch.dtype, device: tor
 
 def diffusers_call(model, cfg, inputs: dict, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
     """diffusers takes the context already zero-padded to text_len (its pipeline does that)."""
-    x = inputs["x"].to(dtype)
+    x = inputs["x"] if "y" not in inputs else torch.cat([inputs["x"], inputs["y"]], dim=1)
+    x = x.to(dtype)
     context = F.pad(inputs["context"], (0, 0, 0, cfg.text_len - inputs["context"].shape[1])).to(dtype)
     t = inputs["t"]
-    return lambda: model(x, t, context, return_dict=False)[0].float()
+    image = inputs.get("clip_fea")
+    if image is not None:  # diffusers takes flf2v's features as the official [2B, T, D] pairs
+        image = image.reshape(-1, cfg.image_tokens, cfg.image_dim).to(dtype)
+    return lambda: model(x, t, context, encoder_hidden_states_image=image, return_dict=False)[0].float()
 
 
 @dataclass(frozen=True)
@@ -254,8 +258,8 @@ def _call(model, inputs: dict) -> Callable[[], torch.Tensor]:
 
 def _executor_call(executor, inputs: dict) -> Callable[[], torch.Tensor]:
     """The per-step call: text K/V are prepared once per request, so outside the timed region."""
-    text = executor.prepare_text(inputs["context"])
-    return lambda: executor.predict(inputs["x"], inputs["t"], text)
+    text = executor.prepare_text(inputs["context"], inputs.get("clip_fea"))
+    return lambda: executor.predict(inputs["x"], inputs["t"], text, y=inputs.get("y"))
 
 
 def _graphed_call(executor, inputs: dict) -> Callable[[], torch.Tensor]:
@@ -265,12 +269,12 @@ def _graphed_call(executor, inputs: dict) -> Callable[[], torch.Tensor]:
     from wan_engine.executor.steps import StepFunctions, text_tensors
     from wan_engine.graphs import GraphReplayer
 
-    text = executor.prepare_text(inputs["context"])
+    text = executor.prepare_text(inputs["context"], inputs.get("clip_fea"))
     replayer = GraphReplayer(inputs["x"].device)
-    x, t = inputs["x"], inputs["t"]
+    x, t, y = inputs["x"], inputs["t"], inputs.get("y")
 
     def call():
-        patches, rope = executor.tokens_in(x, t)
+        patches, rope = executor.tokens_in(x, t, y=y)
         fns = StepFunctions(executor, rope, text)
         out = replayer.call(fns.key("full", patches, text), fns.full, patches, t, rope.cos, rope.sin,
                             *text_tensors(text))

@@ -31,7 +31,7 @@ from .common import (
 
 SUITE = "e2e"
 PROMPT = "a corgi surfing a wave at sunset, cinematic lighting"
-STAGES = ("text_encoding", "denoising", "vae_decode")
+STAGES = ("text_encoding", "image_encoding", "denoising", "vae_decode")  # image_encoding: i2v/flf2v
 
 
 def stage_costs(ctx: BenchContext, steps: int, dtype_bytes: int) -> dict[str, Cost]:
@@ -46,6 +46,20 @@ def stage_costs(ctx: BenchContext, steps: int, dtype_bytes: int) -> dict[str, Co
     without_text = single_cost("total", denoise.flops + decode.flops, denoise.bytes + decode.bytes)
     return {"text_encoding": text, "denoising": denoise, "vae_decode": decode, "total": total,
             "total_without_text": without_text}
+
+
+def condition_images(ctx: BenchContext) -> dict:
+    """i2v/flf2v: a smooth synthetic first (and last) frame of the requested size, so that the
+    video has that size (the official rule keeps the image's aspect ratio); {} for t2v."""
+    model_type = ctx.dit_config.model_type
+    if model_type == "t2v":
+        return {}
+    y, x = np.mgrid[0:ctx.height, 0:ctx.width] / max(ctx.width, ctx.height)
+
+    def frame(phase: float) -> np.ndarray:
+        return (np.stack([np.sin(5 * x + 2 * c + phase) * np.cos(4 * y) for c in range(3)], -1) * 110 + 128
+                ).astype(np.uint8)
+    return dict(image=frame(0.0), last_image=frame(1.5) if model_type == "flf2v" else None)
 
 
 def timed_runs(ctx: BenchContext, generate, repeats: int, warmup: int):
@@ -118,9 +132,11 @@ def run(ctx: BenchContext) -> SuiteResult:
     def load(engine: str, dtype: torch.dtype):
         return WanPipeline.from_pretrained(ctx.preset, device=ctx.device, dtype=dtype, seed=ctx.seed, engine=engine)
 
+    images = condition_images(ctx)
+
     def generate_with(pipe):
         return lambda: pipe.run(PROMPT, size=(ctx.width, ctx.height), num_frames=ctx.frames, steps=steps,
-                                seed=ctx.seed)
+                                seed=ctx.seed, **images)
 
     def add_rows(impl, dtype, stats, frames=None, oracle_frames=None, note="", attention=None):
         costs = stage_costs(ctx, steps, torch.empty((), dtype=dtype).element_size())
@@ -147,7 +163,10 @@ def run(ctx: BenchContext) -> SuiteResult:
         oracle_frames = last.frames
         add_rows("reference", torch.float32, stats, attention=oracle_pipe.attention_backend)
 
-    if importlib.util.find_spec("diffusers") is None:
+    if images:
+        result.notes.append("e2e diffusers: text-to-video only (its WanPipeline); the I2V/FLF2V chain is checked "
+                            "against WanImageToVideoPipeline in tests/test_i2v.py")
+    elif importlib.util.find_spec("diffusers") is None:
         result.notes.append("e2e diffusers: skipped (diffusers is not installed)")
     else:
         try:

@@ -81,8 +81,8 @@ def _stages(ctx: BenchContext, result: SuiteResult):
     else:
         def executor():
             model = build_executor(reference_dit(cfg, weights, ctx.dtype, ctx.device), dtype=ctx.dtype)
-            text = model.prepare_text(inputs["context"])
-            return model, lambda: model.predict(inputs["x"], inputs["t"], text)
+            text = model.prepare_text(inputs["context"], inputs.get("clip_fea"))
+            return model, lambda: model.predict(inputs["x"], inputs["t"], text, y=inputs.get("y"))
 
         stages.append(("dit forward", "executor", ctx.dtype, dit_shape, dit_cost, executor))
 

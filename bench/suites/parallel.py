@@ -145,11 +145,11 @@ def _dit_forwards(ctx: BenchContext, world: int, timed) -> dict:
 
     def executor():
         model = build(reference_dit(cfg, weights, ctx.dtype, ctx.device), dtype=ctx.dtype)
-        return model, model.prepare_text(inputs["context"])
+        return model, model.prepare_text(inputs["context"], inputs.get("clip_fea"))
 
     with torch.inference_mode():
         single, text = executor()
-        want = timed("dit forward executor-1", lambda: single.predict(inputs["x"], inputs["t"], text))
+        want = timed("dit forward executor-1", lambda: single.predict(inputs["x"], inputs["t"], text, y=inputs.get("y")))
         compared = {}
         for impl, degrees in ((f"ulysses-{world}", dict(ulysses=world)), (f"ring-{world}", dict(ring=world))):
             if "ulysses" in degrees and cfg.num_heads % world:
@@ -157,7 +157,7 @@ def _dit_forwards(ctx: BenchContext, world: int, timed) -> dict:
             mesh = ParallelMesh.build(ParallelConfig(**degrees), timeout=timedelta(seconds=60))
             model, text = executor()
             apply_parallel(model, mesh)
-            got = timed(f"dit forward {impl}", lambda: model.predict(inputs["x"], inputs["t"], text))
+            got = timed(f"dit forward {impl}", lambda: model.predict(inputs["x"], inputs["t"], text, y=inputs.get("y")))
             compared[f"dit {impl}"] = (got.double().cpu().numpy(), want.double().cpu().numpy())
     return compared
 

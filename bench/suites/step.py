@@ -35,8 +35,9 @@ SUITE = "step"
 CASE = "cfg step"
 
 
-def guided_velocity_fn(dit, context, context_null, guidance: float, cfg_batch: bool | None = None):
-    """The runner's guided-velocity function for `dit` (reference or executor).
+def guided_velocity_fn(dit, context, context_null, guidance: float, cfg_batch: bool | None = None, image=None):
+    """The runner's guided-velocity function for `dit` (reference or executor); `image` the
+    i2v/flf2v conditioning (`runner.ImageInputs`) or None.
 
     Falls back to the official two-call form for the reference when the runner predates
     `make_guided_velocity`.
@@ -44,7 +45,7 @@ def guided_velocity_fn(dit, context, context_null, guidance: float, cfg_batch: b
     try:
         from wan_engine.runner import make_guided_velocity
     except ImportError:
-        if cfg_batch is not None:
+        if cfg_batch is not None or image is not None:
             raise
 
         def velocity(x, t):
@@ -52,7 +53,9 @@ def guided_velocity_fn(dit, context, context_null, guidance: float, cfg_batch: b
             return v_uncond + guidance * (v_cond - v_uncond)
 
         return velocity
-    return make_guided_velocity(dit, context, context_null, guidance, cfg_batch=cfg_batch)
+    if image is None:
+        return make_guided_velocity(dit, context, context_null, guidance, cfg_batch=cfg_batch)
+    return make_guided_velocity(dit, context, context_null, guidance, cfg_batch=cfg_batch, image=image)
 
 
 def step_fn(ctx: BenchContext, velocity: Callable, latents: torch.Tensor
@@ -77,6 +80,11 @@ def run(ctx: BenchContext) -> SuiteResult:
     inputs = dit_inputs(ctx, cfg, 2)
     latents = inputs["x"][:1]
     context, context_null = inputs["context"][:1], inputs["context"][1:]
+    image = None
+    if "y" in inputs:  # i2v/flf2v: one request's conditioning, shared by both branches
+        from wan_engine.runner import ImageInputs
+
+        image = ImageInputs(inputs["clip_fea"][:1], inputs["y"][:1])
     guidance = ctx.model.sample.guidance
     lf, lh, lw = ctx.latent_grid
     shape = f"{ctx.size_label} {cfg.num_layers}L latent {lf}x{lh}x{lw} g={guidance}"
@@ -90,7 +98,7 @@ def run(ctx: BenchContext) -> SuiteResult:
         oracle_is_engine = ctx.dtype == torch.float32
         repeats, warmup = (ctx.repeats, ctx.warmup) if oracle_is_engine else (1, 0)
         with exact_fp32(ctx.device):
-            stats, (_, oracle_v) = measure(step_fn(ctx, guided_velocity_fn(oracle, context, context_null, guidance),
+            stats, (_, oracle_v) = measure(step_fn(ctx, guided_velocity_fn(oracle, context, context_null, guidance, image=image),
                                                    latents), ctx.device, repeats, warmup)
         result.rows.append(make_row(ctx, SUITE, CASE, "reference", stats, shape=shape, dtype="fp32",
                                     cost=cost(torch.float32), oracle="(is the oracle)", attention=REFERENCE_ATTENTION,
@@ -103,7 +111,7 @@ def run(ctx: BenchContext) -> SuiteResult:
 
         def timed(impl: str, dit, dtype, attention: str, cfg_batch=None, note=""):
             try:
-                fn = step_fn(ctx, guided_velocity_fn(dit, context, context_null, guidance, cfg_batch), latents)
+                fn = step_fn(ctx, guided_velocity_fn(dit, context, context_null, guidance, cfg_batch, image), latents)
                 stats, (_, v) = measure(fn, ctx.device, ctx.repeats, ctx.warmup)
             except Exception as err:  # noqa: BLE001 - a crash is a failed row
                 result.rows.append(crash_row(ctx, SUITE, CASE, impl, err, shape=shape, dtype=dtype_name(dtype),
