@@ -28,7 +28,8 @@ ALLOWED = {
     "wan_engine.reference": set(),
     "wan_engine.executor": {"wan_engine.reference", "wan_engine.engine_config", "wan_engine.ops",
                             "wan_engine.attention"},
-    "wan_engine.parallel": {"wan_engine.executor", "wan_engine.reference", "wan_engine.attention"},
+    # vae: the tiled decode shares its tiles over the ranks (parallel/vae_tiles.py).
+    "wan_engine.parallel": {"wan_engine.executor", "wan_engine.reference", "wan_engine.attention", "wan_engine.vae"},
     # Export (ONNX, TensorRT) of the executor's fixed-shape core and the static VAE chunks, and the
     # runners that stand in for the executor.
     "wan_engine.export": {"wan_engine.executor", "wan_engine.vae", "wan_engine.reference", "wan_engine.engine_config"},

@@ -35,6 +35,7 @@ from ..parallel.comm import group_size
 from ..parallel.mesh import ParallelMesh
 from ..parallel.runtime import broadcast_from_rank0, shared_noise, shared_seed
 from ..parallel.vae_decode import parallel_vae_decode
+from ..parallel.vae_tiles import agree_on_plan, parallel_tiled_decode
 from ..sampling import get_sampling_preset, make_sampling_solver
 from ..runner import ImageInputs, cfg_denoise, takes_prepared_text
 from .image_condition import ImagePrompt, condition_inputs, image_prompt
@@ -98,9 +99,6 @@ class WanPipeline:
         vae_decode = VAEDecodeOptions() if vae_decode is None else vae_decode
         if not isinstance(vae_decode, VAEDecodeOptions):
             raise ValueError(f"vae_decode must be a VAEDecodeOptions or None; got {type(vae_decode).__name__}")
-        if self.mesh.config.world_size > 1 and not vae_decode.lossless:
-            raise ValueError("VAE tiling and the bf16 decode run in one process; under several ranks the decode is "
-                             "split by rows (parallel_vae_decode), which already bounds each rank's memory")
         if not isinstance(cuda_graphs, bool):
             raise ValueError(f"cuda_graphs must be True or False; got {cuda_graphs!r}")
         # DiT steps and VAE chunks replayed as CUDA graphs (on CUDA; elsewhere off, with the reason).
@@ -315,18 +313,30 @@ class WanPipeline:
     def decode(self, latents: torch.Tensor) -> torch.Tensor | None:
         """Normalized latents `[B, z_dim, f, h, w]` -> video `[B, 3, F, H, W]` in [-1, 1].
 
-        Parallel: every rank holds the same final latents and decodes a slab of rows; the slabs
-        meet on rank 0, which returns the video (None elsewhere). The widest group with at least
-        one latent row per rank is used (the decode group, then the sp group, else each rank
-        decodes alone: only for latents with fewer rows than ranks).
+        Parallel: every rank holds the same final latents. The lossless decode splits the rows:
+        each rank decodes a slab and the slabs meet on rank 0, which returns the video (None
+        elsewhere); the widest group with at least one latent row per rank is used (the decode
+        group, then the sp group, else each rank decodes alone: only for latents with fewer rows
+        than ranks); with the bf16 decode, on its bf16 copy. A tiled decode shares its tiles over
+        the decode group instead (`parallel_tiled_decode`: the one-process tiled video, bit for bit).
         """
         if not self.is_parallel:
             return self.vae_decoder(latents, self.graphs)
-        height = latents.shape[3]
-        group = next((g for g in (self.decode_group, self.mesh.sp_group)
-                      if g is not None and group_size(g) <= height), None)
-        video = parallel_vae_decode(self.vae, latents, group, output="rank0")
-        return video if self.mesh.rank == 0 else None
+        decoder = self.vae_decoder
+        latents = latents.to(next(decoder.vae.parameters()).dtype)  # the bf16 decode's copy, if asked
+        tiles_group = self.decode_group if self.decode_group is not None else self.mesh.sp_group
+        # Collective: an auto plan is sized from each rank's own free memory, so the ranks agree first.
+        plan = decoder.last_plan = agree_on_plan(decoder.plan_for(latents), tuple(latents.shape[3:]), tiles_group,
+                                                 latents.device)
+        if plan.tile is not None:
+            video = parallel_tiled_decode(decoder.vae, latents, plan, tiles_group, parts=decoder.parts(),
+                                          output="rank0")
+        else:
+            height = latents.shape[3]
+            group = next((g for g in (self.decode_group, self.mesh.sp_group)
+                          if g is not None and group_size(g) <= height), None)
+            video = parallel_vae_decode(decoder.vae, latents, group, output="rank0")
+        return video.float() if self.mesh.rank == 0 else None
 
     # -- helpers ----------------------------------------------------------------------------------
 

@@ -64,9 +64,13 @@ class VAEDecoder:
                 self._chunks = decoder_chunks(self.vae)
             call = graphs.call if graphs is not None and graphs.active else None
             return static_decode(self.vae, latents, self._chunks, call).float()
+        return tiled_decode(self.vae, latents, plan, self.parts())
+
+    def parts(self):
+        """The decoder's (trunk, tail) static chunks, built once."""
         if self._parts is None:
             self._parts = decoder_parts(self.vae)
-        return tiled_decode(self.vae, latents, plan, self._parts)
+        return self._parts
 
 
 def auto_tile_plan(vae: WanVAE, latent_shape, device: torch.device) -> TilePlan:

@@ -79,34 +79,73 @@ def tiled_decode(vae: WanVAE, latents: torch.Tensor, plan: TilePlan,
     dropped before the next tile, and is blended into the video where tiles overlap. Peak memory:
     the trunk features, the video, and one tile's cache and activations.
     """
-    vae._check_latents(latents)
     trunk, tail = decoder_parts(vae) if parts is None else parts
+    features = trunk_features(vae, latents, trunk)
+    canvas = TileCanvas(vae, features, plan)
+    for index, tile in enumerate(canvas.tiles):
+        canvas.add(index, decode_tile(tail, features, tile))
+    return canvas.video()
+
+
+@torch.no_grad()
+def trunk_features(vae: WanVAE, latents: torch.Tensor, trunk: StaticChunks) -> torch.Tensor:
+    """The trunk's features of every latent frame [B, C, f, h, w] (whole frames, chunk by chunk)."""
+    vae._check_latents(latents)
     x = vae.conv2(vae.denormalize_latents(latents))
     b, _, f, h, w = x.shape
-    s, ts = vae.config.spatial_stride, vae.config.temporal_stride
     slots = trunk.slots(b, h, w, x.dtype, x.device)
     features = []
     for t in range(f):
         feature, slots = trunk.run(x[:, :, t:t + 1], slots, first=t == 0)
         features.append(feature)
-    del slots
-    features = torch.cat(features, dim=2)
-    rows, cols = plan.spans(h, 0), plan.spans(w, 1)
-    out = torch.zeros(b, 3, ts * (f - 1) + 1, h * s, w * s, device=x.device)
-    total = torch.zeros(h * s, w * s, device=x.device)
-    for i, (r0, r1) in enumerate(rows):
-        for j, (c0, c1) in enumerate(cols):
-            weight = _tile_weight(rows, cols, i, j, s, x.device)
-            total[r0 * s:r1 * s, c0 * s:c1 * s] += weight
-            tile_slots = tail.slots(b, r1 - r0, c1 - c0, x.dtype, x.device)
-            frame = 0
-            for t in range(f):
-                video, tile_slots = tail.run(features[:, :, t:t + 1, r0:r1, c0:c1], tile_slots, first=t == 0)
-                n = video.shape[2]
-                out[:, :, frame:frame + n, r0 * s:r1 * s, c0 * s:c1 * s] += video.float() * weight
-                frame += n
-            del tile_slots
-    return (out / total).clamp(-1.0, 1.0)
+    return torch.cat(features, dim=2)
+
+
+@torch.no_grad()
+def decode_tile(tail: StaticChunks, features: torch.Tensor, tile: tuple[int, int, int, int]) -> torch.Tensor:
+    """The tail over every chunk of one tile (r0, r1, c0, c1 in latent rows/cols), with the tile's
+    own feature cache: the decoded tile [B, 3, F, (r1-r0)*s, (c1-c0)*s] in fp32, unclamped."""
+    r0, r1, c0, c1 = tile
+    b, _, f = features.shape[:3]
+    slots = tail.slots(b, r1 - r0, c1 - c0, features.dtype, features.device)
+    parts = []
+    for t in range(f):
+        video, slots = tail.run(features[:, :, t:t + 1, r0:r1, c0:c1], slots, first=t == 0)
+        parts.append(video.float())
+    return torch.cat(parts, dim=2)
+
+
+class TileCanvas:
+    """The video the decoded tiles of `plan` are blended into, in the order `add` is called (the
+    same order gives the same sums, so a tile-parallel decode that adds them in index order
+    reproduces the one-process decode exactly)."""
+
+    def __init__(self, vae: WanVAE, features: torch.Tensor, plan: TilePlan):
+        b, _, f, h, w = features.shape
+        self.stride = s = vae.config.spatial_stride
+        self.rows, self.cols = plan.spans(h, 0), plan.spans(w, 1)
+        self.tiles = [(r0, r1, c0, c1) for r0, r1 in self.rows for c0, c1 in self.cols]
+        self.shape = (b, 3, vae.config.temporal_stride * (f - 1) + 1, h * s, w * s)  # the video's
+        self.device = features.device
+        self.out = self.total = None  # allocated by the first `add` (a rank that only decodes never does)
+
+    def tile_shape(self, index: int) -> tuple[int, ...]:
+        r0, r1, c0, c1 = self.tiles[index]
+        return (*self.shape[:3], (r1 - r0) * self.stride, (c1 - c0) * self.stride)
+
+    def add(self, index: int, video: torch.Tensor) -> None:
+        i, j = divmod(index, len(self.cols))
+        r0, r1, c0, c1 = self.tiles[index]
+        s = self.stride
+        if self.out is None:
+            self.out = torch.zeros(self.shape, device=self.device)
+            self.total = torch.zeros(self.shape[3:], device=self.device)
+        weight = _tile_weight(self.rows, self.cols, i, j, s, self.out.device)
+        self.total[r0 * s:r1 * s, c0 * s:c1 * s] += weight
+        self.out[:, :, :, r0 * s:r1 * s, c0 * s:c1 * s] += video * weight
+
+    def video(self) -> torch.Tensor:
+        return (self.out / self.total).clamp(-1.0, 1.0)
 
 
 def _tile_weight(rows, cols, i: int, j: int, s: int, device) -> torch.Tensor:
