@@ -1,4 +1,4 @@
-"""Fused Triton kernels for the Wan DiT block, each beside its pure-torch oracle (`*_ref`).
+"""Fused Triton kernels for the Wan DiT block (and the VAE's norm + SiLU), each beside its pure-torch oracle (`*_ref`).
 
 Installed as `wan_engine.kernels`. Without a GPU the kernels run under Triton's interpreter, which
 must be selected (TRITON_INTERPRET=1) before a kernel module is imported.
@@ -10,6 +10,8 @@ package, finds this folder under that name and imports it.
 from importlib import import_module
 
 _MODULES = {
+    "channel_rms_norm_silu": "channel_rms_norm_silu",
+    "channel_rms_norm_silu_ref": "channel_rms_norm_silu",
     "gated_residual_norm": "gated_residual",
     "gated_residual_norm_ref": "gated_residual",
     "layer_norm_affine": "layer_norm_modulate",

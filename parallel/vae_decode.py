@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wan_engine.reference.vae import WanVAE
+from wan_engine.vae.fast import FusedRMSNormSiLU
 from wan_engine.reference.vae_blocks import (
     AttentionBlock,
     CausalConv3d,
@@ -150,7 +151,7 @@ def _apply(layer: nn.Module, x: torch.Tensor, cache: FeatureCache, split: _RowSp
         return _attention(layer, x, split)
     if isinstance(layer, Resample):
         return _upsample(layer, x, cache, split)
-    if isinstance(layer, (RMSNorm, nn.SiLU, nn.Identity)):  # per pixel
+    if isinstance(layer, (RMSNorm, nn.SiLU, nn.Identity, FusedRMSNormSiLU)):  # per pixel
         return layer(x)
     raise TypeError(f"parallel VAE decode does not know how to split {type(layer).__name__} over rows")
 

@@ -36,7 +36,7 @@ ALLOWED = {
     # CUDA-graph capture and replay of fixed-shape tensor functions (torch only).
     "wan_engine.graphs": set(),
     # The VAE as static chunk functions (explicit feature-cache slots) and its tiled decode.
-    "wan_engine.vae": {"wan_engine.reference"},
+    "wan_engine.vae": {"wan_engine.reference", "wan_engine.kernels"},
     # Step-cache policies and their per-request state, over the executor's staged forward.
     "wan_engine.cache": {"wan_engine.executor", "wan_engine.graphs"},
     "wan_engine.runner": {"wan_engine.cache", "wan_engine.executor", "wan_engine.parallel", "wan_engine.reference",

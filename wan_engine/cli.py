@@ -91,6 +91,9 @@ def _add_model_options(p) -> None:
                         "HxW sets the tile size in pixels (multiples of 8)")
     p.add_argument("--vae-dtype", choices=("fp32", "bf16"), default="fp32",
                    help="VAE decode precision (default fp32, the official; bf16 is lossy)")
+    p.add_argument("--vae-speed", default="", metavar="LEVER[,LEVER]",
+                   help="VAE decode speed levers, off by default (rounding-level changes only): fused-norm-silu, "
+                        "channels-last, cudnn-benchmark")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
                    help="merge a LoRA into the DiT at load (repeatable, applied in order; strength default 1)")
     p.add_argument("--quant", choices=("fp8", "fp8-emulated"), default=None,
@@ -102,7 +105,14 @@ def _vae_decode_options(args):
     from .vae.decode import VAEDecodeOptions
     from .vae.tiling import TilePlan
 
-    return VAEDecodeOptions(tiling=TilePlan.parse(args.vae_tiling), dtype=args.vae_dtype)
+    levers = {"fused-norm-silu": "fused_norm_silu", "channels-last": "channels_last",
+              "cudnn-benchmark": "cudnn_benchmark"}
+    asked = [v for v in args.vae_speed.split(",") if v]
+    unknown = [v for v in asked if v not in levers]
+    if unknown:
+        raise ValueError(f"--vae-speed: unknown lever {unknown[0]!r}; choose from {', '.join(levers)}")
+    return VAEDecodeOptions(tiling=TilePlan.parse(args.vae_tiling), dtype=args.vae_dtype,
+                            **{levers[v]: True for v in asked})
 
 
 def _add_parallel_options(p) -> None:
@@ -224,7 +234,11 @@ def _run_notes(pipe) -> list[str]:
     graphs = "on" if pipe.graphs.active else f"off ({pipe.graphs.disabled_reason})"
     plan = pipe.vae_decoder.last_plan
     tiles = "off" if plan is None or plan.tile is None else f"{plan.tile[0]}x{plan.tile[1]} latent tiles, overlap {plan.overlap}"
-    return [f"cuda graphs: {graphs}", f"vae decode: {pipe.vae_decoder.options.dtype}, tiling {tiles}"]
+    o = pipe.vae_decoder.options
+    levers = [name for name, on in (("fused-norm-silu", o.fused_norm_silu), ("channels-last", o.channels_last),
+                                    ("cudnn-benchmark", o.cudnn_benchmark)) if on]
+    return [f"cuda graphs: {graphs}",
+            f"vae decode: {o.dtype}, tiling {tiles}" + (f", {', '.join(levers)}" if levers else "")]
 
 
 def _write_outputs(args, result, load_s: float, parallel, attention: str, notes=()) -> None:

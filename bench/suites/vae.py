@@ -158,10 +158,14 @@ def run(ctx: BenchContext) -> SuiteResult:
     return result
 
 
+LEVER_LATENT_FRAMES = 6
+
+
 def _decode_paths(ctx: BenchContext, cfg, weights: dict, latents, shape: str, oracle, result: SuiteResult) -> None:
     """The pipeline's decode paths, each timed with its peak memory: the static chunk loop (eager),
-    the same with its steady chunk replayed as a CUDA graph (GPU only), and the tiled decode (2x2
-    tiles, overlap 4); at the check's 480p size also the static and tiled decodes at 720p. One
+    the same with its steady chunk replayed as a CUDA graph (GPU only), with each speed lever alone,
+    and the tiled decode (2x2 tiles, overlap 4); at the check's 480p size also the static and tiled
+    decodes at 720p. One
     warm-up (the graph's capture), one timed call each: a full-size decode takes seconds."""
     from wan_engine.graphs import GraphReplayer
     from wan_engine.vae.decode import VAEDecodeOptions, VAEDecoder
@@ -172,6 +176,16 @@ def _decode_paths(ctx: BenchContext, cfg, weights: dict, latents, shape: str, or
     half = TilePlan((lh // 2 + 4, lw // 2 + 4), overlap=4) if min(lh, lw) > 10 else TilePlan((lh // 2 + 2, lw // 2 + 2), 2)
     cases = [("static", latents, None, TilePlan(), shape), ("static-graphs", latents, "graphs", TilePlan(), shape),
              ("tiled-2x2", latents, None, half, shape)]
+    # The speed levers (wan_engine/vae/fast.py), one at a time against the static loop on the same
+    # latents: whether each pays. At most 6 latent frames (21 frames) keeps them inside the check's budget.
+    levers = {"static-fused-norm-silu": dict(fused_norm_silu=True), "static-channels-last": dict(channels_last=True),
+              "static-cudnn-benchmark": dict(cudnn_benchmark=True)}
+    short, short_shape = latents, shape
+    if lf > LEVER_LATENT_FRAMES:
+        short = latents[:, :, :LEVER_LATENT_FRAMES]
+        short_shape = f"{ctx.width}x{ctx.height}x{4 * LEVER_LATENT_FRAMES - 3} latent {LEVER_LATENT_FRAMES}x{lh}x{lw}"
+        cases.append(("static-21f", short, None, TilePlan(), short_shape))
+    cases += [(name, short, None, TilePlan(), short_shape) for name in levers]
     if (ctx.width, ctx.height) == (832, 480):
         big = torch.randn(1, cfg.z_dim, lf, 90, 160, generator=generator(ctx, 301), device=ctx.device)
         shape_720 = f"1280x720x{ctx.frames} latent {lf}x90x160"
@@ -182,7 +196,7 @@ def _decode_paths(ctx: BenchContext, cfg, weights: dict, latents, shape: str, or
             if graphs and ctx.device.type != "cuda":
                 result.notes.append(f"vae {impl}: skipped (CUDA graphs need a GPU)")
                 continue
-            decoder = VAEDecoder(model, VAEDecodeOptions(tiling=plan))
+            decoder = VAEDecoder(model, VAEDecodeOptions(tiling=plan, **levers.get(impl, {})))
             replayer = GraphReplayer(ctx.device) if graphs else None
             try:
                 peak, (stats, out) = _peak_mib(ctx.device, lambda: measure(lambda: decoder(z, replayer), ctx.device,
@@ -193,8 +207,11 @@ def _decode_paths(ctx: BenchContext, cfg, weights: dict, latents, shape: str, or
             note = f"{plan.tiles(z.shape[3], z.shape[4])} tile(s)" + (
                 f"; graphs {'replayed' if replayer.active else 'off: ' + str(replayer.disabled_reason)}" if graphs else "")
             accuracy, bound = {}, None
-            if z is latents and oracle is not None:
-                accuracy = compare_tensors(out.float(), oracle) | _frame_metrics(_frames(out), _frames(oracle), result)
+            if oracle is not None and z.shape[3:] == latents.shape[3:]:
+                # The decode is causal: the first chunks' frames are the whole decode's first frames.
+                reference = oracle[:, :, :out.shape[2]]
+                accuracy = compare_tensors(out.float(), reference) | _frame_metrics(_frames(out), _frames(reference),
+                                                                                    result)
                 bound = vae_frames_bound(torch.float32) if plan.tile is None else None  # tiling is lossy: measured
             result.rows.append(make_row(ctx, SUITE, "vae decode path", impl, stats, shape=row_shape, dtype="fp32",
                                         accuracy=accuracy, oracle="reference fp32 (chunked)" if accuracy else "",

@@ -67,6 +67,18 @@ def _cases():
             x_ptr=BF16, weight_ptr=BF16, out_ptr=BF16, D=dim, eps=EPS,
             stride_xn=dim, stride_xd=1, stride_w=1, BLOCK=block,
         ), warps)
+    # The VAE decoder's widest norm + SiLU: 384 channels over 4 frames of the 720p tail's 90x160.
+    from wan_engine.kernels.channel_rms_norm_silu import _block_s
+
+    for channels, dtype in ((384, F32), (96, BF16)):
+        block_c, block_s, warps = _block_s(channels)
+        positions = 4 * 90 * 160
+        cases[f"channel_rms_norm_silu-{channels}-{'fp32' if dtype is F32 else 'bf16'}"] = (
+            "channel_rms_norm_silu", "_channel_rms_norm_silu_kernel", dict(
+                x_ptr=dtype, gamma_ptr=dtype, out_ptr=dtype, C=channels, S=positions, scale=channels ** 0.5,
+                stride_xb=channels * positions, stride_xc=positions, stride_xs=1, stride_g=1,
+                SILU=True, BLOCK_C=block_c, BLOCK_S=block_s,
+            ), warps)
     return cases
 
 

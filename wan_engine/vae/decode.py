@@ -3,17 +3,18 @@
 `VAEDecodeOptions(tiling=..., dtype=...)`: `tiling` a `TilePlan` (off by default), or "auto" to
 pick tiles per request from the free GPU memory; `dtype` fp32 (the official decode) or bf16
 (lossy: about half the memory and time on a GPU; its quality is reported by the tests and bench).
-Both are off by default.
+Both are off by default. The speed levers `fused_norm_silu`, `channels_last` and
+`cudnn_benchmark` (see `fast.py`) change no math beyond rounding; also off by default.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
 import torch
 
 from ..reference.vae import WanVAE
+from .fast import cudnn_benchmark, decode_copy
 from .static import decoder_chunks, decoder_parts, static_decode
 from .tiling import TilePlan, tiled_decode
 
@@ -26,8 +27,14 @@ PROBE_TILE = 8  # latent rows/cols of the tile the auto plan measures
 class VAEDecodeOptions:
     tiling: TilePlan | str = TilePlan()
     dtype: str = "fp32"
+    fused_norm_silu: bool = False
+    channels_last: bool = False
+    cudnn_benchmark: bool = False
 
     def __post_init__(self):
+        for name in ("fused_norm_silu", "channels_last", "cudnn_benchmark"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"vae {name} must be True or False; got {getattr(self, name)!r}")
         if not (isinstance(self.tiling, TilePlan) or self.tiling == "auto"):
             raise ValueError(f"vae tiling must be a TilePlan or 'auto'; got {self.tiling!r}")
         if self.dtype not in VAE_DTYPES:
@@ -43,7 +50,8 @@ class VAEDecoder:
 
     def __init__(self, vae: WanVAE, options: VAEDecodeOptions | None = None):
         self.options = VAEDecodeOptions() if options is None else options
-        self.vae = vae if self.options.dtype == "fp32" else copy.deepcopy(vae).to(VAE_DTYPES[self.options.dtype])
+        o = self.options
+        self.vae = decode_copy(vae, VAE_DTYPES[o.dtype], o.fused_norm_silu, o.channels_last)
         self._parts = None
         self._chunks = None
         self.last_plan: TilePlan | None = None
@@ -57,7 +65,10 @@ class VAEDecoder:
     def __call__(self, latents: torch.Tensor, graphs=None) -> torch.Tensor:
         """[B, z_dim, f, h, w] -> video [B, 3, F, 8h, 8w] fp32 in [-1, 1]. `graphs` (a
         GraphReplayer) replays the untiled decode's steady chunks as CUDA graphs."""
-        latents = latents.to(next(self.vae.parameters()).dtype)
+        with cudnn_benchmark(self.options.cudnn_benchmark):
+            return self._decode(latents.to(next(self.vae.parameters()).dtype), graphs)
+
+    def _decode(self, latents: torch.Tensor, graphs) -> torch.Tensor:
         plan = self.last_plan = self.plan_for(latents)
         if plan.tile is None:
             if self._chunks is None:
