@@ -167,10 +167,11 @@ def test_one_conditioned_forward_matches_diffusers_transformer(pipes, name):
 
 # -- the pipeline ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["tiny-i2v", "tiny-flf2v"])
-def test_the_executor_pipeline_matches_the_reference_pipeline(pipes, name):
+@pytest.mark.parametrize("name,cfg", [("tiny-i2v", True), ("tiny-flf2v", True), ("tiny-i2v", False)],
+                         ids=["i2v", "flf2v", "i2v-no-cfg"])
+def test_the_executor_pipeline_matches_the_reference_pipeline(pipes, name, cfg):
     reference = WanPipeline.from_pretrained(name, engine="reference")
-    kw = dict(size=(48, 48), num_frames=9, steps=3, seed=2, image=rgb(40, 64, 1))
+    kw = dict(size=(48, 48), num_frames=9, steps=3, seed=2, image=rgb(40, 64, 1), cfg=cfg)
     if name == "tiny-flf2v":
         kw["last_image"] = rgb(40, 64, 2)
     fast = pipes[name].run(PROMPT, **kw)
