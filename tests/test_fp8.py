@@ -1,5 +1,7 @@
 """fp8 weights: the CPU emulation against an independent quantize -> dequantize -> matmul, the
 quantized executor against the dense one, and the GPU `_scaled_mm` path against the emulation."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -89,3 +91,33 @@ def test_scaled_mm_matches_emulation(m, k, n):
     wq, ws = quantize_rows(w)
     got, want = fp8_linear_scaled_mm(x, wq, b, ws).float(), fp8_linear_emulated(x, wq, b, ws).float()
     assert ((got - want).norm() / want.norm()).item() < 1e-2  # bf16 output rounding, accumulation order
+
+
+def test_fp8_bench_weight_bytes_are_the_executors_buffers():
+    """The fp8 suite's weight figures: a 1-layer build scaled to 2 layers equals the 2-layer
+    executor's measured bytes, and fp8 stores the GEMM weights in 1 byte (+ one fp32 scale per row)
+    where bf16 takes 2."""
+    from wan_engine.bench.suites.fp8 import dit_weight_bytes
+    from wan_engine.executor.fp8 import QUANTIZED, weight_bytes
+
+    bf16 = EngineConfig(dtype=torch.bfloat16)
+    figures = {}
+    for quant in (None, "fp8-emulated"):
+        built = {}
+        for layers in (1, 2):
+            dit = WanDiT(dataclasses.replace(SMALL, num_layers=layers))
+            dit.load_state_dict(random_state_dict(dit, 0))
+            ex = build_executor(dit, bf16)
+            if quant is not None:
+                ex.quantize_weights(quant)
+            built[layers] = ex
+        full = dit_weight_bytes(built[2], 2)
+        assert dit_weight_bytes(built[1], 2) == full and full["model"] == weight_bytes(built[2])
+        figures[quant] = full
+    rows = sum(getattr(built[2].blocks[0], name).shape[0] for name in QUANTIZED)  # output channels per layer
+    gemm_numel = figures[None]["gemm"] // 2  # bf16: 2 bytes per value
+    assert figures["fp8-emulated"]["gemm"] == gemm_numel + 2 * rows * 4  # 1 byte per value, fp32 scales
+    saved = figures[None]["model"] - figures["fp8-emulated"]["model"]
+    assert saved == figures[None]["gemm"] - figures["fp8-emulated"]["gemm"]  # nothing else changed size
+    print(f"SMALL (2 layers) DiT weights: bf16 {figures[None]['model']} B -> fp8 {figures['fp8-emulated']['model']} B; "
+          f"block GEMMs {figures[None]['gemm']} -> {figures['fp8-emulated']['gemm']} B")

@@ -4,7 +4,8 @@ Per layer: each block GEMM shape of the model, x [tokens, in] ~ N(0, 1) and W ~ 
 relative L2 error against float64 of the bf16 GEMM and of the fp8 GEMM (`fp8-emulated`: the
 numerics `torch._scaled_mm` computes, see wan_engine/executor/fp8.py). Per forward: one block
 at full width (a few tokens, random weights), the executor in bf16 against fp32, dense and with fp8
-block weights, with the blocks' weight bytes. On CUDA with sm_89+ a row times the real fp8 GEMM.
+block weights, with the weight bytes of the whole DiT (`weights_mib`) and of its block GEMMs, read
+from the executor's buffers. On CUDA with sm_89+ a row times the real fp8 GEMM.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 
 from wan_engine.configs import get_preset
 from wan_engine.executor import build_executor
-from wan_engine.executor.fp8 import fp8_linear_emulated, quantize_rows, weight_bytes
+from wan_engine.executor.fp8 import QUANTIZED, fp8_linear_emulated, quantize_rows, weight_bytes
 from wan_engine.loading.random_init import random_state_dict
 from wan_engine.reference.dit import WanDiT
 
@@ -48,7 +49,23 @@ def layer_rows(preset: str) -> list[dict]:
     return rows
 
 
+def dit_weight_bytes(executor, num_layers: int) -> dict[str, int]:
+    """Bytes of a DiT executor's weights as its buffers hold them (fp8 values and fp32 scales once
+    quantized): "gemm", the six quantizable block GEMM weights with their scales, and "model", every
+    weight. The executor may hold fewer layers than `num_layers` (the suite builds one full-width
+    block: a 14B model does not fit a CPU run); every layer holds the same tensors, so the first
+    layer's measured bytes stand for each missing one."""
+    built = len(executor.blocks)
+    gemm_names = {*QUANTIZED, *QUANTIZED.values()}
+    gemm = sum(t.numel() * t.element_size() for name, t in executor.blocks[0].named_buffers() if name in gemm_names)
+    modulation = executor.globals.modulation  # every layer's modulation, stacked [layers, 6, dim] in the globals
+    layer = (weight_bytes(executor.blocks[0]) + weight_bytes(executor.contexts[0])
+             + modulation.numel() * modulation.element_size() // built)
+    return dict(gemm=num_layers * gemm, model=weight_bytes(executor) + (num_layers - built) * layer)
+
+
 def forward_rows(preset: str, device: torch.device) -> list[dict]:
+    layers = get_preset(preset).dit.num_layers
     cfg = dataclasses.replace(get_preset(preset).dit, num_layers=1)
     dit = WanDiT(cfg)
     dit.load_state_dict(random_state_dict(dit, 0))
@@ -63,9 +80,12 @@ def forward_rows(preset: str, device: torch.device) -> list[dict]:
         if quant is not None:
             ex.quantize_weights(quant)
         out = ex(x, t, ctx)
+        weights = dit_weight_bytes(ex, layers)
         rows.append(dict(suite="fp8", case=f"{preset} forward (1 block)", impl=impl, shape="x".join(map(str, FORWARD_FHW)),
                          dtype="bf16", device="cpu", rel_l2=_rel(out, exact), oracle="fp32 executor",
-                         note=f"block weights {weight_bytes(ex.blocks) / 2**20:.1f} MiB"))
+                         weights_mib=weights["model"] / 2**20, gemm_weights_mib=weights["gemm"] / 2**20,
+                         note=f"DiT weights {weights['model'] / 2**20:.1f} MiB ({layers} layers), block GEMMs "
+                              f"{weights['gemm'] / 2**20:.1f} MiB; one block {weight_bytes(ex.blocks) / 2**20:.1f} MiB"))
     return rows
 
 
@@ -106,10 +126,15 @@ def shapes_rows(ctx: BenchContext) -> list[dict]:
 
 def run(ctx: BenchContext) -> SuiteResult:
     rows = []
-    for preset in ("t2v-1.3B", "t2v-14B"):
-        rows += layer_rows(preset) + forward_rows(preset, ctx.device)
     notes = ["fp8: per-output-channel weight scales, per-token activation scales (e4m3fn); errors vs float64 "
              "(layers) and the fp32 executor (forward); random weights, so no quality claim about a trained model"]
+    for preset in ("t2v-1.3B", "t2v-14B"):
+        forward = forward_rows(preset, ctx.device)
+        rows += layer_rows(preset) + forward
+        dense, fp8 = forward
+        notes.append(f"{preset} DiT weights (the executor's buffers): bf16 {dense['weights_mib']:.0f} MiB -> fp8 "
+                     f"{fp8['weights_mib']:.0f} MiB; block GEMMs {dense['gemm_weights_mib']:.0f} -> "
+                     f"{fp8['gemm_weights_mib']:.0f} MiB")
     if ctx.preset == "shapes":
         rows += shapes_rows(ctx)
     else:
