@@ -3,6 +3,7 @@ field-naming validation, deterministic seeds, and the same frames as the pipelin
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -124,6 +125,9 @@ def test_a_full_queue_refuses_at_once(engine):
     (dict(seed=-1), "seed", "2\\*\\*63"),
     (dict(solver="ddim"), "solver", "unipc"),
     (dict(cache="warpcache:1"), "cache", "teacache"),
+    (dict(cfg="no"), "cfg", "true, false"),
+    (dict(sampling="turbo"), "sampling", "distill-4step"),
+    (dict(sampling="distill-4step", num_inference_steps=8), "num_inference_steps", "must be 4"),
 ])
 def test_bad_fields_are_refused_naming_the_field(engine, fields, field, match):
     request = GenerationRequest(**{"prompt": "ok", **fields})
@@ -164,3 +168,19 @@ def test_warmup_and_close(pipe):
 def test_max_queue_is_checked():
     with pytest.raises(ValueError, match="max_queue must be an integer >= 1"):
         Engine(object(), max_queue=0)
+
+
+def test_cfg_is_resolved_and_cfg_false_is_refused_at_submit_under_cfg_parallelism(pipe):
+    """The job reports the cfg it runs with (the sampling preset's when unset); a server with CFG
+    parallelism refuses a one-branch request at once instead of failing it on every rank."""
+    engine = Engine(pipe)
+    assert engine.resolve(GenerationRequest("x")).cfg is True
+    assert engine.resolve(GenerationRequest("x", sampling="distill-4step")).cfg is False
+    assert engine.resolve(GenerationRequest("x", sampling="distill-4step", cfg=True)).cfg is True
+    cfg_parallel = SimpleNamespace(mesh=SimpleNamespace(rank=0, cfg_size=2), is_parallel=False, config=pipe.config)
+    engine = Engine(cfg_parallel)  # only resolve is called: a stand-in for a rank of a --cfg-parallel launch
+    for request in (GenerationRequest("x", cfg=False), GenerationRequest("x", sampling="distill-4step")):
+        with pytest.raises(RequestError, match="cfg-parallel") as err:
+            engine.resolve(request)
+        assert err.value.field == "cfg"
+    assert engine.resolve(GenerationRequest("x")).cfg is True

@@ -36,6 +36,7 @@ def test_create_retrieve_download_list_delete(client):
     assert job["object"] == "video" and job["model"] == "wan-tiny" and job["status"] in ("queued", "in_progress")
     assert job["seed"] == 5 and job["size"] == "32x32" and job["num_frames"] == 5 and job["seconds"] == "0.25"
     assert job["num_inference_steps"] == 2 and job["guidance_scale"] == 5.0 and job["solver"] == "unipc"
+    assert job["cfg"] is True and job["sampling"] is None  # the defaults, resolved
     done = wait_for_status(client, job["id"])
     assert done["status"] == "completed" and done["progress"] == 100 and done["completed_at"] >= done["created_at"]
     assert set(done["timings"]) >= {"text_encoding", "denoising", "vae_decode"} and done["error"] is None
@@ -104,12 +105,53 @@ def test_list_pages_with_after_limit_and_order(client):
     ({"prompt": "x" * 3000}, "prompt", "at most 2000 characters"),
     ({"prompt": "x", "solver": "ddim"}, "solver", "unipc"),
     ({"prompt": "x", "cache": "nocache:1"}, "cache", "teacache"),
+    ({"prompt": "x", "cfg": "maybe"}, "cfg", "true or false"),
+    ({"prompt": "x", "cfg": 0}, "cfg", "true or false"),
+    ({"prompt": "x", "sampling": "turbo-2step"}, "sampling", "distill-4step"),
+    ({"prompt": "x", "sampling": "distill-4step", "num_inference_steps": 10}, "num_inference_steps", "must be 4"),
+    ({"prompt": "x", "image": "/etc/passwd"}, "image", "unknown field"),  # clients never name server files
 ])
 def test_bad_fields_get_422_naming_the_field(client, body, field, match):
     response = client.post("/v1/videos", json=body)
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["param"] == field and field in error["message"] and re.search(match, error["message"]), error
+
+
+@pytest.mark.parametrize("value", ["maybe", "1", "no", "", "False"])
+def test_form_cfg_accepts_only_true_or_false(client, value):
+    response = client.post("/v1/videos", data={"prompt": "x", "cfg": value})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["param"] == "cfg" and "true or false" in error["message"], error
+
+
+def test_cfg_and_sampling_run_and_are_reported(client, tmp_path):
+    """`sampling` (JSON) and `cfg` (a form string) reach the run: the served videos equal the
+    Engine's for the same fields, which differ from the default CFG video."""
+    base = {"prompt": "a blue kite", "seed": 21, "size": "32x32", "num_frames": 5}
+    distill = client.post("/v1/videos", json={**base, "sampling": "distill-4step"})
+    no_cfg = client.post("/v1/videos", data={**{k: str(v) for k, v in base.items()}, "num_inference_steps": "2",
+                                             "cfg": "false"})
+    assert distill.status_code == no_cfg.status_code == 200, (distill.text, no_cfg.text)
+    engine = Engine(WanPipeline.from_pretrained("tiny", device="cpu"))
+    fields = dict(size=(32, 32), num_frames=5, seed=21)
+    expected = {
+        "distill": dict(sampling="distill-4step", cfg=False, num_inference_steps=4, shift=5.0),
+        "no_cfg": dict(sampling=None, cfg=False, num_inference_steps=2),
+    }
+    for name, response in (("distill", distill), ("no_cfg", no_cfg)):
+        job = wait_for_status(client, response.json()["id"])
+        assert job["status"] == "completed", job
+        for record in (response.json(), job):  # at creation and once done
+            assert {k: record[k] for k in expected[name]} == expected[name], record
+        local = engine.generate(GenerationRequest(base["prompt"], **fields, **{k: v for k, v in expected[name].items()
+                                                                              if k != "shift"})).frames
+        served = tmp_path / f"{name}.mp4"
+        served.write_bytes(client.get(f"/v1/videos/{job['id']}/content").content)
+        np.testing.assert_array_equal(read_video(served), read_video(save_video(local, tmp_path / f"{name}-local.mp4")))
+    with_cfg = engine.generate(GenerationRequest(base["prompt"], **fields, num_inference_steps=2)).frames
+    assert not np.array_equal(with_cfg, local)  # cfg=False changed the video: the field was not ignored
 
 
 def test_malformed_json_oversized_body_and_wrong_type_are_refused(client):

@@ -69,3 +69,20 @@ def test_errors_reach_the_client_typed(client):
         bad_key = openai.OpenAI(base_url=str(client.base_url), api_key="wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError):
             bad_key.videos.list()
+
+
+def test_cfg_and_sampling_through_extra_body(client):
+    """The `openai` package sends extra_body as form fields: a Python False arrives as the text
+    the server's strict cfg parser accepts."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        no_cfg = client.videos.create_and_poll(prompt="a kite", size="32x32", seconds="0.25", poll_interval_ms=50,
+                                               extra_body={"num_inference_steps": 2, "seed": 3, "cfg": False})
+        distill = client.videos.create_and_poll(prompt="a kite", size="32x32", seconds="0.25", poll_interval_ms=50,
+                                                extra_body={"seed": 3, "sampling": "distill-4step"})
+        assert no_cfg.status == distill.status == "completed"
+        assert no_cfg.model_extra["cfg"] is False and no_cfg.model_extra["sampling"] is None
+        assert distill.model_extra["sampling"] == "distill-4step" and distill.model_extra["cfg"] is False
+        assert distill.model_extra["num_inference_steps"] == 4
+        with pytest.raises(openai.UnprocessableEntityError, match="cfg must be true or false"):
+            client.videos.create(prompt="x", size="32x32", extra_body={"cfg": "maybe"})

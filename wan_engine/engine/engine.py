@@ -84,7 +84,14 @@ class Engine:
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
         """The request with every field checked (RequestError names the bad one) and every default
         filled in, the seed included (drawn here when unset, so the job reports it from the start)."""
-        return resolve_request(request, self.pipeline.config.sample, self.limits)
+        return self._refuse_unrunnable(resolve_request(request, self.pipeline.config.sample, self.limits))
+
+    def _refuse_unrunnable(self, req: GenerationRequest) -> GenerationRequest:
+        # Refused at submit (a 422 from the server) instead of failing on every rank once the job runs.
+        if req.cfg is False and self.pipeline.mesh.cfg_size == 2:
+            raise RequestError("cfg", "cfg false runs one branch; this server runs the two CFG branches on "
+                                      "different ranks (--cfg-parallel)")
+        return req
 
     def warmup(self) -> float:
         """One short generation (the default size, 1 frame, 2 steps) so that compilation, attention
@@ -102,8 +109,8 @@ class Engine:
         there the queue's worker (which talks to the other ranks) must not be running."""
         if self.channel is not None and self._worker is not None:
             raise RuntimeError("generate() under a launch cannot run beside the queue's worker; use submit()")
-        req = resolve_request(request, self.pipeline.config.sample, self.limits,
-                              draw_seed=not self.pipeline.is_parallel)
+        req = self._refuse_unrunnable(resolve_request(request, self.pipeline.config.sample, self.limits,
+                                                      draw_seed=not self.pipeline.is_parallel))
         return self._run(req, on_step, progress=progress)
 
     def submit(self, request: GenerationRequest, *, job_id: str | None = None,

@@ -107,6 +107,10 @@ def resolve_request(req: GenerationRequest, defaults: SampleDefaults, limits: Re
         defaults = replace(defaults, steps=preset.steps, shift=preset.shift)
     if req.cfg is not None and not isinstance(req.cfg, bool):
         raise RequestError("cfg", f"cfg must be true, false or null, got {req.cfg!r}")
+    if preset is not None and req.num_inference_steps not in (None, preset.steps):
+        # Refused here rather than when the job runs: the preset's solver has fixed timesteps.
+        raise RequestError("num_inference_steps", f"num_inference_steps must be {preset.steps} (or unset) with "
+                                                  f"sampling {req.sampling!r}, got {req.num_inference_steps!r}")
     if not isinstance(req.prompt, str) or not req.prompt.strip():
         raise RequestError("prompt", "prompt must be a non-empty string")
     if len(req.prompt) > limits.max_prompt_chars:
@@ -142,6 +146,7 @@ def resolve_request(req: GenerationRequest, defaults: SampleDefaults, limits: Re
                                 defaults.guidance if req.guidance_scale is None else req.guidance_scale),
         shift=_checked("shift", validation.check_shift, defaults.shift if req.shift is None else req.shift),
         seed=seed,
+        cfg=req.cfg if req.cfg is not None else (preset.cfg if preset is not None else True),
         solver=None if preset is not None and req.solver is None else _checked(
             "solver", validation.check_solver, defaults.solver if req.solver is None else req.solver),
     )

@@ -2,8 +2,10 @@
 job object the server returns (OpenAI's Video fields, plus the resolved Wan parameters).
 
 Form fields arrive as strings (the `openai` package sends `create` as multipart/form-data, with
-`extra_body` merged into the form), so numbers are parsed from text there; a JSON body must carry
-real numbers. Either way a bad value is a RequestError naming the field and what it accepts.
+`extra_body` merged into the form), so numbers and `cfg` are parsed from text there; a JSON body
+must carry real numbers and booleans. Either way a bad value is a RequestError naming the field and
+what it accepts. `image`/`last_image` are deliberately not fields: a client must not name files on
+the server.
 """
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ from ..video import WAN_FPS
 
 INT_FIELDS = ("num_frames", "seed", "num_inference_steps", "fps")
 FLOAT_FIELDS = ("guidance_scale", "shift", "seconds")
-TEXT_FIELDS = ("prompt", "negative_prompt", "size", "solver", "cache", "model")
-FIELDS = frozenset(INT_FIELDS + FLOAT_FIELDS + TEXT_FIELDS)
+BOOL_FIELDS = ("cfg",)
+TEXT_FIELDS = ("prompt", "negative_prompt", "size", "solver", "cache", "sampling", "model")
+FIELDS = frozenset(INT_FIELDS + FLOAT_FIELDS + BOOL_FIELDS + TEXT_FIELDS)
+FORM_BOOLS = {"true": True, "false": False}  # what httpx (and so `openai`) sends; "1", "no", "" are refused
 MAX_MODEL_CHARS = 200
 MAX_FPS = 120
 
@@ -41,6 +45,14 @@ def _float(field: str, value, from_form: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise RequestError(field, f"{field} must be a finite number, got {value!r}")
     return float(value)
+
+
+def _bool(field: str, value, from_form: bool) -> bool:
+    if from_form and isinstance(value, str) and value in FORM_BOOLS:
+        return FORM_BOOLS[value]
+    if not isinstance(value, bool):
+        raise RequestError(field, f"{field} must be true or false, got {value!r}")
+    return value
 
 
 def parse_size(text) -> tuple[int, int]:
@@ -79,6 +91,8 @@ def parse_create(body, from_form: bool) -> tuple[GenerationRequest, str | None, 
             values[name] = _int(name, value, from_form)
         elif name in FLOAT_FIELDS:
             values[name] = _float(name, value, from_form)
+        elif name in BOOL_FIELDS:
+            values[name] = _bool(name, value, from_form)
         elif not isinstance(value, str):
             raise RequestError(name, f"{name} must be a string, got {value!r}")
         else:
@@ -123,6 +137,7 @@ def new_record(job_id: str, request: GenerationRequest, model: str, fps: int, cr
         "negative_prompt": request.negative_prompt, "num_frames": request.num_frames,
         "num_inference_steps": request.num_inference_steps, "guidance_scale": request.guidance_scale,
         "shift": request.shift, "solver": request.solver, "cache": request.cache, "seed": request.seed,
+        "cfg": request.cfg, "sampling": request.sampling,
         "timings": {},
     }
 
