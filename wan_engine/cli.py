@@ -289,6 +289,12 @@ def cmd_serve(args) -> int:
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be in [1, 65535], got {args.port}")
     timeout_s = _check_dist_timeout(args)
+    from .assembly import peek_model
+
+    model_type = peek_model(args.model)[0].model_type
+    if model_type != "t2v":  # its requests need an image, which the wire format does not carry
+        raise ValueError(f"--model: serving {model_type} models over HTTP is not supported yet (the /v1/videos body "
+                         f"carries no image); embed the Engine and pass local image paths instead")
     config = ServeConfig(model=args.model, host=args.host, port=args.port, api_key=args.api_key,
                          max_queue=args.max_queue, output_dir=args.output_dir, max_body_bytes=args.max_body_bytes,
                          warmup=args.warmup, dist_timeout_s=timeout_s)
