@@ -77,9 +77,11 @@ def make_guided_velocity(dit, context: torch.Tensor, context_null: torch.Tensor,
     clip, y = (None, None) if image is None else (image.clip_fea, image.y)
 
     if not takes_prepared_text(dit):
+        extra = _reference_image_args(image)
+
         def reference_velocity(latents, timestep, step=None):
-            return _guide(dit(latents, timestep, context, clip_fea=clip, y=y).float(),
-                          dit(latents, timestep, context_null, clip_fea=clip, y=y).float(), guidance)
+            return _guide(dit(latents, timestep, context, **extra).float(),
+                          dit(latents, timestep, context_null, **extra).float(), guidance)
         return reference_velocity
 
     cfg_batch = dit.engine_config.cfg_batch if cfg_batch is None else cfg_batch
@@ -119,14 +121,22 @@ def _conditional_velocity(dit, context: torch.Tensor, mesh: ParallelMesh | None,
         raise ValueError("cfg=False runs one branch; CFG parallelism (cfg=2) needs two: drop --cfg-parallel")
     clip, y = (None, None) if image is None else (image.clip_fea, image.y)
     if not takes_prepared_text(dit):
+        extra = _reference_image_args(image)
+
         def reference_conditional(latents, timestep, step=None):
-            return dit(latents, timestep, context, clip_fea=clip, y=y).float()
+            return dit(latents, timestep, context, **extra).float()
         return reference_conditional
     text = dit.prepare_text(context, clip)
 
     def conditional_velocity(latents, timestep, step=None):
         return predict(dit, latents, timestep, text, (COND_BRANCH,), step, y)
     return conditional_velocity
+
+
+def _reference_image_args(image: ImageInputs | None) -> dict:
+    """The reference-style call's image keywords: none for t2v, so that any `dit(x, t, context)`
+    callable still works there."""
+    return {} if image is None else dict(clip_fea=image.clip_fea, y=image.y)
 
 
 def _predictor(step_cache: StepCache | None, graphs: GraphReplayer | None):
@@ -158,8 +168,10 @@ def _cfg_parallel_velocity(dit, own_context: torch.Tensor, guidance: float, mesh
         def branch(latents, timestep, step=None):
             return predict(dit, latents, timestep, text, own, step, y)
     else:
+        extra = _reference_image_args(image)
+
         def branch(latents, timestep, step=None):
-            return dit(latents, timestep, own_context, clip_fea=clip, y=y)
+            return dit(latents, timestep, own_context, **extra)
 
     def cfg_parallel_velocity(latents, timestep, step=None):
         return cfg_combine(branch(latents, timestep, step), mesh, guidance)
