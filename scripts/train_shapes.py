@@ -3,11 +3,14 @@
     python scripts/train_shapes.py                      # ~85 min on 2 cores, seed 0
     python scripts/train_shapes.py --work-dir DIR       # resume an interrupted run from DIR
     python scripts/train_shapes.py --init-from wan_engine/shapes/weights --work-dir NEW   # train the
-        # shipped DiT further (its VAE and text encoder kept; set --dit-minutes)
+        # shipped DiT further (its VAE and text encoder kept; set --dit-minutes), then its decoder
+    python scripts/train_shapes.py --init-from wan_engine/shapes/weights --dit-minutes 0 --work-dir NEW
+        # only the decoder phase (the DiT and the encoder, hence the latent space, unchanged)
 
 Phases and budgets (wan_engine.shapes.train.TrainPlan): VAE 34 min on 40x40x17 crops, 1,000 clips
-encoded (~3 min), DiT 40 min at 96x96x17, then the decoder alone 8 min: about 85 minutes in all. Checkpoints go to --work-dir every 2 minutes; the
-export (a few MB) goes to --out, by default the package's own weights folder.
+encoded (~3 min), DiT 40 min at 96x96x17, then the decoder alone 8 min on whole 96x96x17 clips:
+about 85 minutes in all. Checkpoints go to --work-dir every 2 minutes; the export (a few MB) goes
+to --out, by default the package's own weights folder.
 """
 from __future__ import annotations
 
@@ -42,9 +45,11 @@ def main(argv=None) -> int:
                    help="keep only the VAE of an exported model; train a new DiT from scratch (no decoder phase)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
-    for name in ("vae_minutes", "dit_minutes", "decoder_minutes"):
+    for name in ("vae_minutes", "decoder_minutes"):
         if not getattr(args, name) > 0:
             p.error(f"--{name.replace('_', '-')} must be > 0")
+    if not (args.dit_minutes > 0 or (args.dit_minutes == 0 and args.init_from is not None)):
+        p.error(f"--dit-minutes must be > 0 (0 only with --init-from: keep its DiT), got {args.dit_minutes}")
     if args.init_from is not None and args.vae_from is not None:
         p.error("--init-from and --vae-from exclude each other")
     if not 0 < args.dit_lr < 1:

@@ -116,6 +116,37 @@ def test_training_continues_from_an_exported_model(tmp_path):
     assert any(not torch.equal(again.dit.state_dict()[k], v) for k, v in start.items())  # trained further
 
 
+def test_dit_minutes_zero_fine_tunes_only_the_decoder_of_an_exported_model(tmp_path):
+    """dit_minutes 0 with init_from: the DiT and the encoder (the latent space) stay bit for bit,
+    the decoder trains on whole clips (decoder_crop), and no latents are encoded."""
+    from wan_engine.assembly import load_dit, load_vae
+    from wan_engine.shapes.train import export, toy_plan, train_all
+
+    plan = toy_plan()
+    first = export(train_all(plan, tmp_path / "a", lambda *_: None), tmp_path / "out", plan)
+    logs = []
+    again = train_all(toy_plan(init_from=str(first), dit_minutes=0, decoder_steps=2), tmp_path / "b", logs.append)
+    assert any("[dit] skipped" in line for line in logs) and any("[decoder] step 2" in line for line in logs)
+    assert not any(line.startswith("[latents]") for line in logs)
+    assert all(torch.equal(again.dit.state_dict()[k], v) for k, v in load_dit(first).state_dict().items())
+    before = load_vae(first).state_dict()
+    after = again.vae.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if k.startswith(("encoder.", "conv1.")))
+    assert any(not torch.equal(after[k], v) for k, v in before.items() if k.startswith("decoder."))
+    with pytest.raises(ValueError, match="init_from"):
+        train_all(toy_plan(dit_minutes=0), tmp_path / "c", lambda *_: None)
+
+
+def test_decoder_crops_are_whole_clips_by_default():
+    from wan_engine.shapes.train import TrainPlan
+    from wan_engine.shapes.train_vae import vae_crops
+
+    plan = TrainPlan()
+    crops = vae_crops(plan, torch.Generator().manual_seed(0), plan.decoder_batch, plan.decoder_crop)
+    assert crops.shape == (plan.decoder_batch, 3, plan.frames, plan.size[1], plan.size[0])
+    assert vae_crops(plan, torch.Generator().manual_seed(0)).shape == (plan.vae_batch, 3, *plan.vae_crop)
+
+
 def test_the_word_tokenizer_puts_each_part_of_a_caption_at_a_fixed_position():
     from wan_engine.shapes.vocabulary import WORDS, shapes_tokenizer
 

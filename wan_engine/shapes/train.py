@@ -56,7 +56,9 @@ class TrainPlan:
     vae_lr: float = 3e-4
     decoder_minutes: float = 8.0  # the decoder alone, after the DiT: the latent space stays fixed
     decoder_steps: int | None = None
-    decoder_lr: float = 1e-4
+    decoder_lr: float = 2e-5
+    decoder_batch: int = 1
+    decoder_crop: tuple[int, int, int] = (17, 96, 96)  # whole clips: what the bench and inference decode
     latent_clips: int = 1000
     dit: DiTConfig = SHAPES_DIT
     t5: T5Config = SHAPES_T5
@@ -69,7 +71,8 @@ class TrainPlan:
     shift: float = SHAPES_SHIFT
     ema: float = 0.999
     # Continue from an exported model (the official layout, e.g. the shipped weights): its VAE and
-    # text encoder are kept as they are, its DiT is the starting point of the DiT phase.
+    # text encoder are kept as they are, its DiT is the starting point of the DiT phase (with
+    # dit_minutes 0 it is kept as it is, and only the decoder is fine-tuned).
     init_from: str | None = None
     # Or keep only the VAE of an exported model (no VAE phase, no decoder fine-tune) and train a new
     # text encoder's DiT from scratch on its latents.
@@ -85,7 +88,7 @@ def toy_plan(**changes) -> TrainPlan:
     """A few seconds of every phase at toy size (tests)."""
     base = dict(size=(32, 32), frames=5, vae=VAEConfig(base_dim=4, num_res_blocks=1), vae_minutes=1, vae_steps=3,
                 decoder_minutes=1, decoder_steps=2,
-                vae_batch=2, vae_crop=(5, 16, 16), latent_clips=8,
+                vae_batch=2, vae_crop=(5, 16, 16), decoder_crop=(5, 32, 32), latent_clips=8,
                 dit=DiTConfig(dim=32, ffn_dim=64, num_heads=4, num_layers=2, text_dim=32, text_len=16,
                               freq_dim=256), dit_minutes=1, dit_steps=4, dit_batch=4, log_every=1)
     return TrainPlan(**(base | changes))
@@ -262,8 +265,14 @@ def train_all(plan: TrainPlan, work_dir: Path, log=print) -> TrainedShapes:
         m, s = fold_latent_stats(vae, stats_clips)
         log(f"[vae] latent stats folded: raw mean {m.abs().mean():.3f}, raw std {s.mean():.3f}")
         text, start_dit = _text_encoder(plan), None
-    data = encode_dataset(plan, vae, work_dir, log)
-    dit = train_dit(plan, data, caption_table(plan, text), work_dir, log, start=start_dit)
+    if plan.dit_minutes == 0:  # only the decoder phase: the exported DiT stays as it is
+        if start_dit is None:
+            raise ValueError("dit_minutes 0 keeps an exported DiT: give init_from")
+        dit = start_dit.eval().requires_grad_(False)
+        log("[dit] skipped (dit_minutes 0): the exported DiT is kept")
+    else:
+        data = encode_dataset(plan, vae, work_dir, log)
+        dit = train_dit(plan, data, caption_table(plan, text), work_dir, log, start=start_dit)
     if plan.vae_from is None:
         vae = finetune_decoder(plan, vae, work_dir, log)
     log(f"[all] trained in {time.perf_counter() - start:.0f} s")

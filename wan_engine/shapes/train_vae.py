@@ -18,14 +18,15 @@ from .world import render, sample_spec, training_combos
 # 1. VAE
 # ------------------------------------------------------------------------------------------------
 
-def vae_crops(plan, generator: torch.Generator) -> torch.Tensor:
-    """A batch of random crops `[B, 3, f, h, w]` of fresh clips, centred near the shape (so that
-    most crops hold an edge, not only background)."""
-    frames, ch, cw = plan.vae_crop
+def vae_crops(plan, generator: torch.Generator, batch: int | None = None,
+              crop: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """A batch of random crops `[B, 3, f, h, w]` of fresh clips (default: the VAE phase's batch and
+    crop), centred near the shape (so that most crops hold an edge, not only background)."""
+    frames, ch, cw = plan.vae_crop if crop is None else crop
     width, height = plan.size
     combos = training_combos()
     crops = []
-    for _ in range(plan.vae_batch):
+    for _ in range(plan.vae_batch if batch is None else batch):
         combo = combos[int(torch.randint(len(combos), (1,), generator=generator))]
         spec = sample_spec(combo, plan.size, plan.frames, generator)
         clip = render(spec, plan.size, plan.frames)
@@ -137,8 +138,11 @@ def fold_latent_stats(vae: WanVAE, clips: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def finetune_decoder(plan, vae: WanVAE, work_dir: Path, log=print) -> WanVAE:
-    """Train the decoder (and conv2) alone on fresh crops with the encoder frozen: the latents
-    the DiT was trained on do not change, the reconstruction improves (as SD's ft-MSE decoder)."""
+    """Train the decoder (and conv2) alone on fresh clips with the encoder frozen: the latents
+    the DiT was trained on do not change, the reconstruction improves (as SD's ft-MSE decoder).
+    It sees whole clips (`plan.decoder_crop`), as inference decodes them, at a peak learning rate
+    below the VAE phase's final one: a fresh optimizer at the VAE's own rate first knocks the
+    weights out of their minimum (measured: 29.4 dB fell to 27.8 dB in 8 minutes at 1e-4)."""
     params = [*vae.decoder.parameters(), *vae.conv2.parameters()]
     opt = torch.optim.AdamW(params, lr=plan.decoder_lr, weight_decay=0.0)
     ckpt_path = work_dir / "decoder.ckpt"
@@ -164,7 +168,7 @@ def finetune_decoder(plan, vae: WanVAE, work_dir: Path, log=print) -> WanVAE:
 
     running = None
     while not clock.expired() and (plan.decoder_steps is None or step < plan.decoder_steps):
-        x = vae_crops(plan, generator)
+        x = vae_crops(plan, generator, plan.decoder_batch, plan.decoder_crop)
         for group in opt.param_groups:
             group["lr"] = _lr(step, clock.total_steps(step, step - first_step, plan.decoder_steps), plan.decoder_lr,
                               warmup=20)
