@@ -442,7 +442,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except PeerFailure as e:
         print(f"wan-engine: error: {e}", file=sys.stderr)
-        return 1
+        # The process group is broken: at interpreter exit its gloo/NCCL threads can meet the reset
+        # connection and abort (SIGABRT, seen on CI), so leave now with the documented status 1.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 if __name__ == "__main__":
