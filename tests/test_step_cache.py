@@ -68,10 +68,10 @@ def test_a_policy_without_a_threshold_takes_the_models_recommended_one_else_the_
     assert CacheConfig("fbcache").with_default_threshold({"fbcache": 0.15}).threshold == 0.15
     assert CacheConfig("fbcache", 0.05).with_default_threshold({"fbcache": 0.15}).threshold == 0.05  # given wins
     shapes = wan_engine.WanPipeline.from_pretrained("shapes", device="cpu")
-    assert shapes.cache_calibration.thresholds == {"teacache": 0.1, "fbcache": 0.15}
+    assert shapes.cache_calibration.thresholds == {"teacache": 0.05, "fbcache": 0.22}
     result = shapes.run("a red circle moving left on a black background", steps=6, seed=0,
                         cache=CacheConfig("fbcache"))
-    assert result.cache.policy == "fbcache 0.15"
+    assert result.cache.policy == "fbcache 0.22"
 
 
 def test_calibration_files_round_trip_and_refuse_what_is_not_one(tmp_path):
