@@ -8,7 +8,9 @@ the SiLU as two full passes over a tensor that, in the upsampling tail, is the s
 times the channel count; fused they read and write it once. fp32 compute, one rounding at the end.
 
 One program per (sample, block of BLOCK_S positions): it loads the [C, BLOCK_S] tile (channels
-strided by T*H*W), reduces over channels in registers and writes the tile back.
+strided by T*H*W, or by 1 in channels-last-3d), reduces over channels in registers and writes the
+tile back in the input's layout, so that the `channels-last` VAE lever's convolutions get
+channels-last activations and need no conversion copy.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ MAX_CHANNELS = 1024  # the Wan VAE's widest stage has 384
 def _channel_rms_norm_silu_kernel(
     x_ptr,  # [B, C, S] (S = T*H*W), any strides
     gamma_ptr,  # [C]
-    out_ptr,  # [B, C, S] contiguous output
+    out_ptr,  # [B, C, S], contiguous or channels-last (see the output strides)
     C,
     S,
     scale,  # sqrt(C)
@@ -34,13 +36,16 @@ def _channel_rms_norm_silu_kernel(
     stride_xc,
     stride_xs,
     stride_g,
+    stride_ob,
+    stride_oc,
+    stride_os,
     SILU: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
     sample = tl.program_id(1).to(tl.int64)
     positions = tl.program_id(0).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
-    channels = tl.arange(0, BLOCK_C)
+    channels = tl.arange(0, BLOCK_C).to(tl.int64)  # C * stride_c passes 2**31 at 1080p chunk sizes
     mask = (channels[:, None] < C) & (positions[None, :] < S)
     offsets = sample * stride_xb + channels[:, None] * stride_xc + positions[None, :] * stride_xs
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
@@ -49,7 +54,7 @@ def _channel_rms_norm_silu_kernel(
     y = x * (scale / tl.maximum(norm, 1e-12))[None, :] * gamma[:, None]
     if SILU:
         y = y * tl.sigmoid(y)
-    out = sample * C * S + channels[:, None] * S + positions[None, :]
+    out = sample * stride_ob + channels[:, None] * stride_oc + positions[None, :] * stride_os
     tl.store(out_ptr + out, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -64,7 +69,8 @@ def channel_rms_norm_silu(x: torch.Tensor, gamma: torch.Tensor, silu: bool = Tru
                           out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """x: (B, C, ...) with the norm over dim 1; gamma: (C,) (the checkpoint's [C, 1, 1, 1] reshaped).
 
-    Returns a contiguous tensor of x's shape and `out_dtype` (default x.dtype)."""
+    Returns a tensor of x's shape and `out_dtype` (default x.dtype): channels-last-3d when x is
+    (a 5-D tensor in that layout), contiguous otherwise."""
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.numel() == 0:
         raise ValueError("x must be a non-empty torch.Tensor of shape (B, C, ...)")
     b, c = x.shape[:2]
@@ -74,7 +80,10 @@ def channel_rms_norm_silu(x: torch.Tensor, gamma: torch.Tensor, silu: bool = Tru
     rows = x.reshape(b, c, -1)  # a view for contiguous input
     check_rows("x", rows, 3)
     check_float_tensor("gamma", gamma, (c,), x.device)
-    out = torch.empty(x.shape, dtype=resolve_out_dtype(out_dtype, x.dtype), device=x.device)
+    layout = torch.channels_last_3d if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(
+        memory_format=torch.channels_last_3d) else torch.contiguous_format
+    out = torch.empty(x.shape, dtype=resolve_out_dtype(out_dtype, x.dtype), device=x.device, memory_format=layout)
+    out_rows = out.view(b, c, -1)  # a view in both layouts: the kernel writes through it
     block_c, block_s, warps = _block_s(c)
     positions = rows.shape[2]
     if b > 65535:
@@ -84,6 +93,7 @@ def channel_rms_norm_silu(x: torch.Tensor, gamma: torch.Tensor, silu: bool = Tru
         c, positions, float(c) ** 0.5,
         *rows.stride(),
         gamma.stride(0),
+        *out_rows.stride(),
         SILU=silu,
         BLOCK_C=block_c,
         BLOCK_S=block_s,

@@ -41,6 +41,29 @@ def test_replays_through_static_inputs_equal_eager(pipe, cache):
         assert eager.cache.computed == replayed.cache.computed
 
 
+def test_graphs_are_captured_again_once_the_dit_moved(pipe, monkeypatch):
+    """With offload the DiT leaves the GPU after denoising and comes back on new memory; a graph
+    replays on the addresses it was captured with, so the pipeline drops its graphs when the DiT
+    moves. On the CPU nothing moves: `place` reports a move of the DiT to stand in for one."""
+    from wan_engine.pipelines import t2v
+
+    eager = pipe.run(**REQUEST, cache=None)
+    pipe.graphs = GraphReplayer("cpu", capture=contextlib.nullcontext)
+    try:
+        pipe.run(**REQUEST, cache=None)
+        held = pipe.graphs.captured
+        real_place = t2v.place
+        monkeypatch.setattr(t2v, "place", lambda module, device: module is pipe.dit or real_place(module, device))
+        pipe._place("denoising")
+        assert held > 0 and pipe.graphs.captured == 0
+        monkeypatch.undo()
+        again = pipe.run(**REQUEST, cache=None)
+        assert pipe.graphs.captured == held
+    finally:
+        pipe.graphs = GraphReplayer("cpu")
+    assert np.array_equal(eager.frames, again.frames)
+
+
 def test_a_capture_that_raises_falls_back_to_eager_and_says_why_once(pipe, caplog):
     class Refuses:
         def __enter__(self):

@@ -213,6 +213,19 @@ def test_offload_on_the_cpu_gives_the_same_video_and_keeps_everything_home():
     assert module_device(off.dit).type == module_device(off.text_encoder.model).type == "cpu"
 
 
+def test_a_module_moved_inside_inference_mode_keeps_normal_tensors():
+    """`run` places the DiT inside inference mode; tensors made there are inference tensors, and a
+    later in-place LoRA merge on them outside it would raise. The meta device stands in for CUDA."""
+    from wan_engine.placement import place
+
+    module = torch.nn.Linear(4, 4)
+    module.register_buffer("fused", torch.ones(3))
+    with torch.inference_mode():
+        assert place(module, torch.device("meta"))
+    assert not module.weight.is_inference() and not module.fused.is_inference()
+    module.fused[:2].copy_(torch.zeros(2, device="meta"))  # what the merge does; allowed
+
+
 def test_a_model_config_builds_a_pipeline_with_random_weights():
     config = get_preset("tiny").replace(name="tiny-copy")
     pipe = wan_engine.WanPipeline.from_pretrained(config, device="cpu")

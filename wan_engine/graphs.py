@@ -52,6 +52,11 @@ class GraphReplayer:
     def active(self) -> bool:
         return self.disabled_reason is None
 
+    @property
+    def captured(self) -> int:
+        """How many graphs are held (one per key)."""
+        return len(self._graphs)
+
     def call(self, key: Hashable, fn: Callable, *inputs: torch.Tensor):
         if not self.active:
             return fn(*inputs)
@@ -103,6 +108,14 @@ class GraphReplayer:
         self.replays += 1
         leaves, spec = tree_flatten(captured.static_out)
         return tree_unflatten([t.clone() if isinstance(t, torch.Tensor) else t for t in leaves], spec)
+
+    def reset(self) -> None:
+        """Forget every graph: a graph replays its kernels on the addresses it was captured with, so
+        after the weights moved (offload puts the DiT back on new memory) each key is warmed up and
+        captured again."""
+        self._graphs.clear()
+        self._warm.clear()
+        self._pool = None
 
     def _disable(self, reason: str) -> None:
         self.disabled_reason = reason

@@ -46,8 +46,11 @@ def module_device(module: torch.nn.Module) -> torch.device:
 
 
 def place(module: torch.nn.Module, device: torch.device) -> bool:
-    """Move `module` to `device` if it is elsewhere; True when something moved."""
+    """Move `module` to `device` if it is elsewhere; True when something moved. The new tensors are
+    normal ones even when a request moves them inside inference mode, so that a later in-place
+    update outside it (a LoRA merge) is allowed."""
     if module_device(module) == torch.device(device):
         return False
-    module.to(device)
+    with torch.inference_mode(False):
+        module.to(device)
     return True

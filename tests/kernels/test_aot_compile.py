@@ -70,13 +70,16 @@ def _cases():
     # The VAE decoder's widest norm + SiLU: 384 channels over 4 frames of the 720p tail's 90x160.
     from wan_engine.kernels.channel_rms_norm_silu import _block_s
 
-    for channels, dtype in ((384, F32), (96, BF16)):
+    # Contiguous (channel stride = positions) and channels-last-3d (channel stride 1) activations.
+    for channels, dtype, layout in ((384, F32, "contiguous"), (96, BF16, "channels-last")):
         block_c, block_s, warps = _block_s(channels)
         positions = 4 * 90 * 160
-        cases[f"channel_rms_norm_silu-{channels}-{'fp32' if dtype is F32 else 'bf16'}"] = (
+        stride_c, stride_s = (positions, 1) if layout == "contiguous" else (1, channels)
+        cases[f"channel_rms_norm_silu-{channels}-{'fp32' if dtype is F32 else 'bf16'}-{layout}"] = (
             "channel_rms_norm_silu", "_channel_rms_norm_silu_kernel", dict(
                 x_ptr=dtype, gamma_ptr=dtype, out_ptr=dtype, C=channels, S=positions, scale=channels ** 0.5,
-                stride_xb=channels * positions, stride_xc=positions, stride_xs=1, stride_g=1,
+                stride_xb=channels * positions, stride_xc=stride_c, stride_xs=stride_s, stride_g=1,
+                stride_ob=channels * positions, stride_oc=stride_c, stride_os=stride_s,
                 SILU=True, BLOCK_C=block_c, BLOCK_S=block_s,
             ), warps)
     return cases

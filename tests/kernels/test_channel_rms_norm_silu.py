@@ -40,6 +40,20 @@ def test_zero_positions_and_strided_input(device, assert_matches_oracle):
                           channel_rms_norm_silu_ref(view, gamma, upcast=False))
 
 
+@pytest.mark.parametrize("x_dtype", [F32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_channels_last_input_gives_channels_last_output(x_dtype, device, assert_matches_oracle):
+    """With the channels-last VAE lever on, the next convolution wants channels-last activations:
+    the output keeps the input's layout (no conversion copy per conv) and the same values."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 24, 2, 5, 7, generator=gen).to(device, x_dtype).contiguous(memory_format=torch.channels_last_3d)
+    gamma = (1 + 0.3 * torch.randn(24, generator=gen)).to(device, x_dtype)
+    out = channel_rms_norm_silu(x, gamma)
+    assert out.is_contiguous(memory_format=torch.channels_last_3d) and not out.is_contiguous()
+    assert_matches_oracle("channel_rms_norm_silu (channels-last)", out, channel_rms_norm_silu_ref(x, gamma, out_dtype=F32),
+                          channel_rms_norm_silu_ref(x, gamma, upcast=False))
+    assert channel_rms_norm_silu(x.contiguous(), gamma).is_contiguous()
+
+
 def test_the_oracle_is_the_reference_vae_norm_and_silu():
     from wan_engine.reference.vae_blocks import RMSNorm
 

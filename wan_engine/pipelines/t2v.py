@@ -361,7 +361,9 @@ class WanPipeline:
         moved = place(self.text_encoder.model, target.text_encoder)
         if self.image_encoder is not None:
             moved |= place(self.image_encoder, target.image_encoder)
-        if isinstance(self.dit, torch.nn.Module):  # an exported DiT's weights live in its runtime
-            moved |= place(self.dit, target.dit)
+        # An exported DiT's weights live in its runtime. Once the DiT moved, the graphs point at its old memory.
+        if isinstance(self.dit, torch.nn.Module) and place(self.dit, target.dit):
+            self.graphs.reset()
+            moved = True
         if moved and self.device.type == "cuda":
             torch.cuda.empty_cache()  # return what moved off to the driver before the stage allocates
