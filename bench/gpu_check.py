@@ -122,6 +122,38 @@ def run_gpu_check(out_dir: Path | str, *, dry_run: bool = False, device=None, te
         planned = f" (planned {plan.planned_s[part]:.0f} s)" if plan.planned_s else ""
         log(f"[gpu-check] {part}: {seconds[part]:.1f} s{planned}; {time.perf_counter() - start:.0f} s so far")
 
+    out_dir = Path(out_dir)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stem = f"gpu-check-{'dry-' if reduced else ''}{stamp}"
+    ctx: BenchContext | None = None
+    test_report: dict | None = None
+    results: dict = {}
+
+    def write_report(finished: bool) -> tuple[dict, list[str], str]:
+        """The report of what has run so far, written after every part: if the run is cut off (the
+        device tool's per-command limit) the files show each finished part, marked INCOMPLETE."""
+        problems = ([] if test_report is None or test_report["ok"] else
+                    [f"GPU-only tests: {test_report['summary']}"]) + failures(results)
+        verdict = ("FAIL" if problems else "PASS") if finished else "INCOMPLETE"
+        ran = ", ".join(["GPU-only tests"] + (["setup", "suites " + ", ".join(results)] if ctx else []))
+        total = time.perf_counter() - start
+        extra_sections = {"GPU check": f"{verdict}: {mode}; ran: {ran}" + "".join(f"\n- {p}" for p in problems)
+                          + ("" if finished else f"\n- stopped after part {list(seconds)[-1]}: this file is "
+                                                  f"rewritten when the check finishes"),
+                          "Time per part": budget_table(seconds, plan, total)}
+        if test_report is not None:
+            extra_sections["GPU-only tests"] = describe_tests(test_report)
+        report = dict(
+            schema=SCHEMA, environment=environment(device, command),
+            settings=(settings_of(ctx) if ctx else {}) | {"mode": mode},
+            ceilings=ctx.ceilings.to_dict() if ctx else {}, suites=results, extra=extra_sections,
+            tests=test_report, seconds=total, part_seconds=dict(seconds), failed=bool(problems),
+            failures=problems, complete=finished,
+        )
+        write_json(out_dir / f"{stem}.json", report)
+        (out_dir / f"{stem}.md").write_text(markdown_report(report, None, title=f"wan_engine GPU check ({mode}): {verdict}"))
+        return report, problems, verdict
+
     log(f"[gpu-check] {mode} on {device}, {gpus} GPU(s) visible; parts: tests, setup, {', '.join(suites)}")
     # The tests first, while this process holds no CUDA context or cached memory: they get the
     # whole card (and every card, for the NCCL ranks).
@@ -130,6 +162,7 @@ def run_gpu_check(out_dir: Path | str, *, dry_run: bool = False, device=None, te
     test_report = run_gpu_tests(tests, plan.tests_timeout_s, REPO_ROOT, gpus)
     log(f"[gpu-check] tests: {'ok' if test_report['ok'] else 'FAIL'}: {test_report['summary']}; {test_report['nccl']}")
     part_done("tests", began)
+    write_report(finished=False)
 
     began = time.perf_counter()
     model = get_preset(plan.preset)
@@ -139,35 +172,20 @@ def run_gpu_check(out_dir: Path | str, *, dry_run: bool = False, device=None, te
                        ceilings=measure_ceilings(device))
     part_done("setup", began)
 
-    results = {}
     for name in suites:
         began = time.perf_counter()
         suite_ctx = ctx.replace(repeats=plan.vae_repeats) if name == "vae" else ctx
         suite_extra = {name: extra[name]} if extra and name in extra else None
         results |= run_suites([name], suite_ctx, log=log, extra=suite_extra)
         part_done(name, began)
+        write_report(finished=False)
     print_results(results, log=log)
 
-    total_s = time.perf_counter() - start
-    problems = ([] if test_report["ok"] else [f"GPU-only tests: {test_report['summary']}"]) + failures(results)
-    failed = bool(problems)
-    verdict = "FAIL" if failed else "PASS"
+    report, problems, verdict = write_report(finished=True)
+    failed = report["failed"]
+    total_s = report["seconds"]
     budget = budget_table(seconds, plan, total_s)
-    report = dict(
-        schema=SCHEMA, environment=environment(device, command), settings=settings_of(ctx) | {"mode": mode},
-        ceilings=ctx.ceilings.to_dict(), suites=results,
-        extra={"GPU check": f"{verdict}: {mode}; ran: GPU-only tests, setup, suites {', '.join(suites)}"
-                            + "".join(f"\n- {p}" for p in problems),
-               "Time per part": budget,
-               "GPU-only tests": describe_tests(test_report)},
-        tests=test_report, seconds=total_s, part_seconds=seconds, failed=failed, failures=problems,
-    )
-    out_dir = Path(out_dir)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    stem = f"gpu-check-{'dry-' if reduced else ''}{stamp}"
-    json_path = write_json(out_dir / f"{stem}.json", report)
-    md_path = out_dir / f"{stem}.md"
-    md_path.write_text(markdown_report(report, None, title=f"wan_engine GPU check ({mode}): {verdict}"))
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     log(f"[gpu-check] time per part:\n{budget}")
     log(f"[gpu-check] {verdict} in {total_s:.0f} s" + "".join(f"\n  {p}" for p in problems))
     return dict(markdown=md_path, json=json_path, failed=failed, report=report)

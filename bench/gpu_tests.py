@@ -7,6 +7,7 @@ or errored.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -24,8 +25,14 @@ NO_TESTS_SELECTED = 5  # pytest's exit code when nothing was collected or everyt
 
 
 def pytest_command(tests: str, junit: str | None = None) -> list[str]:
+    """One module that fails to import must not stop the rest (`--continue-on-collection-errors`;
+    its error still fails the check). pytest.ini's `--timeout` needs pytest-timeout: without the
+    plugin the ini options are replaced, else pytest would refuse to start (the check has its own
+    timeout)."""
     cmd = [sys.executable, "-m", "pytest", "-m", SELECTION, tests, "-q", "-rA", "-p", "no:cacheprovider",
-           "-p", PLUGIN]
+           "-p", PLUGIN, "--continue-on-collection-errors"]
+    if importlib.util.find_spec("pytest_timeout") is None:
+        cmd += ["-o", "addopts=-ra"]
     return cmd + ([f"--junitxml={junit}"] if junit else [])
 
 

@@ -13,7 +13,7 @@ import torch
 
 from wan_engine.bench import bounds, cli
 from wan_engine.bench.gpu_check import run_gpu_check
-from wan_engine.bench.gpu_tests import nccl_line
+from wan_engine.bench.gpu_tests import nccl_line, run_gpu_tests
 from wan_engine.bench.report import failures
 from wan_engine.bench.suites.common import REFERENCE_ATTENTION
 from wan_engine.bench.suites.dit import Candidate, Prepared
@@ -73,7 +73,7 @@ def test_check_fails_for_a_crashing_and_an_inaccurate_implementation(tmp_path):
     tests = _test_folder(tmp_path, "def test_no_gpu_tests_here():\n    pass\n")
     result = run_gpu_check(tmp_path / "out", dry_run=True, device="cpu", tests=tests, suites=("dit",),
                            extra={"dit": [_crashing(), _inaccurate()]}, log=lambda *_: None)
-    assert result["failed"]
+    assert result["failed"] and result["report"]["complete"]
     rows = {r["impl"]: r for r in result["report"]["suites"]["dit"]["rows"]}
     assert rows["crashes"]["verdict"] == bounds.FAIL and rows["crashes"]["median_ms"] is None
     assert rows["crashes"]["note"] == "crashed: RuntimeError: injected crash while building"
@@ -112,6 +112,36 @@ def test_cli_exits_nonzero_when_a_gpu_test_fails(tmp_path, capsys):
     assert "## Verdict: FAIL" in md and re.search(r"FAILED +\S*test_doubles\.py::test_gpu_fails \[gpu\] \(", md)
     assert "a GPU-only test that fails" in md and "suites attention" in md
     assert "[gpu-check] FAIL" in capsys.readouterr().out
+
+
+def test_a_module_that_fails_to_import_fails_the_tests_but_the_others_still_run(tmp_path):
+    """Without --continue-on-collection-errors one missing package on the GPU image would stop
+    pytest before a single GPU test ran."""
+    folder = _test_folder(tmp_path, "import pytest\n\n@pytest.mark.gpu\ndef test_gpu_passes():\n    pass\n")
+    (tmp_path / "gpu_tests" / "test_needs_missing.py").write_text("import a_package_the_image_lacks\n")
+    report = run_gpu_tests(folder, timeout_s=120, cwd=tmp_path, gpus=0)
+    assert not report["ok"] and report["counts"]["passed"] == 1 and report["counts"]["error"] == 1, report
+    assert any(t["outcome"] == "error" and "test_needs_missing" in t["id"] for t in report["tests"]), report["tests"]
+
+
+def test_a_check_cut_off_midway_leaves_a_report_marked_incomplete(tmp_path):
+    """The device tool kills a command at its time limit: the parts that finished are on disk,
+    and the report says it is incomplete rather than passing."""
+    class CutOff(Exception):
+        pass
+
+    def log(line: str) -> None:
+        if line.startswith("[gpu-check] dit:"):  # the dit suite just finished; the vae suite would be next
+            raise CutOff
+
+    with pytest.raises(CutOff):
+        run_gpu_check(tmp_path / "out", dry_run=True, device="cpu", suites=("attention", "dit", "vae"),
+                      tests=_test_folder(tmp_path, "def test_no_gpu_tests_here():\n    pass\n"), log=log)
+    report = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    assert not report["complete"] and set(report["suites"]) == {"attention"} and report["tests"]["ok"]
+    assert list(report["part_seconds"]) == ["tests", "setup", "attention"]
+    md = next((tmp_path / "out").glob("*.md")).read_text()
+    assert md.startswith("# wan_engine GPU check (dry run (reduced sizes)): INCOMPLETE") and "stopped after part attention" in md
 
 
 def test_check_refuses_suites_it_does_not_run(tmp_path):

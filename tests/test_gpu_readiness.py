@@ -1,7 +1,8 @@
 """CPU checks for failures that would otherwise first show on the lent GPU machine.
 
-That machine (see design.md, "Running on a lent GPU") has torch, triton, transformers and pytest
-but not diffusers, ftfy, imageio-ffmpeg, PyAV or flash-attn, and no network to install them.
+That machine has torch, triton, transformers, onnx, onnxruntime, httpx, pytest and pytest-timeout,
+but not diffusers, ftfy, imageio-ffmpeg, PyAV, flash-attn, TensorRT or the serve extra, and no
+network to install them (tests/gpu_image.py).
 """
 import subprocess
 import sys
@@ -11,13 +12,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from gpu_image import MISSING_ON_GPU_IMAGE, SERVE_EXTRA_MODULES
 from wan_engine.reference.schedulers import SOLVER_NAMES, make_solver
 from wan_engine.runner import cfg_denoise
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Absent from the GPU image; `sys.modules[name] = None` makes both `import name` and
-# `importlib.util.find_spec(name)` behave as if the package were not installed.
-MISSING_ON_GPU_IMAGE = ("diffusers", "ftfy", "imageio_ffmpeg", "av", "flash_attn", "flash_attn_interface")
 
 
 def _run_without_gpu_image_packages(code: str) -> subprocess.CompletedProcess:
@@ -77,11 +76,22 @@ def test_every_module_imports_without_the_packages_the_gpu_image_lacks():
         "            continue\n"
         "        try:\n"
         "            importlib.import_module(info.name)\n"
+        "        except ModuleNotFoundError as err:\n"
+        f"            if info.name not in {SERVE_EXTRA_MODULES!r}:\n"
+        "                failed.append(f'{info.name}: {type(err).__name__}: {err}')\n"
         "        except Exception as err:\n"
         "            failed.append(f'{info.name}: {type(err).__name__}: {err}')\n"
         "print('imported; failures:', failed)\n")
     assert child.returncode == 0, child.stderr[-3000:]
     assert "imported; failures: []" in child.stdout, child.stdout[-3000:]
+
+
+def test_serve_without_the_serve_extra_names_what_to_install():
+    child = _run_without_gpu_image_packages(
+        "from wan_engine.cli import main\n"
+        "sys.exit(main(['serve', '--model', 'tiny']))\n")
+    assert child.returncode == 2, child.stdout + child.stderr[-3000:]
+    assert "serve needs the serve extra" in child.stderr and "wan_engine[serve]" in child.stderr, child.stderr[-3000:]
 
 def test_prompt_cleaning_without_ftfy_fails_naming_it():
     """The text encoder imports without ftfy, but cleaning a prompt (which the official cleaner
@@ -95,6 +105,24 @@ def test_prompt_cleaning_without_ftfy_fails_naming_it():
         "    print('ImportError:', err)\n")
     assert child.returncode == 0, child.stderr[-3000:]
     assert "ImportError:" in child.stdout and "ftfy" in child.stdout, child.stdout + child.stderr
+
+
+def test_a_gpu_test_pipeline_runs_without_ftfy_once_cleaning_is_off():
+    """The GPU tests that run a pipeline (graphs against eager, offload memory) turn the prompt
+    cleaning off with `without_prompt_cleaning`; without it the run raises for the missing ftfy."""
+    child = _run_without_gpu_image_packages(
+        "sys.path.insert(0, 'tests')\n"
+        "import wan_engine\n"
+        "from gpu_image import without_prompt_cleaning\n"
+        "pipe = wan_engine.WanPipeline.from_pretrained('tiny', device='cpu')\n"
+        "kw = dict(size=(32, 32), num_frames=1, steps=1, seed=0)\n"
+        "try:\n"
+        "    pipe.run('a red kite', **kw)\n"
+        "except ImportError as err:\n"
+        "    print('cleaning needs ftfy:', 'ftfy' in str(err))\n"
+        "print('frames', without_prompt_cleaning(pipe).run('a red kite', **kw).frames.shape)\n")
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert "cleaning needs ftfy: True" in child.stdout and "frames (1, 32, 32, 3)" in child.stdout, child.stdout
 
 
 class _HostToDeviceCopies(TorchDispatchMode):

@@ -283,8 +283,19 @@ def _add_serve(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+SERVE_PACKAGES = ("fastapi", "starlette", "uvicorn", "multipart", "prometheus_client")  # the serve extra
+
+
 def cmd_serve(args) -> int:
-    from .serve.server import ServeConfig, run_server
+    try:
+        from .serve.server import ServeConfig, run_server
+    except ModuleNotFoundError as err:
+        missing = (err.name or "").split(".")[0]
+        if missing not in SERVE_PACKAGES:
+            raise
+        raise ValueError(f"serve needs the serve extra, and {missing} is not installed: "
+                         f"pip install 'wan_engine[serve]' (fastapi, uvicorn, python-multipart, "
+                         f"prometheus-client)") from None
 
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be in [1, 65535], got {args.port}")
