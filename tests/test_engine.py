@@ -84,6 +84,8 @@ def test_cancel_stops_a_running_job_within_one_step_and_the_next_runs(engine):
     gate.release.set()
     assert running.wait(60) and running.status == CANCELLED
     assert gate.steps == [(1, 50)]  # cancelled while in step 1: no further step ran
+    snap = running.snapshot()
+    assert (snap.cancel_step, snap.step) == (1, 1)  # asked for after step 1, stopped there
     assert queued.wait(60) and queued.status == COMPLETED
 
 

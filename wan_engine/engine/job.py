@@ -48,6 +48,7 @@ class JobSnapshot:
     seed: int | None
     timings: dict = field(default_factory=dict)
     error: JobError | None = None
+    cancel_step: int | None = None  # the steps done when the cancellation was asked for (None: never)
 
     @property
     def progress(self) -> int:
@@ -69,6 +70,7 @@ class Job:
         self._done = threading.Event()
         self._status = QUEUED
         self._cancel_requested = False
+        self._cancel_step: int | None = None
         self._step = 0
         self._created_at = time.time()
         self._started_at: float | None = None
@@ -91,7 +93,7 @@ class Job:
             seed = self.result.seed if self.result is not None else self.request.seed
             return JobSnapshot(self.id, self.request, self._status, self._step, self.request.num_inference_steps or 0,
                                self._created_at, self._started_at, self._finished_at, seed, dict(self._timings),
-                               self._error)
+                               self._error, self._cancel_step)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job finished (any final status); False if `timeout` passed first."""
@@ -102,7 +104,8 @@ class Job:
     def cancel(self) -> None:
         """Ask the job to stop: a queued job never starts, a running one stops after its current step."""
         with self._lock:
-            self._cancel_requested = True
+            if not self._cancel_requested:
+                self._cancel_requested, self._cancel_step = True, self._step
 
     def _start(self) -> None:
         with self._lock:

@@ -42,6 +42,8 @@ class JobRecorder(JobListener):
                 self.metrics.generation_seconds.observe(sum(snap.timings.values()))
         elif snap.status == CANCELLED:
             changes["error"] = {"code": "cancelled", "message": "the job was cancelled"}
+            if snap.started_at is not None and snap.cancel_step is not None:
+                self.metrics.cancel_steps.observe(snap.step - snap.cancel_step)
         elif snap.error is not None:
             changes["error"] = {"code": snap.error.code, "message": snap.error.message}
         if self.store.update(job.id, **changes) is None:  # deleted meanwhile: leave no file behind

@@ -8,6 +8,7 @@ from ..engine import STATUSES
 
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 GENERATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+CANCEL_STEP_BUCKETS = (0, 1, 2, 5, 10)
 
 
 def _gpu_memory_bytes() -> float:
@@ -29,6 +30,9 @@ class ServerMetrics:
         self.generation_seconds = Histogram("wan_generation_seconds", "Wall time of a completed generation "
                                             "(text encoding to decoded frames)", buckets=GENERATION_BUCKETS,
                                             registry=self.registry)
+        self.cancel_steps = Histogram("wan_cancel_steps", "Denoising steps a running job finished after its "
+                                      "cancellation was asked for (the one in flight: at most 1)",
+                                      buckets=CANCEL_STEP_BUCKETS, registry=self.registry)
         Gauge("wan_gpu_memory_allocated_bytes", "GPU memory held by tensors (0 without a GPU)",
               registry=self.registry).set_function(_gpu_memory_bytes)
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes and friends
