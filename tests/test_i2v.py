@@ -450,11 +450,3 @@ def test_the_engine_runs_an_i2v_request_from_a_local_image(pipes, tmp_path):
             engine.generate(GenerationRequest(PROMPT, image=b"png bytes"))
     finally:
         engine.close()
-
-
-def test_serving_an_image_model_over_http_is_refused_before_the_load(capsys, monkeypatch):
-    from wan_engine.cli import main
-
-    monkeypatch.setattr(WanPipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded"))
-    assert main(["serve", "--model", "tiny-i2v", "--no-warmup"]) == 2
-    assert "serving i2v models over HTTP is not supported yet" in capsys.readouterr().err

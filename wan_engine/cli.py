@@ -276,7 +276,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--api-key", default=None, help="when set, every /v1 route needs 'Authorization: Bearer KEY'")
     p.add_argument("--max-queue", type=int, default=16, help="jobs that may wait; more get 429 (default 16)")
     p.add_argument("--output-dir", default="wan_videos", help="where the job database and the MP4s live")
-    p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="largest request body (default 64 KiB)")
+    p.add_argument("--max-body-bytes", type=int, default=None,
+                   help="largest request body (default 64 KiB; 32 MiB for an i2v/flf2v model, whose requests "
+                        "carry images)")
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up generation at start")
     _add_model_options(p)
     _add_parallel_options(p)
@@ -300,12 +302,6 @@ def cmd_serve(args) -> int:
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be in [1, 65535], got {args.port}")
     timeout_s = _check_dist_timeout(args)
-    from .assembly import peek_model
-
-    model_type = peek_model(args.model)[0].model_type
-    if model_type != "t2v":  # its requests need an image, which the wire format does not carry
-        raise ValueError(f"--model: serving {model_type} models over HTTP is not supported yet (the /v1/videos body "
-                         f"carries no image); embed the Engine and pass local image paths instead")
     config = ServeConfig(model=args.model, host=args.host, port=args.port, api_key=args.api_key,
                          max_queue=args.max_queue, output_dir=args.output_dir, max_body_bytes=args.max_body_bytes,
                          warmup=args.warmup, dist_timeout_s=timeout_s)

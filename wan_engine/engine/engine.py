@@ -81,6 +81,11 @@ class Engine:
     def model_name(self) -> str:
         return self.pipeline.config.name
 
+    @property
+    def model_type(self) -> str:
+        """"t2v", "i2v" or "flf2v": which images a request must carry."""
+        return self.pipeline.config.dit.model_type
+
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
         """The request with every field checked (RequestError names the bad one) and every default
         filled in, the seed included (drawn here when unset, so the job reports it from the start)."""

@@ -1,6 +1,7 @@
 """The FastAPI app: OpenAI's job-based Videos API over an Engine and a JobStore.
 
-    POST   /v1/videos                 create a job (JSON or multipart/form-data), returns it at once
+    POST   /v1/videos                 create a job (JSON or multipart/form-data; i2v/flf2v images as the
+                                      file fields input_reference and last_reference), returns it at once
     GET    /v1/videos/{id}            the job: status, progress, resolved parameters, seed, timings
     GET    /v1/videos/{id}/content    the MP4 (404 until the job completed)
     GET    /v1/videos                 ?after=&limit=&order=  a page of jobs
@@ -16,19 +17,22 @@ import hmac
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..engine import EngineClosed, QueueFull, RequestError
+from ..pipelines.image_condition import image_prompt
 from .body_limit import BodyLimit
 from .job_recorder import JobRecorder
 from .job_store import JobStore
 from .metrics import ServerMetrics
-from .schema import error_body, job_object, new_record, parse_create
+from .schema import IMAGE_FIELDS, error_body, job_object, new_record, parse_create
 
+TEXT_BODY_BYTES = 64 * 1024  # the default bound of a t2v server's request body
+IMAGE_BODY_BYTES = 32 * 1024 * 1024  # an i2v/flf2v server's: room for two large PNGs
 POLL_AFTER_MS = "250"  # tells `create_and_poll` how often to ask (its default is 1 s)
 MAX_LIST_LIMIT = 100
 
@@ -36,7 +40,7 @@ MAX_LIST_LIMIT = 100
 @dataclass(frozen=True)
 class ServerOptions:
     api_key: str | None = None
-    max_body_bytes: int = 64 * 1024  # a request is a few hundred bytes; a prompt is bounded anyway
+    max_body_bytes: int = TEXT_BODY_BYTES  # a text request is a few hundred bytes
     cancel_wait_s: float = 60.0  # how long DELETE waits for a running job to stop before deleting
 
 
@@ -76,17 +80,43 @@ def create_app(engine, store: JobStore, options: ServerOptions = ServerOptions()
 
     @v1.post("/videos")
     async def create_video(request: Request):
-        body, from_form = await _read_body(request)
+        body, from_form, files = await _read_body(request)
         try:
             req, model, fps = parse_create(body, from_form)
             req = engine.resolve(req)
         except RequestError as e:
             raise ApiError(422, e.message, e.field) from None
         job_id = f"video_{uuid.uuid4().hex}"
-        record = new_record(job_id, req, model or engine.model_name, fps, time.time())
-        return await run_in_threadpool(_enqueue, record, req, fps)
+        return await run_in_threadpool(_enqueue, job_id, req, model or engine.model_name, fps, files)
 
-    def _enqueue(record: dict, req, fps: int):
+    def _attach_images(job_id: str, req, files: dict[str, bytes]):
+        """(the request reading the stored uploads, the record's image fields): the images are
+        checked as the CLI checks --image/--last-image (model type, format, size, aspect), so a bad
+        one is a 422 now rather than a failed job; the video takes the first image's aspect ratio."""
+        if engine.model_type == "t2v" and not files:
+            return req, {}
+        paths = {field: store.write_input(job_id, field, data) for field, data in files.items()}
+        width, height = req.size
+        try:
+            prompt = image_prompt(paths.get("input_reference"), paths.get("last_reference"), width * height,
+                                  engine.model_type, names=tuple(IMAGE_FIELDS))
+        except ValueError as e:
+            store.delete_inputs(job_id)
+            message = str(e)
+            for path in paths.values():  # the client sees its upload, not the server's paths
+                message = message.replace(str(path), "the uploaded file")
+            field = next((f for f in IMAGE_FIELDS if message.startswith(f)), "input_reference")
+            if not files:
+                message += " (send it as a multipart/form-data file field)"
+            raise ApiError(422, message, field) from None
+        images = {IMAGE_FIELDS[field]: str(path) for field, path in paths.items()}
+        shown = {"input_reference": prompt.first} | ({"last_reference": prompt.last} if prompt.last else {})
+        fields = {name: f"{image.width}x{image.height}" for name, image in shown.items()}
+        return replace(req, **images), fields | {"size": f"{prompt.width}x{prompt.height}"}
+
+    def _enqueue(job_id: str, req, model: str, fps: int, files: dict[str, bytes]):
+        req, image_fields = _attach_images(job_id, req, files)
+        record = new_record(job_id, req, model, fps, time.time()) | image_fields
         store.put(record)  # before submit: the worker's first update must find the row
         try:
             engine.submit(req, job_id=record["id"], listener=JobRecorder(store, metrics, fps))
@@ -169,24 +199,34 @@ def create_app(engine, store: JobStore, options: ServerOptions = ServerOptions()
     return app
 
 
-async def _read_body(request: Request) -> tuple[dict, bool]:
-    """(the fields, whether they came as form text). Files are refused: there is no image input yet."""
+async def _read_body(request: Request) -> tuple[dict, bool, dict[str, bytes]]:
+    """(the text fields, whether they came as form text, the uploaded files by field name: only
+    `input_reference` and `last_reference`, once each; the body bound applies to all of it)."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
         try:
-            form = await request.form(max_files=0, max_fields=64)
+            form = await request.form(max_files=len(IMAGE_FIELDS), max_fields=64)
         except Exception as e:  # noqa: BLE001 - python-multipart's parse errors have no common base
             raise ApiError(400, f"the form body could not be parsed: {e}", "body") from None
-        fields = {}
+        fields, files = {}, {}
         for name, value in form.multi_items():
-            if not isinstance(value, str):
-                raise ApiError(422, f"field {name!r} is a file; this server takes text fields only", name)
-            fields[name] = value
-        return fields, True
+            if isinstance(value, str):
+                if name in IMAGE_FIELDS:
+                    raise ApiError(422, f"{name} must be an uploaded image file, not a text field", name)
+                fields[name] = value
+            elif name not in IMAGE_FIELDS:
+                raise ApiError(422, f"field {name!r} is a file; the file fields are "
+                                    f"{', '.join(IMAGE_FIELDS)}", name)
+            elif name in files:
+                raise ApiError(422, f"{name} was sent more than once", name)
+            else:
+                files[name] = await value.read()
+        await form.close()
+        return fields, True, files
     if kind not in ("application/json", ""):
         raise ApiError(415, f"send the body as application/json or multipart/form-data, not {kind!r}", "body")
     raw = await request.body()
     try:
-        return json.loads(raw), False
+        return json.loads(raw), False, {}
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ApiError(400, f"the request body is not valid JSON: {e}", "body", "invalid_json") from None

@@ -27,6 +27,7 @@ class JobRecorder(JobListener):
         self.metrics.step_seconds.observe(seconds)
 
     def on_finish(self, job: Job) -> None:
+        self.store.delete_inputs(job.id)  # read when the job started; nothing runs it again
         snap = job.snapshot()
         changes = {"status": snap.status, "completed_at": int(time.time()), "timings": snap.timings,
                    "seed": snap.seed, "progress": snap.progress}

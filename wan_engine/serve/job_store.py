@@ -1,10 +1,12 @@
 """Durable job records in SQLite (standard library) under the server's output directory.
 
 The database holds one row per job (the job object as JSON, plus the columns it is listed and
-filtered by); the MP4s sit beside it in `videos/`. A row says `completed` only after its MP4 was
+filtered by); the MP4s sit beside it in `videos/`, an i2v/flf2v job's uploaded images in
+`inputs/` until the job finishes. A row says `completed` only after its MP4 was
 written and renamed into place, so a completed row always has a whole file. On open, jobs that
 were queued or running when the last server stopped are marked failed ("server restarted") and
-any video file without a completed row (a write cut short) is removed.
+any video file without a completed row (a write cut short) is removed, as is every input (no job
+of the last process will run).
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ class JobStore:
         self.root = Path(root).expanduser()
         self.videos = self.root / "videos"
         self.videos.mkdir(parents=True, exist_ok=True)
+        self.inputs = self.root / "inputs"
+        self.inputs.mkdir(exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.root / "jobs.sqlite3", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -43,6 +47,18 @@ class JobStore:
 
     def video_path(self, job_id: str) -> Path:
         return self.videos / f"{job_id}.mp4"
+
+    def write_input(self, job_id: str, field: str, data: bytes) -> Path:
+        """Store an uploaded file of a job (written, then renamed into place); its path."""
+        path = self.inputs / f"{job_id}.{field}"
+        partial = self.inputs / f".{job_id}.{field}.partial"
+        partial.write_bytes(data)
+        partial.replace(path)
+        return path
+
+    def delete_inputs(self, job_id: str) -> None:
+        for path in self.inputs.glob(f"{job_id}.*"):
+            path.unlink(missing_ok=True)
 
     def _recover(self) -> int:
         """Fail what the previous process left unfinished; drop files no completed row vouches for."""
@@ -56,6 +72,8 @@ class JobStore:
         for path in self.videos.iterdir():
             if path.name.startswith(".") or path.stem not in completed:
                 path.unlink(missing_ok=True)
+        for path in self.inputs.iterdir():
+            path.unlink(missing_ok=True)
         return len(rows)
 
     def put(self, record: dict) -> None:
@@ -104,6 +122,7 @@ class JobStore:
         with self._lock:
             deleted = self._db.execute("DELETE FROM jobs WHERE id=?", (job_id,)).rowcount > 0
         self.video_path(job_id).unlink(missing_ok=True)
+        self.delete_inputs(job_id)
         return deleted
 
     def count_by_status(self) -> dict[str, int]:

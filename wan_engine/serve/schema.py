@@ -4,8 +4,9 @@ job object the server returns (OpenAI's Video fields, plus the resolved Wan para
 Form fields arrive as strings (the `openai` package sends `create` as multipart/form-data, with
 `extra_body` merged into the form), so numbers and `cfg` are parsed from text there; a JSON body
 must carry real numbers and booleans. Either way a bad value is a RequestError naming the field and
-what it accepts. `image`/`last_image` are deliberately not fields: a client must not name files on
-the server.
+what it accepts. Images (i2v/flf2v models) come as multipart file fields, `input_reference` (the
+first frame, as in OpenAI's API) and `last_reference` (the last frame, flf2v); `image`/`last_image`
+are deliberately not fields: a client must not name files on the server.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ BOOL_FIELDS = ("cfg",)
 TEXT_FIELDS = ("prompt", "negative_prompt", "size", "solver", "cache", "sampling", "model")
 FIELDS = frozenset(INT_FIELDS + FLOAT_FIELDS + BOOL_FIELDS + TEXT_FIELDS)
 FORM_BOOLS = {"true": True, "false": False}  # what httpx (and so `openai`) sends; "1", "no", "" are refused
+# Multipart file fields -> the GenerationRequest fields they become (a path under the job store).
+IMAGE_FIELDS = {"input_reference": "image", "last_reference": "last_image"}
 MAX_MODEL_CHARS = 200
 MAX_FPS = 120
 
@@ -137,7 +140,7 @@ def new_record(job_id: str, request: GenerationRequest, model: str, fps: int, cr
         "negative_prompt": request.negative_prompt, "num_frames": request.num_frames,
         "num_inference_steps": request.num_inference_steps, "guidance_scale": request.guidance_scale,
         "shift": request.shift, "solver": request.solver, "cache": request.cache, "seed": request.seed,
-        "cfg": request.cfg, "sampling": request.sampling,
+        "cfg": request.cfg, "sampling": request.sampling, "input_reference": None, "last_reference": None,
         "timings": {},
     }
 

@@ -29,7 +29,7 @@ class ServeConfig:
     api_key: str | None = None
     max_queue: int = 16
     output_dir: str = "wan_videos"
-    max_body_bytes: int = 64 * 1024
+    max_body_bytes: int | None = None  # None: TEXT_BODY_BYTES, or IMAGE_BODY_BYTES for an i2v/flf2v model
     warmup: bool = True
     dist_timeout_s: float = 600.0
     limits: RequestLimits = RequestLimits()
@@ -39,7 +39,7 @@ def run_server(config: ServeConfig, pipeline_options: dict) -> int:
     """Serve until interrupted (status 0) or until a rank fails (status 1)."""
     import uvicorn
 
-    from .app import ServerOptions, create_app
+    from .app import IMAGE_BODY_BYTES, TEXT_BODY_BYTES, ServerOptions, create_app
     from .job_store import JobStore
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -64,7 +64,10 @@ def run_server(config: ServeConfig, pipeline_options: dict) -> int:
         await run_in_threadpool(engine.close)
         store.close()
 
-    app = create_app(engine, store, ServerOptions(api_key=config.api_key, max_body_bytes=config.max_body_bytes),
+    body_bytes = config.max_body_bytes
+    if body_bytes is None:
+        body_bytes = TEXT_BODY_BYTES if engine.model_type == "t2v" else IMAGE_BODY_BYTES
+    app = create_app(engine, store, ServerOptions(api_key=config.api_key, max_body_bytes=body_bytes),
                      lifespan=lifespan)
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
                                            timeout_graceful_shutdown=5))
