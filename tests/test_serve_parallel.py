@@ -25,10 +25,10 @@ DIST_TIMEOUT_S = 5.0
 SLACK_S = 20.0  # process exit and scheduling on a loaded 2-core machine
 
 
-def _launch(tmp_path, jobs_dir):
+def _launch(tmp_path, jobs_dir, *extra):
     """(rank 0's ServerProcess, rank 1's), both started; rank 0 answering HTTP."""
     master = str(free_port())
-    flags = ("--ulysses", "2", "--dist-timeout", str(DIST_TIMEOUT_S))
+    flags = ("--ulysses", "2", "--dist-timeout", str(DIST_TIMEOUT_S), *extra)
     port = free_port()
     ranks = []
     for rank in (1, 0):  # the follower first: rank 0's readiness wait then covers both loads
@@ -70,6 +70,33 @@ def test_two_ranks_serve_jobs_cancel_idle_and_stop_cleanly(tmp_path):
     local = read_video(save_video(result.frames, tmp_path / "local.mp4"))
     diff = np.abs(read_video(served).astype(np.int16) - local.astype(np.int16))
     print(f"2 ranks vs 1 process (decoded MP4s): max |diff| {diff.max()} levels, mean {diff.mean():.4f}")
+    assert diff.mean() < 0.5 and diff.max() <= 16
+
+
+def test_two_ranks_serve_an_uploaded_first_frame(tmp_path):
+    """Every rank reads the job's stored upload (one node: the same path) and conditions on rank 0's."""
+    from test_i2v import PROMPT, rgb
+    from test_serve_images import png
+
+    first = tmp_path / "first.png"
+    first.write_bytes(png(rgb(48, 48, 5)))
+    leader, follower = _launch(tmp_path, tmp_path / "jobs", "--model", "tiny-i2v", "--no-warmup")
+    try:
+        with httpx.Client(base_url=leader.url, timeout=60) as c:
+            form = {"prompt": PROMPT, "seed": "3", "size": "48x48", "num_frames": "5", "num_inference_steps": "2"}
+            created = c.post("/v1/videos", data=form, files={"input_reference": ("f.png", first.read_bytes())})
+            job = wait_for_status(c, created.json()["id"])
+            assert job["status"] == "completed", job
+            served = tmp_path / "served.mp4"
+            served.write_bytes(c.get(f"/v1/videos/{job['id']}/content").content)
+    finally:
+        leader.stop()
+        follower.stop()
+    result = Engine(WanPipeline.from_pretrained("tiny-i2v", device="cpu")).generate(
+        GenerationRequest(PROMPT, size=(48, 48), num_frames=5, num_inference_steps=2, seed=3, image=str(first)))
+    local = read_video(save_video(result.frames, tmp_path / "local.mp4"))
+    diff = np.abs(read_video(served).astype(np.int16) - local.astype(np.int16))
+    print(f"i2v, 2 ranks vs 1 process (decoded MP4s): max |diff| {diff.max()} levels, mean {diff.mean():.4f}")
     assert diff.mean() < 0.5 and diff.max() <= 16
 
 
