@@ -280,7 +280,10 @@ def test_unreadable_non_image_and_unsupported_files_are_refused_by_name(tmp_path
     truncated.write_bytes(_save(tmp_path, "whole.png", rgb(64, 64, 3)).read_bytes()[:200])
     sixteen_bit = tmp_path / "deep.png"
     Image.fromarray((rgb(16, 16)[..., 0].astype(np.uint16) * 257)).save(sixteen_bit)
+    too_wide = tmp_path / "wide.png"
+    Image.new("1", (8193, 2)).save(too_wide)  # a few bytes on disk; the side is read from the header
     cases = [(tmp_path / "missing.png", "no such image file"), (text, "is not a readable image"),
+             (too_wide, "8193x2 is outside the accepted 1..8192 pixels per side"),
              (truncated, "is not a readable image"), (tmp_path, "no such image file"),
              (sixteen_bit, "image mode 'I;16' is not supported"), (42, "must be an image file path")]
     for value, message in cases:

@@ -74,13 +74,18 @@ def read_image(value, name: str) -> ConditionImage:
         path = Path(value).expanduser()
         if not path.is_file():
             raise ValueError(f"{name}: no such image file: {path}")
+        unreadable = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
         try:
             data = path.read_bytes()
             with Image.open(io.BytesIO(data)) as probe:
                 probe.verify()  # a truncated or corrupt file fails here, not halfway into a run
             image = Image.open(io.BytesIO(data))
+        except unreadable as e:
+            raise ValueError(f"{name}: {path} is not a readable image ({e})") from None
+        _check_sides(image, name)  # from the header: a huge image is refused before its pixels are decoded
+        try:
             image.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        except unreadable as e:
             raise ValueError(f"{name}: {path} is not a readable image ({e})") from None
         source = str(path)
     elif isinstance(value, Image.Image):
@@ -88,9 +93,7 @@ def read_image(value, name: str) -> ConditionImage:
     else:
         raise ValueError(f"{name} must be an image file path, a PIL image or a uint8 [H, W, 3] array, "
                          f"got {type(value).__name__}")
-    width, height = image.size
-    if not (1 <= width <= MAX_IMAGE_SIDE and 1 <= height <= MAX_IMAGE_SIDE):
-        raise ValueError(f"{name}: {width}x{height} is outside the accepted 1..{MAX_IMAGE_SIDE} pixels per side")
+    _check_sides(image, name)
     conversion = None
     if image.mode != "RGB":
         if image.mode not in CONVERTED_MODES:
@@ -99,6 +102,12 @@ def read_image(value, name: str) -> ConditionImage:
         conversion = CONVERTED_MODES[image.mode]
         image = image.convert("RGB")
     return ConditionImage(_to_unit_range(np.asarray(image, dtype=np.uint8)), source, conversion)
+
+
+def _check_sides(image, name: str) -> None:
+    width, height = image.size
+    if not (1 <= width <= MAX_IMAGE_SIDE and 1 <= height <= MAX_IMAGE_SIDE):
+        raise ValueError(f"{name}: {width}x{height} is outside the accepted 1..{MAX_IMAGE_SIDE} pixels per side")
 
 
 def _to_unit_range(rgb: np.ndarray) -> torch.Tensor:
