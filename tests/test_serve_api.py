@@ -166,6 +166,16 @@ def test_malformed_json_oversized_body_and_wrong_type_are_refused(client):
     assert text.status_code == 415
 
 
+def test_an_image_upload_to_a_text_to_video_server_is_refused_naming_the_field(client):
+    files = {"input_reference": ("f.png", b"\x89PNG\r\n\x1a\n", "image/png")}
+    refused = client.post("/v1/videos", data={"prompt": "x"}, files=files)
+    assert refused.status_code == 422 and refused.json()["error"]["param"] == "input_reference"
+    assert "text-to-video model" in refused.json()["error"]["message"]
+    three = [("input_reference", ("a.png", b"a")), ("last_reference", ("b.png", b"b")), ("input_reference", ("c", b"c"))]
+    too_many = client.post("/v1/videos", data={"prompt": "x"}, files=three)
+    assert too_many.status_code == 400 and "Maximum number of files is 2" in too_many.json()["error"]["message"]
+
+
 def test_a_missing_or_wrong_key_gets_401_on_every_v1_route(server):
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
         with httpx.Client(base_url=server.url, headers=headers, timeout=30) as c:
