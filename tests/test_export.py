@@ -154,3 +154,33 @@ def test_tensorrt_engines_match_onnxruntime(tiny, exported, tmp_path):
     reference = without_prompt_cleaning(wan_engine.WanPipeline.from_pretrained("tiny", device="cuda", dtype="fp32"))
     a, b = pipe.run(**REQUEST), reference.run(**REQUEST)
     assert np.abs(a.frames.astype(int) - b.frames.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("model", ["tiny-i2v", "tiny-flf2v"])
+def test_an_image_conditioned_generation_through_onnxruntime_is_the_executors(model, tmp_path):
+    """The i2v/flf2v DiT exports with the CLIP features as a second text-graph input and the image
+    K/V as step inputs (the conditioning channels ride in the patches)."""
+    from test_i2v import rgb
+
+    pipe = wan_engine.WanPipeline.from_pretrained(model, device="cpu")
+    export_onnx(pipe, "dit", tmp_path / "dit", SHAPES)
+    export_onnx(pipe, "vae-decoder", tmp_path / "vae-decoder", SHAPES)
+    text_inputs = onnx.load(str(tmp_path / "dit" / "dit_text_kv.onnx"), load_external_data=False).graph.input
+    assert len(text_inputs) == 2  # the context and the CLIP features
+    # The TensorRT profiles come from these graphs (no TensorRT needed to read them): the CLIP input
+    # spans batch 1-2 at the model's fixed token count.
+    from wan_engine.export.tensorrt import profiles_for
+
+    cfg = pipe.config.dit
+    clip_tokens = (2 if model == "tiny-flf2v" else 1) * cfg.image_tokens
+    profile = profiles_for(tmp_path / "dit", Manifest.load(tmp_path / "dit"), pipe.config)["text_kv"]
+    assert profile[text_inputs[1].name] == ((1, clip_tokens, cfg.image_dim),) + ((2, clip_tokens, cfg.image_dim),) * 2
+    onnx_pipe = wan_engine.WanPipeline.from_pretrained(model, device="cpu", engine=f"onnx:{tmp_path}")
+    images = dict(image=rgb(32, 48, 1)) | (dict(last_image=rgb(32, 48, 2)) if model == "tiny-flf2v" else {})
+    kw = dict(prompt="a paper boat", size=(48, 32), num_frames=9, steps=4, seed=5, **images)
+    a, b = pipe.run(**kw), onnx_pipe.run(**kw)
+    diff = np.abs(a.frames.astype(np.int16) - b.frames.astype(np.int16))
+    print(f"{model}: onnxruntime vs executor: max {diff.max()} levels, mean {diff.mean():.4f}")
+    assert diff.max() <= 1
+    with pytest.raises(ValueError, match="needs clip_fea"):
+        onnx_pipe.dit.prepare_text(torch.zeros(1, 4, pipe.config.dit.text_dim))

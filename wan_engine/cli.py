@@ -341,13 +341,6 @@ def cmd_export(args) -> int:
     if args.component == "vae-encoder":
         raise ValueError("--component vae-encoder: not exported yet (the static encoder chunks exist; T2V does "
                          "not encode)")
-    if args.component == "dit":
-        from .assembly import peek_model
-
-        model_type = peek_model(args.model)[0].model_type
-        if model_type != "t2v":
-            raise ValueError(f"--component dit: the export covers text-to-video DiTs; {model_type} models add the "
-                             f"CLIP K/V inputs, not exported yet (their VAE decoder exports as for T2V)")
     out = Path(args.out).expanduser()
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--out {out} is not empty: give a new directory (an export is never written over another)")

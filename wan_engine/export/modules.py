@@ -1,8 +1,8 @@
 """The exported functions as modules: fixed-shape tensor functions of the executor and the VAE.
 
 Everything that varies is an input: the patches, timesteps, the RoPE rows as real cos/sin tables
-(nothing complex-valued), the text K/V, the stored residual of a cached step, and the VAE's
-feature-cache slots (in and out). Shapes are dynamic where the video size is: batch 1-2, tokens,
+(nothing complex-valued), the text K/V (and for i2v/flf2v the CLIP-token K/V), the stored residual
+of a cached step, and the VAE's feature-cache slots (in and out). Shapes are dynamic where the video size is: batch 1-2, tokens,
 latent rows and columns.
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..executor.rope_cache import RopeTable
+from ..executor.steps import text_tensors
 from ..executor.text_cache import TextKV
 from ..vae.static import StaticChunks
 
@@ -17,16 +18,15 @@ DIT_KINDS = ("full", "full_residual", "reuse")
 
 
 class DiTStep(nn.Module):
-    """`kind` "full": (patches, t, cos, sin, k, v) -> head tokens; "full_residual": -> (head tokens,
-    block-stack residual); "reuse": (patches, t, cos, sin, residual, k, v) -> head tokens. The rows
-    of cos/sin are the tokens: no sequence padding, every key attended."""
+    """`kind` "full": (patches, t, cos, sin, *kv) -> head tokens; "full_residual": -> (head tokens,
+    block-stack residual); "reuse": (patches, t, cos, sin, residual, *kv) -> head tokens. kv is
+    (k, v), and (k, v, k_img, v_img) for an i2v/flf2v DiT (whose patches carry the conditioning
+    channels). The rows of cos/sin are the tokens: no sequence padding, every key attended."""
 
     def __init__(self, executor, kind: str):
         super().__init__()
         if kind not in DIT_KINDS:
             raise ValueError(f"kind must be one of {', '.join(DIT_KINDS)}; got {kind!r}")
-        if executor.config.model_type != "t2v":
-            raise ValueError("export covers the T2V DiT (image-conditioned models add CLIP K/V inputs: not yet)")
         self.executor, self.kind = executor, kind
 
     def _rope(self, cos, sin) -> RopeTable:
@@ -36,28 +36,26 @@ class DiTStep(nn.Module):
     def forward(self, patches, t, cos, sin, *rest):
         ex = self.executor
         if self.kind == "full":
-            k, v = rest
-            return ex.forward_tokens(patches, t, TextKV(k, v), self._rope(cos, sin))
+            return ex.forward_tokens(patches, t, TextKV(*rest), self._rope(cos, sin))
         stream = ex.embed(patches, t, self._rope(cos, sin))
         if self.kind == "full_residual":
-            k, v = rest
-            out = ex.run_blocks(stream, TextKV(k, v))
+            out = ex.run_blocks(stream, TextKV(*rest))
             return ex.head(out), out.x - stream.x
-        residual, k, v = rest
+        residual, *kv = rest
         return ex.head(ex.skip_blocks(stream, residual))
 
 
 class TextKVStep(nn.Module):
     """Text embeddings [B, text_len, text_dim] (zero-padded) -> every layer's cross-attention K and V
-    [num_layers, B, text_len, heads, head_dim]: once per request."""
+    [num_layers, B, text_len, heads, head_dim]: once per request. An i2v/flf2v DiT also takes the
+    fp32 CLIP features [B, tokens, image_dim] and returns their K and V after the text's."""
 
     def __init__(self, executor):
         super().__init__()
         self.executor = executor
 
-    def forward(self, context):
-        text = self.executor.prepare_text(context)
-        return text.k, text.v
+    def forward(self, context, *clip_fea):
+        return text_tensors(self.executor.prepare_text(context, *clip_fea))
 
 
 class VAEChunk(nn.Module):

@@ -75,16 +75,19 @@ def export_dit(executor, vae_config: VAEConfig, out_dir: Path, shapes: ShapeRang
     cos = torch.randn(s, cfg.head_dim // 2, generator=gen).to(device)
     sin = torch.randn(s, cfg.head_dim // 2, generator=gen).to(device)
     context = torch.randn(b, cfg.text_len, cfg.text_dim, generator=gen).to(device, cd)
-    k, v = TextKVStep(executor)(context)
+    # i2v/flf2v: the CLIP features (fp32; a fixed token count per model) are a second text-graph input.
+    clip_fea = () if cfg.model_type == "t2v" else (torch.randn(
+        b, (2 if cfg.model_type == "flf2v" else 1) * cfg.image_tokens, cfg.image_dim, generator=gen).to(device),)
+    kv_tensors = TextKVStep(executor)(context, *clip_fea)  # (k, v) or (k, v, k_img, v_img)
     residual = torch.randn(b, s, cfg.dim, generator=gen).to(device)
     weight_bytes = sum(t.numel() * t.element_size() for t in executor.buffers())
-    kv = {1: batch}
     files = {"text_kv": "dit_text_kv.onnx"}
-    _save(TextKVStep(executor).eval(), (context,), ({0: batch},), out_dir / files["text_kv"], weight_bytes)
+    text_dyn = ({0: batch},) + ((({0: batch},),) if clip_fea else ())  # the module's *clip_fea is one tuple
+    _save(TextKVStep(executor).eval(), (context, *clip_fea), text_dyn, out_dir / files["text_kv"], weight_bytes)
     rope = {0: tokens}
     for kind in kinds:
-        args = (patches, t, cos, sin) + ((residual,) if kind == "reuse" else ()) + (k, v)
-        rest = (({0: batch, 1: tokens},) if kind == "reuse" else ()) + (kv, kv)
+        args = (patches, t, cos, sin) + ((residual,) if kind == "reuse" else ()) + kv_tensors
+        rest = (({0: batch, 1: tokens},) if kind == "reuse" else ()) + ({1: batch},) * len(kv_tensors)
         dyn = ({0: batch, 1: tokens}, {0: batch}, rope, rope, rest)  # the module's *rest is one tuple
         files[kind] = f"dit_{kind}.onnx"
         _save(DiTStep(executor, kind).eval(), args, dyn, out_dir / files[kind], weight_bytes)

@@ -18,7 +18,7 @@ from ..executor.rope_cache import RopeCache, RopeTable
 from ..executor.steps import text_tensors
 from ..executor.text_cache import TextKV
 from ..executor.token_io import TokenIO
-from ..reference.dit import pad_context
+from ..reference.dit import image_features, pad_context
 from .manifest import Manifest
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -68,10 +68,9 @@ class ExportedDiT(TokenIO):
         self.steps = ExportedSteps(self.graphs)
 
     def prepare_text(self, context: torch.Tensor, clip_fea=None) -> TextKV:
-        if clip_fea is not None:
-            raise ValueError("the exported T2V DiT takes no CLIP features")
-        k, v = self.graphs["text_kv"](pad_context(context, self.config.text_len).to(self.compute_dtype))
-        return TextKV(k, v)
+        context = pad_context(context, self.config.text_len).to(self.compute_dtype)
+        clip_fea = image_features(clip_fea, self.config, context.shape[0])  # None for t2v; refuses a mismatch
+        return TextKV(*self.graphs["text_kv"](context, *(() if clip_fea is None else (clip_fea.float(),))))
 
     def step_functions(self, rope: RopeTable, text: TextKV) -> ExportedSteps:
         return self.steps
