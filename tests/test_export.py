@@ -21,7 +21,7 @@ from wan_engine.cache import CacheConfig
 from wan_engine.export.manifest import Manifest, ShapeRange
 from wan_engine.export.modules import DiTStep, TextKVStep, VAEChunk
 from wan_engine.export.onnx_export import export_onnx
-from wan_engine.export.onnx_runtime import OnnxGraph
+from wan_engine.export.onnx_runtime import OnnxGraph, OnnxVAEEncoder
 from wan_engine.vae.static import decoder_chunks
 
 SHAPES = ShapeRange(batch=(1, 2), frames=(5, 9), height=(32, 64), width=(32, 64))
@@ -159,12 +159,27 @@ def test_tensorrt_engines_match_onnxruntime(tiny, exported, tmp_path):
 @pytest.mark.parametrize("model", ["tiny-i2v", "tiny-flf2v"])
 def test_an_image_conditioned_generation_through_onnxruntime_is_the_executors(model, tmp_path):
     """The i2v/flf2v DiT exports with the CLIP features as a second text-graph input and the image
-    K/V as step inputs (the conditioning channels ride in the patches)."""
+    K/V as step inputs (the conditioning channels ride in the patches); the VAE encoder (through the
+    CLI) as its first and steady chunks, within 1e-5 of `vae.encode` at two shapes; the generation
+    runs all three exports."""
     from test_i2v import rgb
+
+    from wan_engine.cli import main
 
     pipe = wan_engine.WanPipeline.from_pretrained(model, device="cpu")
     export_onnx(pipe, "dit", tmp_path / "dit", SHAPES)
     export_onnx(pipe, "vae-decoder", tmp_path / "vae-decoder", SHAPES)
+    ranges = ["--frames", "5-9", "--height", "32-64", "--width", "32-64"]
+    assert main(["export", "--model", model, "--component", "vae-encoder", "--out", str(tmp_path / "vae-encoder"),
+                 *ranges]) == 0
+    encoder = OnnxVAEEncoder(tmp_path / "vae-encoder", pipe.vae)
+    for frames, height, width in ((5, 32, 48), (9, 64, 64)):  # two shapes from one file
+        video = torch.rand(1, 3, frames, height, width, generator=torch.Generator().manual_seed(frames)) * 2 - 1
+        assert _rel_l2(encoder(video), pipe.vae.encode(video)) <= 1e-5
+    with pytest.raises(ValueError, match="height 72 is outside the exported range"):
+        encoder(torch.zeros(1, 3, 5, 72, 64))
+    with pytest.raises(ValueError, match="takes one video"):
+        encoder(torch.zeros(2, 3, 5, 32, 32))
     text_inputs = onnx.load(str(tmp_path / "dit" / "dit_text_kv.onnx"), load_external_data=False).graph.input
     assert len(text_inputs) == 2  # the context and the CLIP features
     # The TensorRT profiles come from these graphs (no TensorRT needed to read them): the CLIP input
@@ -175,7 +190,12 @@ def test_an_image_conditioned_generation_through_onnxruntime_is_the_executors(mo
     clip_tokens = (2 if model == "tiny-flf2v" else 1) * cfg.image_tokens
     profile = profiles_for(tmp_path / "dit", Manifest.load(tmp_path / "dit"), pipe.config)["text_kv"]
     assert profile[text_inputs[1].name] == ((1, clip_tokens, cfg.image_dim),) + ((2, clip_tokens, cfg.image_dim),) * 2
+    first = tmp_path / "vae-encoder" / "vae_encoder_first.onnx"
+    video_input = onnx.load(str(first), load_external_data=False).graph.input[0]
+    profile = profiles_for(tmp_path / "vae-encoder", Manifest.load(tmp_path / "vae-encoder"), pipe.config)["first"]
+    assert profile[video_input.name] == ((1, 3, 1, 32, 32),) + ((1, 3, 1, 64, 64),) * 2
     onnx_pipe = wan_engine.WanPipeline.from_pretrained(model, device="cpu", engine=f"onnx:{tmp_path}")
+    assert isinstance(onnx_pipe.vae_encoder, OnnxVAEEncoder)
     images = dict(image=rgb(32, 48, 1)) | (dict(last_image=rgb(32, 48, 2)) if model == "tiny-flf2v" else {})
     kw = dict(prompt="a paper boat", size=(48, 32), num_frames=9, steps=4, seed=5, **images)
     a, b = pipe.run(**kw), onnx_pipe.run(**kw)

@@ -386,16 +386,6 @@ def test_cli_refuses_bad_images_before_the_model_loads(tmp_path, capsys, monkeyp
     assert re.search(message, capsys.readouterr().err)
 
 
-def test_exporting_the_vae_encoder_is_refused_before_the_load(tmp_path, capsys, monkeypatch):
-    """The image models' DiT exports (tests/test_export.py); their VAE encoder does not yet."""
-    from wan_engine.cli import main
-
-    monkeypatch.setattr(WanPipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded"))
-    assert main(["export", "--model", "tiny-flf2v", "--component", "vae-encoder", "--out", str(tmp_path / "x")]) == 2
-    assert "--component vae-encoder: not exported yet" in capsys.readouterr().err
-    assert not (tmp_path / "x").exists()
-
-
 def test_bench_suites_run_image_conditioned_models(tmp_path, capsys):
     """The DiT, step and e2e suites give an i2v/flf2v model its conditioning, and every row passes
     against the fp32 reference (the bench exits non-zero on a FAIL row or a failed suite)."""

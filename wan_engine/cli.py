@@ -317,7 +317,7 @@ def _range(text: str) -> tuple[int, int]:
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="export the DiT or the VAE decoder chunks to ONNX (or TensorRT engines)")
+    p = sub.add_parser("export", help="export the DiT or the VAE decoder/encoder chunks to ONNX (or TensorRT engines)")
     p.add_argument("--model", required=True, help="model directory or preset")
     p.add_argument("--component", choices=("dit", "vae-decoder", "vae-encoder"), required=True)
     p.add_argument("--format", choices=("onnx", "trt"), default="onnx",
@@ -338,9 +338,6 @@ def cmd_export(args) -> int:
     from .pipelines.t2v import WanPipeline
 
     shapes = ShapeRange(batch=args.batch, frames=args.frames, height=args.height, width=args.width)
-    if args.component == "vae-encoder":
-        raise ValueError("--component vae-encoder: not exported yet (the static encoder chunks exist; T2V does "
-                         "not encode)")
     out = Path(args.out).expanduser()
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--out {out} is not empty: give a new directory (an export is never written over another)")

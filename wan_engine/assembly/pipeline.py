@@ -257,15 +257,16 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         dit.quantize_weights(quant)
     if engine == "executor" and mesh.sp_size > 1:
         dit = apply_parallel(dit, mesh)
-    vae_decoder = None
+    vae_decoder = vae_encoder = None
     if exported is not None:
         if mesh.config.world_size > 1:
             raise ValueError("exported engines run in one process (no sequence parallelism inside an ONNX/TensorRT "
                              "graph yet)")
-        dit, vae_decoder = exported_components(exported, dit.config, vae)
+        dit, vae_decoder, vae_encoder = exported_components(exported, dit.config, vae)
     return dict(config=config, text_encoder=text, dit=dit, vae=vae, device=device, dtype=dtype,
                 text_device=text_device, offload=offload, mesh=mesh, decode_group=decode_group, cache=cache,
-                vae_decode=vae_decode, cuda_graphs=cuda_graphs, vae_decoder=vae_decoder, lora=lora,
+                vae_decode=vae_decode, cuda_graphs=cuda_graphs, vae_decoder=vae_decoder, vae_encoder=vae_encoder,
+                lora=lora,
                 cache_calibration=model_calibration(folder, config.name), image_encoder=image_encoder)
 
 
@@ -302,8 +303,9 @@ def parse_exported_engine(engine) -> tuple[str, Path] | None:
 
 
 def exported_components(exported: tuple[str, Path], dit_config, vae):
-    """The exported DiT of the folder (itself an export, or holding `dit/`), and its exported VAE
-    decoder when the folder holds `vae-decoder/` (None: the static chunk decode in torch)."""
+    """The exported DiT of the folder (itself an export, or holding `dit/`), its exported VAE decoder
+    when the folder holds `vae-decoder/` (None: the static chunk decode in torch) and its exported
+    VAE encoder when it holds `vae-encoder/` (None: `vae.encode`)."""
     from ..export import runner_for
 
     kind, folder = exported
@@ -311,7 +313,9 @@ def exported_components(exported: tuple[str, Path], dit_config, vae):
     dit = runner_for(kind, "dit", dit_folder, dit_config=dit_config)
     vae_folder = folder / "vae-decoder"
     decoder = runner_for(kind, "vae-decoder", vae_folder, vae=vae) if vae_folder.is_dir() else None
-    return dit, decoder
+    encoder_folder = folder / "vae-encoder"
+    encoder = runner_for(kind, "vae-encoder", encoder_folder, vae=vae) if encoder_folder.is_dir() else None
+    return dit, decoder, encoder
 
 
 def check_lora_files(specs: tuple[LoraSpec, ...]) -> tuple[LoraSpec, ...]:

@@ -10,12 +10,12 @@ from .manifest import COMPONENTS, Manifest, ShapeRange
 def runner_for(kind: str, component: str, folder: Path, *, dit_config=None, vae=None):
     """The runner of an export folder: onnxruntime (`onnx`) or TensorRT (`trt`)."""
     if kind == "onnx":
-        from .onnx_runtime import OnnxDiT, OnnxVAEDecoder
-
-        return OnnxDiT(folder, dit_config) if component == "dit" else OnnxVAEDecoder(folder, vae)
-    from .tensorrt import TrtDiT, TrtVAEDecoder
-
-    return TrtDiT(folder, dit_config) if component == "dit" else TrtVAEDecoder(folder, vae)
+        from .onnx_runtime import OnnxDiT as dit, OnnxVAEDecoder as decoder, OnnxVAEEncoder as encoder
+    else:
+        from .tensorrt import TrtDiT as dit, TrtVAEDecoder as decoder, TrtVAEEncoder as encoder
+    if component == "dit":
+        return dit(folder, dit_config)
+    return (decoder if component == "vae-decoder" else encoder)(folder, vae)
 
 
 __all__ = ["COMPONENTS", "Manifest", "ShapeRange", "runner_for"]

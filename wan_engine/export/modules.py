@@ -2,8 +2,8 @@
 
 Everything that varies is an input: the patches, timesteps, the RoPE rows as real cos/sin tables
 (nothing complex-valued), the text K/V (and for i2v/flf2v the CLIP-token K/V), the stored residual
-of a cached step, and the VAE's feature-cache slots (in and out). Shapes are dynamic where the video size is: batch 1-2, tokens,
-latent rows and columns.
+of a cached step, and the VAE's feature-cache slots (in and out). Shapes are dynamic where the
+video size is: batch 1-2, tokens, latent rows and columns.
 """
 from __future__ import annotations
 

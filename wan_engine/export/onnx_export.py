@@ -1,9 +1,10 @@
-"""`export_onnx`: the DiT or the VAE decoder of a pipeline as ONNX files, with a manifest.
+"""`export_onnx`: the DiT or a VAE half of a pipeline as ONNX files, with a manifest.
 
 torch.onnx's dynamo exporter over the modules of `export.modules`. The DiT becomes four graphs
 (the text K/V, the full step, the full step that also returns the block-stack residual, and the
 reused step) with dynamic batch (1-2) and tokens; the VAE decoder two (its first and steady
-chunks) with dynamic latent rows and columns and the cache slots as inputs and outputs. Files
+chunks) with dynamic latent rows and columns and the cache slots as inputs and outputs, and the
+encoder likewise (frame 0, then 4-frame chunks; i2v/flf2v encode their conditioning video). Files
 over 2 GB keep their weights as external data. The manifest is written last.
 """
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 import torch
 
 from ..configs import VAEConfig
-from ..vae.static import decoder_chunks
+from ..reference.vae import ENCODE_CHUNK_FRAMES
+from ..vae.static import decoder_chunks, encoder_chunks
 from .manifest import Manifest, ShapeRange
 from .modules import DIT_KINDS, DiTStep, TextKVStep, VAEChunk
 
@@ -95,31 +97,47 @@ def export_dit(executor, vae_config: VAEConfig, out_dir: Path, shapes: ShapeRang
 
 
 @torch.no_grad()
-def export_vae_decoder(vae, out_dir: Path, shapes: ShapeRange, model_name: str) -> Manifest:
-    cfg = vae.config
-    s = cfg.spatial_stride
-    chunks = decoder_chunks(vae)
+def _export_vae_chunks(vae, chunks, component: str, out_dir: Path, shapes: ShapeRange, model_name: str, *,
+                       channels: int, steady_frames: int, unit: int) -> Manifest:
+    """The first and steady chunk graphs of one VAE half. `unit`: the chunk's side per latent row (1
+    for the decoder's latent input, the spatial stride for the encoder's pixels); the input's and
+    every cache slot's sides are dynamic as multiples of the latent rows and columns, so the
+    TensorRT profiles read them alike."""
+    s = vae.config.spatial_stride
     h_lo, h_hi = shapes.height[0] // s, shapes.height[1] // s
     w_lo, w_hi = shapes.width[0] // s, shapes.width[1] // s
     rows = _dim("latent_rows", max(h_lo, 2), max(h_hi, 2))
     cols = _dim("latent_cols", max(w_lo, 2), max(w_hi, 2))
     device = next(vae.parameters()).device
-    h, w = max(h_lo, 2), max(w_lo, 2)
-    x = torch.randn(1, cfg.z_dim, 1, h, w, generator=torch.Generator().manual_seed(1)).to(device)
+    h, w = max(h_lo, 2) * unit, max(w_lo, 2) * unit
     slots = chunks.slots(1, h, w, torch.float32, device)
-    dyn = ({3: rows, 4: cols}, tuple({3: _scaled(rows, sp.scale_h), 4: _scaled(cols, sp.scale_w)}
-                                     for sp in chunks.specs))
-    weight_bytes = sum(p.numel() * p.element_size() for p in vae.decoder.parameters())
+    dyn = ({3: _scaled(rows, unit), 4: _scaled(cols, unit)},
+           tuple({3: _scaled(rows, unit * sp.scale_h), 4: _scaled(cols, unit * sp.scale_w)} for sp in chunks.specs))
+    weight_bytes = sum(p.numel() * p.element_size() for p in chunks.module.parameters())
+    gen = torch.Generator().manual_seed(1)
     files = {}
-    for role, first in (("first", True), ("steady", False)):
-        files[role] = f"vae_decoder_{role}.onnx"
-        _save(VAEChunk(chunks, first).eval(), (x, *slots), dyn, out_dir / files[role], weight_bytes)
-    return Manifest(model_name, "vae-decoder", "onnx", "fp32", shapes, dataclasses.asdict(cfg), files, OPSET,
+    for role, frames in (("first", 1), ("steady", steady_frames)):
+        x = torch.randn(1, channels, frames, h, w, generator=gen).to(device)
+        files[role] = f"{component.replace('-', '_')}_{role}.onnx"
+        _save(VAEChunk(chunks, role == "first").eval(), (x, *slots), dyn, out_dir / files[role], weight_bytes)
+    return Manifest(model_name, component, "onnx", "fp32", shapes, dataclasses.asdict(vae.config), files, OPSET,
                     _versions())
 
 
+def export_vae_decoder(vae, out_dir: Path, shapes: ShapeRange, model_name: str) -> Manifest:
+    """The decoder's chunks: one latent frame (after conv2) in, 1 (first) or 4 (steady) frames out."""
+    return _export_vae_chunks(vae, decoder_chunks(vae), "vae-decoder", out_dir, shapes, model_name,
+                              channels=vae.config.z_dim, steady_frames=1, unit=1)
+
+
+def export_vae_encoder(vae, out_dir: Path, shapes: ShapeRange, model_name: str) -> Manifest:
+    """The encoder's chunks: frame 0 (first) or 4 frames (steady) in, one latent frame's features out."""
+    return _export_vae_chunks(vae, encoder_chunks(vae), "vae-encoder", out_dir, shapes, model_name,
+                              channels=3, steady_frames=ENCODE_CHUNK_FRAMES, unit=vae.config.spatial_stride)
+
+
 def export_onnx(pipe, component: str, out_dir: str | Path, shapes: ShapeRange | None = None) -> Manifest:
-    """Export `component` ("dit" or "vae-decoder") of a built pipeline into `out_dir`."""
+    """Export `component` ("dit", "vae-decoder" or "vae-encoder") of a built pipeline into `out_dir`."""
     from ..executor import WanExecutor
 
     shapes = ShapeRange() if shapes is None else shapes
@@ -132,7 +150,9 @@ def export_onnx(pipe, component: str, out_dir: str | Path, shapes: ShapeRange | 
         manifest = export_dit(pipe.dit, pipe.config.vae, out_dir, shapes, pipe.config.name, dtype)
     elif component == "vae-decoder":
         manifest = export_vae_decoder(pipe.vae, out_dir, shapes, pipe.config.name)
+    elif component == "vae-encoder":
+        manifest = export_vae_encoder(pipe.vae, out_dir, shapes, pipe.config.name)
     else:
-        raise ValueError(f"component must be dit or vae-decoder for ONNX (vae-encoder: not yet); got {component!r}")
+        raise ValueError(f"component must be dit, vae-decoder or vae-encoder; got {component!r}")
     manifest.save(out_dir)
     return manifest

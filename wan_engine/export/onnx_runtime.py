@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .runners import ExportedDiT, ExportedVAEDecoder
+from .runners import ExportedDiT, ExportedVAEDecoder, ExportedVAEEncoder
 
 
 class OnnxGraph:
@@ -42,5 +42,10 @@ class OnnxDiT(ExportedDiT):
 
 
 class OnnxVAEDecoder(ExportedVAEDecoder):
+    def __init__(self, folder, vae):
+        super().__init__(folder, vae, "onnx", OnnxGraph)
+
+
+class OnnxVAEEncoder(ExportedVAEEncoder):
     def __init__(self, folder, vae):
         super().__init__(folder, vae, "onnx", OnnxGraph)

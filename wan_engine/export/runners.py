@@ -1,9 +1,10 @@
 """What every exported runtime shares: the DiT behind the executor's runner interface and the VAE
-decoder's chunk loop, over graphs that a runtime (onnxruntime, TensorRT) runs.
+decoder's and encoder's chunk loops, over graphs that a runtime (onnxruntime, TensorRT) runs.
 
 A runtime supplies `run_graph(path) -> callable(*torch tensors) -> tuple of torch tensors`; the
 classes here read the manifest (refusing a folder exported for another model, format or shapes),
-and provide `prepare_text`, `predict`, `step_functions` (for static step caches) and the decode.
+and provide `prepare_text`, `predict`, `step_functions` (for static step caches), the decode and
+the encode.
 """
 from __future__ import annotations
 
@@ -87,17 +88,27 @@ class ExportedDiT(TokenIO):
         return self.tokens_out(self.steps.full(patches, t, rope.cos, rope.sin, *text_tensors(text)), rope)
 
 
-class ExportedVAEDecoder:
-    """`decode(latents)` through the exported first and steady chunks of `folder` for `vae` (its
-    config is checked; its normalization and per-pixel conv2 run in torch)."""
+class _ExportedVAEChunks:
+    """The exported first and steady chunks of one VAE half in `folder`, for `vae` (its config is
+    checked against the manifest's)."""
+
+    component: str
 
     def __init__(self, folder, vae, fmt: str, run_graph: Callable[[Path], Callable]):
-        from ..vae.static import decoder_chunks
+        from ..vae import static
 
-        self.folder, self.manifest = _load(folder, fmt, "vae-decoder", dataclasses.asdict(vae.config))
-        self.vae, self.chunks = vae, decoder_chunks(vae)
+        self.folder, self.manifest = _load(folder, fmt, self.component, dataclasses.asdict(vae.config))
+        chunks_of = static.decoder_chunks if self.component == "vae-decoder" else static.encoder_chunks
+        self.vae, self.chunks = vae, chunks_of(vae)
         self.first = run_graph(self.folder / self.manifest.files["first"])
         self.steady = run_graph(self.folder / self.manifest.files["steady"])
+
+
+class ExportedVAEDecoder(_ExportedVAEChunks):
+    """`decode(latents)` through the exported decoder chunks (the normalization and the per-pixel
+    conv2 run in torch)."""
+
+    component = "vae-decoder"
 
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor, graphs=None) -> torch.Tensor:
@@ -112,3 +123,31 @@ class ExportedVAEDecoder:
             out, *slots = self.steady(x[:, :, i:i + 1], *slots)
             frames.append(out)
         return torch.cat(frames, dim=2).clamp(-1.0, 1.0)
+
+
+class ExportedVAEEncoder(_ExportedVAEChunks):
+    """`encode(video)` through the exported encoder chunks (the per-pixel conv1 and the latent
+    normalization run in torch)."""
+
+    component = "vae-encoder"
+
+    @torch.no_grad()
+    def __call__(self, video: torch.Tensor) -> torch.Tensor:
+        """video [B, 3, 4n+1, H, W] in [-1, 1] -> normalized latents, as `vae.encode`."""
+        from ..reference.vae import ENCODE_CHUNK_FRAMES
+
+        vae = self.vae
+        vae._check_video(video)
+        b, _, t, h, w = video.shape
+        if b != 1:
+            raise ValueError(f"export {self.folder}: the exported VAE encoder takes one video (batch 1); got {b}")
+        self.manifest.shapes.check(b, t, h, w, f"export {self.folder}")
+        video = video.float()
+        slots = self.chunks.slots(b, h, w, torch.float32, video.device)
+        out, *slots = self.first(video[:, :, :1], *slots)
+        features = [out]
+        for start in range(1, t, ENCODE_CHUNK_FRAMES):
+            out, *slots = self.steady(video[:, :, start:start + ENCODE_CHUNK_FRAMES].contiguous(), *slots)
+            features.append(out)
+        mu = vae.conv1(torch.cat(features, dim=2))[:, : vae.config.z_dim]
+        return vae.normalize_latents(mu)

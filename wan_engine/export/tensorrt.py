@@ -8,7 +8,7 @@ marked `trt`. Without TensorRT every entry point raises one clear ImportError.
 
 `build_engines(onnx_dir, out_dir)` turns each ONNX file of an export into a serialized engine
 (`.plan`) with one optimization profile spanning the manifest's shape ranges; `TrtDiT` /
-`TrtVAEDecoder` run them on torch tensors, on the current CUDA stream.
+`TrtVAEDecoder`, `TrtVAEEncoder` run them on torch tensors, on the current CUDA stream.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .manifest import Manifest
-from .runners import ExportedDiT, ExportedVAEDecoder
+from .runners import ExportedDiT, ExportedVAEDecoder, ExportedVAEEncoder
 
 WORKSPACE_BYTES = 8 << 30
 
@@ -108,6 +108,11 @@ class TrtDiT(ExportedDiT):
 
 
 class TrtVAEDecoder(ExportedVAEDecoder):
+    def __init__(self, folder, vae):
+        super().__init__(folder, vae, "trt", _Engine)
+
+
+class TrtVAEEncoder(ExportedVAEEncoder):
     def __init__(self, folder, vae):
         super().__init__(folder, vae, "trt", _Engine)
 

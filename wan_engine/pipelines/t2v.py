@@ -94,7 +94,7 @@ class WanPipeline:
                  mesh: ParallelMesh | None = None, decode_group=None, cache: CacheConfig | None = None,
                  cache_calibration: Calibration | None = None, vae_decode: VAEDecodeOptions | None = None,
                  cuda_graphs: bool = True, vae_decoder=None, lora: LoraMerger | None = None,
-                 image_encoder=None):
+                 image_encoder=None, vae_encoder=None):
         self.mesh = ParallelMesh.single() if mesh is None else mesh
         vae_decode = VAEDecodeOptions() if vae_decode is None else vae_decode
         if not isinstance(vae_decode, VAEDecodeOptions):
@@ -105,6 +105,7 @@ class WanPipeline:
         self.graphs = GraphReplayer(device, enabled=cuda_graphs)
         # An exported engine brings its own decoder (the ONNX/TensorRT chunks); else the static loop.
         self.vae_decoder = VAEDecoder(vae, vae_decode) if vae_decoder is None else vae_decoder
+        self.vae_encoder = vae_encoder  # an exported encoder (i2v/flf2v conditioning); None: vae.encode
         _check_cache(cache)
         self.cache = cache  # the default step cache of every request (None: off)
         self.cache_calibration = cache_calibration  # the model's own (its folder's or the published one)
@@ -278,7 +279,7 @@ class WanPipeline:
         """The request's CLIP features and DiT conditioning `y` (mask + VAE latents of the given
         frames). Under several ranks rank 0's values are broadcast, so every rank conditions alike."""
         clip_fea, y = condition_inputs(req.image, req.num_frames, self.vae, self.image_encoder, self.device,
-                                       self.dtype)
+                                       self.dtype, encode=self.vae_encoder)
         if self.is_parallel:
             clip_fea, y = (broadcast_from_rank0(t.contiguous(), self.mesh) for t in (clip_fea, y))
         return ImageInputs(clip_fea, y)
