@@ -147,7 +147,7 @@ class ExportedVAEEncoder(_ExportedVAEChunks):
         out, *slots = self.first(video[:, :, :1], *slots)
         features = [out]
         for start in range(1, t, ENCODE_CHUNK_FRAMES):
-            out, *slots = self.steady(video[:, :, start:start + ENCODE_CHUNK_FRAMES].contiguous(), *slots)
+            out, *slots = self.steady(video[:, :, start:start + ENCODE_CHUNK_FRAMES], *slots)
             features.append(out)
         mu = vae.conv1(torch.cat(features, dim=2))[:, : vae.config.z_dim]
         return vae.normalize_latents(mu)

@@ -85,8 +85,10 @@ class _Engine:
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) != mode]
 
     def __call__(self, *tensors: torch.Tensor):
+        # Held until the call returns: a contiguous copy freed before the enqueue could hand its
+        # memory to an output allocated below.
+        tensors = [tensor.contiguous() for tensor in tensors]
         for name, tensor in zip(self.inputs, tensors):
-            tensor = tensor.contiguous()
             self.context.set_input_shape(name, tuple(tensor.shape))
             self.context.set_tensor_address(name, tensor.data_ptr())
         outs = []
