@@ -19,9 +19,10 @@ import wan_engine
 from gpu_image import without_prompt_cleaning
 from wan_engine.cache import CacheConfig
 from wan_engine.export.manifest import Manifest, ShapeRange
-from wan_engine.export.modules import DiTStep, TextKVStep, VAEChunk
+from wan_engine.export.modules import FIRST_BLOCK_KINDS, DiTStep, TextKVStep, VAEChunk
 from wan_engine.export.onnx_export import export_onnx
 from wan_engine.export.onnx_runtime import OnnxGraph, OnnxVAEEncoder
+from wan_engine.export.runners import ExportedSteps
 from wan_engine.vae.static import decoder_chunks
 
 SHAPES = ShapeRange(batch=(1, 2), frames=(5, 9), height=(32, 64), width=(32, 64))
@@ -40,7 +41,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def exported(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    export_onnx(tiny, "dit", root / "dit", SHAPES)
+    export_onnx(tiny, "dit", root / "dit", SHAPES, first_block_cache=True)
     export_onnx(tiny, "vae-decoder", root / "vae-decoder", SHAPES)
     return root
 
@@ -67,14 +68,17 @@ def test_dit_graphs_match_eager_at_two_shapes_from_one_file(tiny, exported, grid
     k, v = TextKVStep(dit)(context)
     residual = torch.randn(b, patches.shape[1], dit.config.dim, generator=gen)
     manifest = Manifest.load(exported / "dit")
+    step = (t, rope.cos, rope.sin)
     with torch.no_grad():
-        cases = {"text_kv": ((context,), (k, v)),
-                 "full": ((patches, t, rope.cos, rope.sin, k, v),
-                          (DiTStep(dit, "full")(patches, t, rope.cos, rope.sin, k, v),)),
-                 "full_residual": ((patches, t, rope.cos, rope.sin, k, v),
-                                   DiTStep(dit, "full_residual")(patches, t, rope.cos, rope.sin, k, v)),
-                 "reuse": ((patches, t, rope.cos, rope.sin, residual, k, v),
-                           (DiTStep(dit, "reuse")(patches, t, rope.cos, rope.sin, residual, k, v),))}
+        after, normed, _ = DiTStep(dit, "first_block")(patches, *step, k, v)
+        inputs = {"text_kv": (context,), "full": (patches, *step, k, v), "full_residual": (patches, *step, k, v),
+                  "reuse": (patches, *step, residual, k, v), "first_block": (patches, *step, k, v),
+                  "rest_residual": (after, normed, *step, k, v), "rest_reuse": (after, *step, residual, k, v)}
+        cases = {"text_kv": (inputs["text_kv"], (k, v))}
+        for role in inputs.keys() - {"text_kv"}:
+            expected = DiTStep(dit, role)(*inputs[role])
+            cases[role] = inputs[role], expected if isinstance(expected, tuple) else (expected,)
+    assert set(cases) == set(manifest.files)
     for role, (inputs, expected) in cases.items():
         got = OnnxGraph(exported / "dit" / manifest.files[role])(*inputs)
         errors = [_rel_l2(g, e) for g, e in zip(got, expected)]
@@ -96,7 +100,9 @@ def test_vae_chunks_match_eager_at_two_shapes_from_one_file(tiny, exported, hw):
         assert len(got) == len(expected) and max(_rel_l2(g, e) for g, e in zip(got, expected)) <= 1e-5
 
 
-@pytest.mark.parametrize("cache", [None, "magcache:0.3,K=3,retention=0.1"], ids=["uncached", "magcache"])
+# FBCache at 1.0 on this request: both branches compute, both reuse, and disagree at different steps.
+@pytest.mark.parametrize("cache", [None, "magcache:0.3,K=3,retention=0.1", "fbcache:1.0"],
+                         ids=["uncached", "magcache", "fbcache"])
 def test_a_generation_through_onnxruntime_is_the_executors(tiny, exported, cache):
     cache = None if cache is None else CacheConfig.parse(cache, calibration="t2v-1.3B")
     onnx_pipe = wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{exported}")
@@ -107,7 +113,7 @@ def test_a_generation_through_onnxruntime_is_the_executors(tiny, exported, cache
     print(f"onnxruntime vs executor: PSNR {psnr:.1f} dB, max {diff.max()} levels")
     assert psnr >= 40 and diff.max() <= 1
     if cache is not None:
-        assert a.cache.computed == b.cache.computed
+        assert a.cache.computed == b.cache.computed and not all(a.cache.computed[0])
 
 
 def test_directories_that_do_not_fit_are_refused_by_name(tiny, exported, tmp_path):
@@ -120,8 +126,10 @@ def test_directories_that_do_not_fit_are_refused_by_name(tiny, exported, tmp_pat
     onnx_pipe = wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{exported}")
     with pytest.raises(ValueError, match="height 128 is outside the exported range"):
         onnx_pipe.run(prompt="x", size=(64, 128), num_frames=9, steps=2)
-    with pytest.raises(ValueError, match="first-block cache decides inside the forward"):
-        onnx_pipe.run(**REQUEST, cache=CacheConfig("fbcache", 0.1))
+    with pytest.raises(ValueError, match="no first-block graphs, which the fbcache cache runs: export it with "
+                                         "--first-block-cache"):
+        ExportedSteps({k: v for k, v in onnx_pipe.dit.graphs.items() if k not in FIRST_BLOCK_KINDS}).first_block(
+            *(torch.zeros(1),) * 4)
     with pytest.raises(ValueError, match="holds a onnx export; this engine runs trt"):
         wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"trt:{exported}")
 
@@ -138,6 +146,10 @@ def test_cli_export_writes_a_directory_and_refuses_a_used_one(tmp_path, capsys):
     assert main(["export", "--model", "tiny", "--component", "dit", "--out", str(tmp_path / "d"),
                  "--batch", "1-3"]) == 2
     assert "batch must be within 1-2" in capsys.readouterr().err
+    assert main(["export", "--model", "tiny", "--component", "vae-decoder", "--out", str(tmp_path / "v"),
+                 "--first-block-cache"]) == 2
+    assert "--first-block-cache adds the DiT's FBCache steps; --component vae-decoder has none" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.trt

@@ -14,6 +14,9 @@ from wan_engine.graphs import GraphReplayer
 
 REQUEST = dict(prompt="a red kite above a grey sea", size=(48, 48), num_frames=9, steps=6, seed=4)
 CACHE = CacheConfig.parse("magcache:0.3,K=3,retention=0.1", calibration="t2v-1.3B")
+# FBCache decides between the calls of a step; at 1.0 on this request its branches both compute,
+# both reuse, and disagree (each branch then replays its own batch-1 graph) at different steps.
+FIRST_BLOCK = CacheConfig("fbcache", 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def test_graphs_are_off_on_the_cpu_with_the_reason(pipe):
     assert "disabled" in GraphReplayer("cuda", enabled=False).disabled_reason
 
 
-@pytest.mark.parametrize("cache", [None, CACHE], ids=["uncached", "magcache"])
+@pytest.mark.parametrize("cache", [None, CACHE, FIRST_BLOCK], ids=["uncached", "magcache", "fbcache"])
 def test_replays_through_static_inputs_equal_eager(pipe, cache):
     """A stand-in capture (no graph recorded; a replay re-runs the function on its static inputs)
     exercises the key, warm-up, static-input copies and output clones on the CPU."""
@@ -40,6 +43,7 @@ def test_replays_through_static_inputs_equal_eager(pipe, cache):
     assert np.array_equal(eager.frames, replayed.frames)
     if cache is not None:
         assert eager.cache.computed == replayed.cache.computed
+        assert not all(eager.cache.computed[0]) and len(set(eager.cache.computed[0])) == 2
 
 
 def test_graphs_are_captured_again_once_the_dit_moved(pipe, monkeypatch):
@@ -88,7 +92,7 @@ def test_a_capture_that_raises_falls_back_to_eager_and_says_why_once(pipe, caplo
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cache", [None, CACHE], ids=["uncached", "magcache"])
+@pytest.mark.parametrize("cache", [None, CACHE, FIRST_BLOCK], ids=["uncached", "magcache", "fbcache"])
 def test_graph_replay_equals_eager_on_the_gpu(cache):
     """Same kernels, same inputs: the replayed steps give the eager video bit for bit."""
     graphed = without_prompt_cleaning(wan_engine.WanPipeline.from_pretrained("tiny", device="cuda", dtype="bf16"))

@@ -112,8 +112,8 @@ def test_the_fit_recovers_known_ratios_and_a_known_polynomial():
 # --- the first-block rule on controlled signals ------------------------------------------------
 
 class ControlledDiT:
-    """A stand-in with the executor's staged interface: the stream is x itself [B, S, D], block 0
-    adds `first[step]`, the rest add `rest[step]`, the head returns the stream."""
+    """A stand-in with the executor's interface to its stages: the tokens are x itself [B, S, D],
+    block 0 adds `first[step]`, the rest add `rest[step]`, the head returns the stream."""
 
     shard_plan = None
 
@@ -121,11 +121,17 @@ class ControlledDiT:
         self.first, self.rest, self.layers, self.step = first, rest, layers, 0
         self.blocks_run = 0
 
-    def begin(self, x, t, y=None):
-        b, s, _ = x.shape
-        z = torch.zeros(b, 1)
-        rope = RopeTable(torch.ones(s, 1), torch.zeros(s, 1), (1, 1, s), s, s)
-        return TokenStream(x.clone(), None, torch.zeros(self.layers, 6, b, 1), z, z, rope.cos, rope.sin, rope, 0)
+    def tokens_in(self, x, t, seq_len=None, y=None):
+        s = x.shape[1]
+        return x.clone(), RopeTable(torch.ones(s, 1), torch.zeros(s, 1), (1, 1, s), s, s)
+
+    def embed(self, patches, t, rope):
+        return self.stream_at(patches, t, rope, 0, None)
+
+    def stream_at(self, x, t, rope, block, normed):
+        z = torch.zeros(x.shape[0], 1)
+        return TokenStream(x, normed, torch.zeros(self.layers, 6, x.shape[0], 1), z, z, rope.cos, rope.sin, rope,
+                           block)
 
     def run_blocks(self, stream, text, stop=None):
         stop = self.layers if stop is None else stop
@@ -133,13 +139,16 @@ class ControlledDiT:
         for i in range(stream.next_block, stop):
             x = x + (self.first[self.step] if i == 0 else self.rest[self.step] / (self.layers - 1))
             self.blocks_run += stream.batch
-        return stream.advanced(x, None, stop)
+        return stream.advanced(x, x, stop)  # normed: the stream itself
 
     def skip_blocks(self, stream, residual, stop=None):
         return stream.advanced(stream.x + residual, None, self.layers if stop is None else stop)
 
-    def finish(self, stream):
+    def head(self, stream):
         return stream.x
+
+    def tokens_out(self, out, rope):
+        return out
 
 
 def _official_first_block_cache(first, threshold):

@@ -1,9 +1,10 @@
-"""`StepCache`: one request's cached denoising steps over the executor's staged forward.
+"""`StepCache`: one request's cached denoising steps over the executor's whole-step functions.
 
-Each call runs `begin` (patch embedding, modulation), then per CFG branch either the block stack
-(storing what it added to the stream, the residual) or the stored residual in its place, then the
-head. The residuals live here, per branch and, under sequence parallelism, per rank's token slice
-(each rank holds the residual of its own tokens). Nothing is hooked into the model.
+Each call runs, per CFG branch, either the block stack (storing what it added to the stream, the
+residual) or the stored residual in its place, between the embedding and the head. The residuals
+live here, per branch and, under sequence parallelism, per rank's token slice (each rank holds the
+residual of its own tokens). Nothing is hooked into the model. The functions (executor/steps.py)
+run directly, as CUDA-graph replays, or as an exported DiT's graphs: one code path for all three.
 
 Decisions: a static schedule (TeaCache, MagCache: `schedules`), or the first-block rule (FBCache),
 decided identically on every rank of the sequence-parallel group by reducing the change over the
@@ -14,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ..executor import TextKV, TokenStream
+from ..executor import TextKV
 from ..executor.steps import StepFunctions, text_tensors
 from ..graphs import GraphReplayer
 from .schedules import BRANCHES, first_block_reuses
@@ -40,9 +41,8 @@ class StepCache:
         self.threshold = first_block_threshold
         self.sp_group = sp_group
         self.record = record
-        # Static schedules replay a "full" and a "reuse" CUDA graph when every branch of a call
-        # agrees; FBCache (a decision inside the forward), recording and split calls run eagerly.
-        self.graphs = graphs if graphs is not None and graphs.active and schedule is not None and not record else None
+        # Each kind of whole-step call replays its own CUDA graph; recording runs eagerly.
+        self.graphs = graphs if graphs is not None and graphs.active and not record else None
         # decisions[branch][step]: True computed, False reused, None not run on this rank.
         self.decisions: list[list[bool | None]] = [[None] * steps for _ in range(BRANCHES)]
         self._residual: dict[int, torch.Tensor] = {}
@@ -58,84 +58,67 @@ class StepCache:
     def predict(self, dit, x: torch.Tensor, t: torch.Tensor, text: TextKV, branches: tuple[int, ...],
                 step: int, y: torch.Tensor | None = None) -> torch.Tensor:
         """`dit.predict(x, t, text, y=y)` with the block stack cached. The batch holds `branches` in
-        order (0 conditional, 1 unconditional), x.shape[0] // len(branches) rows each (y too)."""
+        order (0 conditional, 1 unconditional), x.shape[0] // len(branches) rows each (y too).
+
+        The step runs as whole-step functions (executor/steps.py): called directly, replayed as
+        CUDA graphs, or an exported DiT's graphs. Branches that agree share one call; branches that
+        disagree each run their own rows (only the computing one runs the blocks)."""
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < self.steps:
             raise ValueError(f"step must be an int in [0, {self.steps}) (the solver step being run); got {step!r}")
         rows = x.shape[0] // len(branches)
-        exported = hasattr(dit, "step_functions")  # an exported DiT runs whole steps, no staged forward
-        if exported and self.dynamic:
-            raise ValueError("the first-block cache decides inside the forward; an exported DiT runs whole steps: "
-                             "use teacache or magcache with --engine onnx/trt")
-        if exported or self.graphs is not None:
-            decisions = [self.schedule[b][step] for b in branches]
-            if all(decisions) or not any(decisions):
-                return self._whole_steps(dit, x, t, text, branches, step, rows, all(decisions), y)
-            if exported:  # the branches disagree: each branch's rows as its own whole step
-                return torch.cat([self._whole_steps(dit, x[j * rows:(j + 1) * rows], t[j * rows:(j + 1) * rows],
-                                                    text.rows(j * rows, (j + 1) * rows), (b,), step, rows, c,
-                                                    None if y is None else y[j * rows:(j + 1) * rows])
-                                  for j, (b, c) in enumerate(zip(branches, decisions))])
-        stream = dit.begin(x, t, y=y)
-        if self.dynamic:
-            stream, decisions = self._first_block(dit, stream, text, branches, rows, step)
+        patches, rope = dit.tokens_in(x, t, y=y)
+        fns, call = self._functions(dit, rope, text)
+        if self.dynamic:  # FBCache: block 0 first; its residual decides the rest of the stack
+            after, normed, first = call(fns.key("first_block", patches, text), fns.first_block,
+                                        patches, t, rope.cos, rope.sin, *text_tensors(text))
+            decisions = self._first_block_decisions(dit, rope, first, branches, rows)
+            compute, reuse = ("rest+residual", fns.rest_with_residual), ("rest_reuse", fns.rest_reuse)
+            compute_lead, reuse_lead = (after, normed), (after,)
         else:
             decisions = [self.schedule[b][step] for b in branches]
-        start_x = stream.x
-        if all(decisions):
-            out = dit.run_blocks(stream, text)
-        elif not any(decisions):
-            out = dit.skip_blocks(stream, torch.cat([self._stored(b, step) for b in branches]))
-        else:  # the branches disagree: only those that compute run the blocks
-            parts = []
-            for j, (branch, compute) in enumerate(zip(branches, decisions)):
-                part = stream.rows(j * rows, (j + 1) * rows)
-                parts.append(dit.run_blocks(part, text.rows(j * rows, (j + 1) * rows)) if compute
-                             else dit.skip_blocks(part, self._stored(branch, step)))
-            out = TokenStream.cat(parts)
-        for j, (branch, compute) in enumerate(zip(branches, decisions)):
-            self.decisions[branch][step] = compute
-            if compute:
-                residual = out.x[j * rows:(j + 1) * rows] - start_x[j * rows:(j + 1) * rows]
-                if self.record:
-                    self._record_residual(branch, residual)
-                self._residual[branch] = residual
-        velocity = dit.finish(out)
+            compute, reuse = ("full+residual", fns.full_with_residual), ("reuse", fns.reuse)
+            compute_lead = reuse_lead = (patches,)
+        groups = [range(len(branches))] if len(set(decisions)) == 1 else [range(j, j + 1) for j in range(len(branches))]
+        outs = []
+        for group in groups:
+            part = slice(group[0] * rows, (group[-1] + 1) * rows)
+            sub_text = text if len(group) == len(branches) else text.rows(part.start, part.stop)
+            kv, sub_t = text_tensors(sub_text), t[part]
+            if decisions[group[0]]:
+                lead = tuple(tensor[part] for tensor in compute_lead)
+                out, residual = call(fns.key(compute[0], lead[0], sub_text), compute[1],
+                                     *lead, sub_t, rope.cos, rope.sin, *kv)
+                for k, j in enumerate(group):
+                    if self.record:
+                        self._record_residual(branches[j], residual[k * rows:(k + 1) * rows])
+                    self._residual[branches[j]] = residual[k * rows:(k + 1) * rows]
+            else:
+                lead = tuple(tensor[part] for tensor in reuse_lead)
+                stored = torch.cat([self._stored(branches[j], step) for j in group])
+                out = call(fns.key(reuse[0], lead[0], sub_text), reuse[1], *lead, sub_t, rope.cos, rope.sin,
+                           stored, *kv)
+            outs.append(out)
+        for branch, computed in zip(branches, decisions):
+            self.decisions[branch][step] = computed
+        velocity = dit.tokens_out(outs[0] if len(outs) == 1 else torch.cat(outs), rope)
         if self.record:
             for j, branch in enumerate(branches):
                 self._record_output(branch, velocity[j * rows:(j + 1) * rows])
         return velocity
 
-    def _whole_steps(self, dit, x, t, text, branches, step, rows, compute: bool, y=None) -> torch.Tensor:
-        """All `branches` computing (storing their residual) or all reusing, as one whole-step
-        function: a CUDA-graph replay of the executor's, or an exported DiT's own."""
-        patches, rope = dit.tokens_in(x, t, y=y)
+    def _functions(self, dit, rope, text):
+        """The step's functions and how to call them: an exported DiT's own graphs, or the
+        executor's as CUDA-graph replays (`graphs.call(key, fn, *inputs)`) or direct calls."""
         if hasattr(dit, "step_functions"):
-            fns = dit.step_functions(rope, text)
-
-            def call(key, fn, *inputs):
-                return fn(*inputs)
-        else:
-            fns, call = StepFunctions(dit, rope, text), self.graphs.call
-        kv = text_tensors(text)
-        if compute:
-            out, residual = call(fns.key("full+residual", patches, text), fns.full_with_residual,
-                                 patches, t, rope.cos, rope.sin, *kv)
-            for j, branch in enumerate(branches):
-                self._residual[branch] = residual[j * rows:(j + 1) * rows]
-        else:
-            residual = torch.cat([self._stored(b, step) for b in branches])
-            out = call(fns.key("reuse", patches, text), fns.reuse, patches, t, rope.cos, rope.sin, residual, *kv)
-        for branch in branches:
-            self.decisions[branch][step] = compute
-        return dit.tokens_out(out, rope)
+            return dit.step_functions(rope, text), _direct
+        return StepFunctions(dit, rope, text), (self.graphs.call if self.graphs is not None else _direct)
 
     # -- FBCache ----------------------------------------------------------------------------------
 
-    def _first_block(self, dit, stream: TokenStream, text: TextKV, branches, rows: int, step: int):
-        """Run block 0; per branch, reuse the rest of the stack if its residual barely changed."""
-        after = dit.run_blocks(stream, text, stop=1)
-        first = after.x - stream.x
-        valid = _real_rows(dit, stream)  # padded rows (sequence parallelism) take no part
+    def _first_block_decisions(self, dit, rope, first: torch.Tensor, branches, rows: int) -> list[bool]:
+        """Per branch: compute the rest of the stack unless block 0's residual barely changed since
+        the last step that computed it (decided alike on every sequence-parallel rank)."""
+        valid = _real_rows(dit, rope, first.device)  # padded rows (sequence parallelism) take no part
         decisions = []
         for j, branch in enumerate(branches):
             current = first[j * rows:(j + 1) * rows][:, valid]
@@ -151,7 +134,7 @@ class StepCache:
             if compute:
                 self._first[branch] = current
             decisions.append(compute)
-        return after, decisions
+        return decisions
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -176,9 +159,13 @@ class StepCache:
         self._last_output[branch] = velocity
 
 
-def _real_rows(dit, stream: TokenStream) -> torch.Tensor:
+def _direct(key, fn, *inputs):
+    return fn(*inputs)
+
+
+def _real_rows(dit, rope, device) -> torch.Tensor:
     """Boolean [S_local] of this rank's rows that are real tokens (not sequence padding)."""
-    index = torch.arange(stream.rope.seq_len, device=stream.x.device)
+    index = torch.arange(rope.seq_len, device=device)
     if dit.shard_plan is not None:
         index = dit.shard_plan.shard(index, dim=0)
-    return index < stream.rope.real_len
+    return index < rope.real_len

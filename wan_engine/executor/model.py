@@ -146,7 +146,6 @@ class WanExecutor(nn.Module, TokenIO):
         """Patch embedding and every block's modulation: the stream before block 0."""
         g = self._globals()
         plan = self.shard_plan
-        cos, sin = rope.cos, rope.sin
         if plan is None:
             # The official patch embedding is a stride-equal Conv3d, i.e. a GEMM over patches;
             # its bf16 output enters the fp32 residual stream.
@@ -158,10 +157,21 @@ class WanExecutor(nn.Module, TokenIO):
             # as padded keys are masked and padded rows are dropped at unpatchify.
             patches = plan.shard(F.pad(patches, (0, 0, 0, rope.seq_len - rope.real_len)))
             x = F.linear(patches.to(self.compute_dtype), g["patch_weight"], g["patch_bias"]).float()
-            cos, sin = plan.shard(cos, dim=0), plan.shard(sin, dim=0)
-        mods, head_shift, head_scale = self._modulation(t, g)
-        stream = TokenStream(x, None, mods, head_shift, head_scale, cos, sin, rope, 0)
-        return self._renorm(stream)
+        return self._renorm(self.stream_at(x, t, rope, 0, None))
+
+    def stream_at(self, x: torch.Tensor, t: torch.Tensor, rope: RopeTable, block: int,
+                  normed: torch.Tensor | None) -> TokenStream:
+        """The stream before block `block` whose residual stream is x (this rank's token slice under
+        a shard plan) at timesteps t, with `normed` as its input to that block (None: not formed;
+        `skip_blocks` forms it): where a whole-step function resumes a forward (FBCache, after
+        block 0). The step's modulation is recomputed from t, the same values `embed` formed."""
+        if not 0 <= block <= len(self.blocks):
+            raise ValueError(f"block must be in [0, {len(self.blocks)}]; got {block}")
+        cos, sin = rope.cos, rope.sin
+        if self.shard_plan is not None:
+            cos, sin = self.shard_plan.shard(cos, dim=0), self.shard_plan.shard(sin, dim=0)
+        mods, head_shift, head_scale = self._modulation(t, self._globals())
+        return TokenStream(x, normed, mods, head_shift, head_scale, cos, sin, rope, block)
 
     def run_blocks(self, stream: TokenStream, text: TextKV, stop: int | None = None) -> TokenStream:
         """Run blocks `stream.next_block` .. `stop - 1` (default: to the last) with `text` (batch B)."""

@@ -8,6 +8,13 @@ text)` fixes what the shapes are; its methods take those tensors and return tens
     full(patches, t, cos, sin, *kv)                    -> head tokens
     full_with_residual(patches, t, cos, sin, *kv)      -> (head tokens, block-stack residual)
     reuse(patches, t, cos, sin, residual, *kv)         -> head tokens
+
+FBCache splits a step after block 0 (its decision reads block 0's residual between the calls):
+
+    first_block(patches, t, cos, sin, *kv)             -> (stream after block 0, its normed input
+                                                           to block 1, block 0's residual)
+    rest_with_residual(x, normed, t, cos, sin, *kv)    -> (head tokens, residual of blocks 1..)
+    rest_reuse(x, t, cos, sin, residual, *kv)          -> head tokens
 """
 from __future__ import annotations
 
@@ -45,4 +52,17 @@ class StepFunctions:
 
     def reuse(self, patches, t, cos, sin, residual, *kv):
         stream = self.dit.embed(patches, t, self._rope(cos, sin))
+        return self.dit.head(self.dit.skip_blocks(stream, residual))
+
+    def first_block(self, patches, t, cos, sin, *kv):
+        stream = self.dit.embed(patches, t, self._rope(cos, sin))
+        after = self.dit.run_blocks(stream, self._text(kv), stop=1)
+        return after.x, after.normed, after.x - stream.x
+
+    def rest_with_residual(self, x, normed, t, cos, sin, *kv):
+        out = self.dit.run_blocks(self.dit.stream_at(x, t, self._rope(cos, sin), 1, normed), self._text(kv))
+        return self.dit.head(out), out.x - x
+
+    def rest_reuse(self, x, t, cos, sin, residual, *kv):
+        stream = self.dit.stream_at(x, t, self._rope(cos, sin), 1, None)
         return self.dit.head(self.dit.skip_blocks(stream, residual))

@@ -10,39 +10,45 @@ from __future__ import annotations
 from torch import nn
 
 from ..executor.rope_cache import RopeTable
-from ..executor.steps import text_tensors
-from ..executor.text_cache import TextKV
+from ..executor.steps import StepFunctions, text_tensors
 from ..vae.static import StaticChunks
 
 DIT_KINDS = ("full", "full_residual", "reuse")
+# FBCache's split step (executor/steps.py): block 0, then the rest computed or reused.
+FIRST_BLOCK_KINDS = ("first_block", "rest_residual", "rest_reuse")
+_METHODS = {"full": "full", "full_residual": "full_with_residual", "reuse": "reuse", "first_block": "first_block",
+            "rest_residual": "rest_with_residual", "rest_reuse": "rest_reuse"}
 
 
-class DiTStep(nn.Module):
-    """`kind` "full": (patches, t, cos, sin, *kv) -> head tokens; "full_residual": -> (head tokens,
-    block-stack residual); "reuse": (patches, t, cos, sin, residual, *kv) -> head tokens. kv is
-    (k, v), and (k, v, k_img, v_img) for an i2v/flf2v DiT (whose patches carry the conditioning
-    channels). The rows of cos/sin are the tokens: no sequence padding, every key attended."""
+class _TokenRowSteps(StepFunctions):
+    """The executor's step functions with the RoPE table read from the rows of cos/sin, so the token
+    count stays dynamic in the graph: no sequence padding, every key attended (the grid only matters
+    for unpatchify, outside)."""
 
-    def __init__(self, executor, kind: str):
-        super().__init__()
-        if kind not in DIT_KINDS:
-            raise ValueError(f"kind must be one of {', '.join(DIT_KINDS)}; got {kind!r}")
-        self.executor, self.kind = executor, kind
+    def __init__(self, executor, image: bool):
+        self.dit, self.rope, self.image = executor, None, image
 
     def _rope(self, cos, sin) -> RopeTable:
         n = cos.shape[0]
-        return RopeTable(cos, sin, (1, 1, 1), n, n)  # the grid only matters for unpatchify, outside
+        return RopeTable(cos, sin, (1, 1, 1), n, n)
 
-    def forward(self, patches, t, cos, sin, *rest):
-        ex = self.executor
-        if self.kind == "full":
-            return ex.forward_tokens(patches, t, TextKV(*rest), self._rope(cos, sin))
-        stream = ex.embed(patches, t, self._rope(cos, sin))
-        if self.kind == "full_residual":
-            out = ex.run_blocks(stream, TextKV(*rest))
-            return ex.head(out), out.x - stream.x
-        residual, *kv = rest
-        return ex.head(ex.skip_blocks(stream, residual))
+
+class DiTStep(nn.Module):
+    """One whole-step function of the executor (executor/steps.py names their inputs and outputs),
+    by export `kind`: "full", "full_residual", "reuse", and FBCache's "first_block",
+    "rest_residual", "rest_reuse". kv is (k, v), and (k, v, k_img, v_img) for an i2v/flf2v DiT
+    (whose patches carry the conditioning channels)."""
+
+    def __init__(self, executor, kind: str):
+        super().__init__()
+        if kind not in _METHODS:
+            raise ValueError(f"kind must be one of {', '.join(_METHODS)}; got {kind!r}")
+        self.executor, self.kind = executor, kind
+        steps = _TokenRowSteps(executor, executor.config.model_type != "t2v")
+        self._fn = getattr(steps, _METHODS[kind])
+
+    def forward(self, *inputs):
+        return self._fn(*inputs)
 
 
 class TextKVStep(nn.Module):

@@ -44,6 +44,18 @@ class ExportedSteps:
     def reuse(self, patches, t, cos, sin, residual, *kv):
         return self.graphs["reuse"](patches, t.float(), cos, sin, residual, *kv)[0]
 
+    def first_block(self, patches, t, cos, sin, *kv):
+        if "first_block" not in self.graphs:
+            raise ValueError("this DiT export has no first-block graphs, which the fbcache cache runs: export it "
+                             "with --first-block-cache (or use teacache or magcache)")
+        return self.graphs["first_block"](patches, t.float(), cos, sin, *kv)
+
+    def rest_with_residual(self, x, normed, t, cos, sin, *kv):
+        return self.graphs["rest_residual"](x, normed, t.float(), cos, sin, *kv)
+
+    def rest_reuse(self, x, t, cos, sin, residual, *kv):
+        return self.graphs["rest_reuse"](x, t.float(), cos, sin, residual, *kv)[0]
+
 
 def _load(folder, fmt: str, component: str, config: dict) -> tuple[Path, Manifest]:
     folder = Path(folder).expanduser()
