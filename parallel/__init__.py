@@ -39,6 +39,7 @@ from .runtime import (
 from .ulysses import ulysses_attention
 from .usp import sequence_parallel_attention, usp_attention
 from .vae_decode import parallel_vae_decode
+from .vae_encode import parallel_vae_encode
 
 __all__ = [
     "COND_BRANCH",
@@ -69,6 +70,7 @@ __all__ = [
     "pad_to_multiple",
     "padded_length",
     "parallel_vae_decode",
+    "parallel_vae_encode",
     "peer_failure_guard",
     "rank_device",
     "ring_attention",

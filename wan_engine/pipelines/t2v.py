@@ -7,8 +7,9 @@ to both CFG branches; `generate(prompt, image=..., last_image=...)`.
 Under a multi-process launch every rank runs the same `run` call: rank 0 draws the seed (when
 none is given) and the initial noise and broadcasts both, the DiT runs with sequence and/or CFG
 parallelism, every rank steps the solver on the same guided velocity, and the VAE decode is split
-over the rows of the video across the ranks (`parallel_vae_decode`); only rank 0 receives the
-decoded frames. Other ranks get a result with `frames=None`.
+over the rows of the video across the ranks (`parallel_vae_decode`; an i2v/flf2v conditioning
+encode likewise, `parallel_vae_encode`); only rank 0 receives the decoded frames. Other ranks get a
+result with `frames=None`.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from ..parallel.comm import group_size
 from ..parallel.mesh import ParallelMesh
 from ..parallel.runtime import broadcast_from_rank0, shared_noise, shared_seed
 from ..parallel.vae_decode import parallel_vae_decode
+from ..parallel.vae_encode import parallel_vae_encode
 from ..parallel.vae_tiles import agree_on_plan, parallel_tiled_decode
 from ..sampling import get_sampling_preset, make_sampling_solver
 from ..runner import ImageInputs, cfg_denoise, takes_prepared_text
@@ -277,9 +279,15 @@ class WanPipeline:
 
     def encode_image(self, req: Request) -> ImageInputs:
         """The request's CLIP features and DiT conditioning `y` (mask + VAE latents of the given
-        frames). Under several ranks rank 0's values are broadcast, so every rank conditions alike."""
+        frames). Under several ranks the VAE encode is split over the rows of the decode group (or
+        the sequence-parallel group), and rank 0's values are broadcast, so every rank conditions alike."""
+        encode = self.vae_encoder
+        group = self._row_group(req.height // self.config.vae.spatial_stride)
+        if encode is None and group is not None:
+            def encode(video):
+                return parallel_vae_encode(self.vae, video, group)
         clip_fea, y = condition_inputs(req.image, req.num_frames, self.vae, self.image_encoder, self.device,
-                                       self.dtype, encode=self.vae_encoder)
+                                       self.dtype, encode=encode)
         if self.is_parallel:
             clip_fea, y = (broadcast_from_rank0(t.contiguous(), self.mesh) for t in (clip_fea, y))
         return ImageInputs(clip_fea, y)
@@ -333,13 +341,16 @@ class WanPipeline:
             video = parallel_tiled_decode(decoder.vae, latents, plan, tiles_group, parts=decoder.parts(),
                                           output="rank0")
         else:
-            height = latents.shape[3]
-            group = next((g for g in (self.decode_group, self.mesh.sp_group)
-                          if g is not None and group_size(g) <= height), None)
-            video = parallel_vae_decode(decoder.vae, latents, group, output="rank0")
+            video = parallel_vae_decode(decoder.vae, latents, self._row_group(latents.shape[3]), output="rank0")
         return video.float() if self.mesh.rank == 0 else None
 
     # -- helpers ----------------------------------------------------------------------------------
+
+    def _row_group(self, latent_rows: int):
+        """The group a row-parallel VAE decode or encode splits `latent_rows` over: the decode group,
+        else the sequence-parallel group, if it has no more ranks than rows (None: this rank alone)."""
+        return next((g for g in (self.decode_group, self.mesh.sp_group)
+                     if g is not None and group_size(g) <= latent_rows), None)
 
     @contextmanager
     def _timed(self, timings: dict, name: str):

@@ -116,12 +116,13 @@ class ResidualBlock(nn.Module):
         return apply_layers(self.residual, x, cache) + self.shortcut(x)
 
 
-def _frames_to_batch(x: torch.Tensor) -> torch.Tensor:
+def frames_to_batch(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, T, H, W] -> [B*T, C, H, W], the layout of the per-frame 2-D ops."""
     b, c, t, h, w = x.shape
     return x.transpose(1, 2).reshape(b * t, c, h, w)
 
 
-def _batch_to_frames(x: torch.Tensor, batch: int) -> torch.Tensor:
+def batch_to_frames(x: torch.Tensor, batch: int) -> torch.Tensor:
     bt, c, h, w = x.shape
     return x.reshape(batch, bt // batch, c, h, w).transpose(1, 2)
 
@@ -137,12 +138,12 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
-        y = self.to_qkv(self.norm(_frames_to_batch(x)))  # [B*T, 3C, H, W]: q, k, v channel blocks
+        y = self.to_qkv(self.norm(frames_to_batch(x)))  # [B*T, 3C, H, W]: q, k, v channel blocks
         q, k, v = y.flatten(2).transpose(1, 2)[:, None].chunk(3, dim=-1)  # each [B*T, 1, H*W, C]
         # One head of width C, scale 1/sqrt(C); 4-D (a head axis of 1), as ONNX's attention takes it.
         y = F.scaled_dot_product_attention(q, k, v)[:, 0]
         y = self.proj(y.transpose(1, 2).reshape(b * t, c, h, w))
-        return x + _batch_to_frames(y, b)
+        return x + batch_to_frames(y, b)
 
 
 class NearestUpsample2x(nn.Module):
@@ -193,7 +194,7 @@ class Resample(nn.Module):
         """x: [B, dim, T, H, W] -> [B, dim or dim//2, T', H*s, W*s] (s = 2 or 1/2)."""
         if self.mode == "upsample3d":
             x = self._double_frames(x, cache)
-        x = _batch_to_frames(self.resample(_frames_to_batch(x)), x.shape[0])
+        x = batch_to_frames(self.resample(frames_to_batch(x)), x.shape[0])
         if self.mode == "downsample3d":
             x = self._halve_frames(x, cache)
         return x
