@@ -133,7 +133,8 @@ def setup_parallel(path_or_preset: str, device: torch.device, engine: str, paral
         raise ValueError(f"parallel ({parallel.describe()}) contradicts the mesh's layout ({mesh.config.describe()})")
     if parallel.sp_degree > 1 and engine != "executor":
         raise ValueError(f"sequence parallelism ({parallel.describe()}) needs engine='executor'; "
-                         f"engine={engine!r} runs on one process (CFG parallelism alone works with both)")
+                         f"engine={engine!r} runs each step whole on one process (CFG parallelism alone works "
+                         f"with every engine)")
     launch = LaunchEnv.from_environ() if launch is None and mesh is None else launch
     if mesh is None and parallel.world_size == 1 and not launch.is_distributed:
         return ParallelMesh.single(), device, None  # the plain single-process path, nothing to check
@@ -175,7 +176,7 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     pipeline's `set_loras` replaces them later). quant: "fp8" (sm_89+ GPUs) or "fp8-emulated" (any
     device, for numerics) quantizes the executor's block GEMM weights after the LoRAs are merged.
     """
-    exported = parse_exported_engine(engine)
+    requested, exported = engine, parse_exported_engine(engine)
     if exported is not None:
         engine = "reference"  # the model loads as usual; its DiT is then replaced by the exported one
     elif engine not in ENGINES:
@@ -191,7 +192,7 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     # Validate the engine options before the (possibly long) load.
     engine_config = EngineConfig(engine=engine, attention=attention, ops=ops, cfg_batch=cfg_batch,
                                  compile=compile, dtype=dtype)
-    mesh, device, decode_group = setup_parallel(path_or_preset, device, engine, parallel, mesh, launch,
+    mesh, device, decode_group = setup_parallel(path_or_preset, device, requested, parallel, mesh, launch,
                                                 dist_timeout_s)
     if engine_config.attention == "auto" and mesh.config.world_size > 1:
         # Each rank would time its own probe and could pick another backend than its peers;
@@ -259,9 +260,6 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         dit = apply_parallel(dit, mesh)
     vae_decoder = vae_encoder = None
     if exported is not None:
-        if mesh.config.world_size > 1:
-            raise ValueError("exported engines run in one process (no sequence parallelism inside an ONNX/TensorRT "
-                             "graph yet)")
         dit, vae_decoder, vae_encoder = exported_components(exported, dit.config, vae)
     return dict(config=config, text_encoder=text, dit=dit, vae=vae, device=device, dtype=dtype,
                 text_device=text_device, offload=offload, mesh=mesh, decode_group=decode_group, cache=cache,

@@ -328,10 +328,13 @@ class WanPipeline:
         group, then the sp group, else each rank decodes alone: only for latents with fewer rows
         than ranks); with the bf16 decode, on its bf16 copy. A tiled decode shares its tiles over
         the decode group instead (`parallel_tiled_decode`: the one-process tiled video, bit for bit).
+        An exported decoder (ONNX/TensorRT chunks) runs whole on rank 0.
         """
         if not self.is_parallel:
             return self.vae_decoder(latents, self.graphs)
         decoder = self.vae_decoder
+        if not isinstance(decoder, VAEDecoder):  # an exported decoder runs whole, on rank 0
+            return decoder(latents, self.graphs).float() if self.mesh.rank == 0 else None
         latents = latents.to(next(decoder.vae.parameters()).dtype)  # the bf16 decode's copy, if asked
         tiles_group = self.decode_group if self.decode_group is not None else self.mesh.sp_group
         # Collective: an auto plan is sized from each rank's own free memory, so the ranks agree first.
