@@ -37,3 +37,19 @@ def _no_tf32():
     TF32 by default (~1e-3), so TF32 is off for every test and restored afterwards."""
     with exact_fp32():
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """The tiny preset's DiT (with FBCache's graphs) and VAE decoder exported to ONNX once per run,
+    for batch 1-2, 5-9 frames, 32-64 pixels a side: (folder holding dit/ and vae-decoder/, shapes)."""
+    import wan_engine
+    from wan_engine.export.manifest import ShapeRange
+    from wan_engine.export.onnx_export import export_onnx
+
+    shapes = ShapeRange(batch=(1, 2), frames=(5, 9), height=(32, 64), width=(32, 64))
+    root = tmp_path_factory.mktemp("tiny_export")
+    pipe = wan_engine.WanPipeline.from_pretrained("tiny", device="cpu")
+    export_onnx(pipe, "dit", root / "dit", shapes, first_block_cache=True)
+    export_onnx(pipe, "vae-decoder", root / "vae-decoder", shapes)
+    return root, shapes

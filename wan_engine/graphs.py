@@ -4,7 +4,9 @@
 runs `fn` eagerly on a side stream (the warm-up; its result is returned), the second captures it
 as a CUDA graph over static copies of the inputs and replays it, and later calls copy their
 inputs into the static buffers and replay. Every graph shares one memory pool. Outputs are cloned
-(a replay overwrites its static outputs; callers such as multistep solvers keep earlier ones).
+(a replay overwrites its static outputs; callers such as multistep solvers keep earlier ones), unless
+the caller borrows them (`borrow=True`: the static outputs themselves, valid until the next replay
+of that key; for intermediates that the next call consumes, such as FBCache's stream after block 0).
 
 `fn` must be a fixed-shape function of its tensor inputs (the executor's forward and the static
 VAE chunks are written to be): anything it closes over must not change between calls of the same
@@ -57,12 +59,12 @@ class GraphReplayer:
         """How many graphs are held (one per key)."""
         return len(self._graphs)
 
-    def call(self, key: Hashable, fn: Callable, *inputs: torch.Tensor):
+    def call(self, key: Hashable, fn: Callable, *inputs: torch.Tensor, borrow: bool = False):
         if not self.active:
             return fn(*inputs)
         captured = self._graphs.get(key)
         if captured is not None:
-            return self._replay(captured, inputs)
+            return self._replay(captured, inputs, borrow)
         if key not in self._warm:
             self._warm.add(key)
             return self._on_side_stream(fn, inputs)
@@ -71,7 +73,7 @@ class GraphReplayer:
         except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager, reported once
             self._disable(f"capture of {key!r} failed ({type(err).__name__}: {err}); running eagerly")
             return fn(*inputs)
-        return self._replay(captured, inputs)
+        return self._replay(captured, inputs, borrow)
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -98,7 +100,7 @@ class GraphReplayer:
             static_out = fn(*static_inputs)
         return _Captured(graph, static_inputs, static_out)
 
-    def _replay(self, captured: _Captured, inputs):
+    def _replay(self, captured: _Captured, inputs, borrow: bool = False):
         for static, new in zip(captured.static_inputs, inputs):
             static.copy_(new)
         if captured.graph is not None:
@@ -106,6 +108,8 @@ class GraphReplayer:
         else:
             captured.static_out = captured.fn(*captured.static_inputs)
         self.replays += 1
+        if borrow:
+            return captured.static_out
         leaves, spec = tree_flatten(captured.static_out)
         return tree_unflatten([t.clone() if isinstance(t, torch.Tensor) else t for t in leaves], spec)
 

@@ -15,12 +15,9 @@ import pytest
 
 from sp_harness import run_ranks_ok
 from wan_engine.cache import CacheConfig
-from wan_engine.export.manifest import ShapeRange
-from wan_engine.export.onnx_export import export_onnx
 from wan_engine.parallel import ParallelConfig, ParallelMesh
 from wan_engine.pipelines.t2v import WanPipeline
 
-SHAPES = ShapeRange(batch=(1, 2), frames=(5, 9), height=(32, 48), width=(32, 48))
 REQUEST = dict(prompt="a red kite above a grey sea", size=(48, 32), num_frames=9, steps=5, seed=3)
 CACHES = {"uncached": None, "magcache": "magcache:0.3,K=3,retention=0.1"}
 
@@ -51,11 +48,8 @@ def export_suite(rank: int, world_size: int, folder: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def launch(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("export_cfg")
-    pipe = WanPipeline.from_pretrained("tiny", device="cpu")
-    export_onnx(pipe, "dit", folder / "dit", SHAPES)
-    export_onnx(pipe, "vae-decoder", folder / "vae-decoder", SHAPES)
+def launch(tiny_export):
+    folder, _ = tiny_export  # conftest: the tiny DiT and VAE decoder, exported once per run
     return run_ranks_ok(2, export_suite, str(folder), deadline_s=300.0)
 
 

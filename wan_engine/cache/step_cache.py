@@ -69,8 +69,10 @@ class StepCache:
         patches, rope = dit.tokens_in(x, t, y=y)
         fns, call = self._functions(dit, rope, text)
         if self.dynamic:  # FBCache: block 0 first; its residual decides the rest of the stack
+            # Borrowed: the rest's call copies these into its own inputs, and the decision copies
+            # block 0's residual, before the next step replays this graph over them.
             after, normed, first = call(fns.key("first_block", patches, text), fns.first_block,
-                                        patches, t, rope.cos, rope.sin, *text_tensors(text))
+                                        patches, t, rope.cos, rope.sin, *text_tensors(text), borrow=True)
             decisions = self._first_block_decisions(dit, rope, first, branches, rows)
             compute, reuse = ("rest+residual", fns.rest_with_residual), ("rest_reuse", fns.rest_reuse)
             compute_lead, reuse_lead = (after, normed), (after,)
@@ -159,7 +161,7 @@ class StepCache:
         self._last_output[branch] = velocity
 
 
-def _direct(key, fn, *inputs):
+def _direct(key, fn, *inputs, borrow=False):
     return fn(*inputs)
 
 
