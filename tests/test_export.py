@@ -172,14 +172,14 @@ def test_an_image_conditioned_generation_through_onnxruntime_is_the_executors(mo
     """The i2v/flf2v DiT exports with the CLIP features as a second text-graph input and the image
     K/V as step inputs (the conditioning channels ride in the patches); the VAE encoder (through the
     CLI) as its first and steady chunks, within 1e-5 of `vae.encode` at two shapes; the generation
-    runs all three exports."""
+    runs both (the decoder is the t2v tiny's, whose export the tests above cover, so it decodes in
+    torch here)."""
     from test_i2v import rgb
 
     from wan_engine.cli import main
 
     pipe = wan_engine.WanPipeline.from_pretrained(model, device="cpu")
-    export_onnx(pipe, "dit", tmp_path / "dit", SHAPES)
-    export_onnx(pipe, "vae-decoder", tmp_path / "vae-decoder", SHAPES)
+    export_onnx(pipe, "dit", tmp_path / "dit", SHAPES)  # no vae-decoder/: the tiny one's, tested above
     ranges = ["--frames", "5-9", "--height", "32-64", "--width", "32-64"]
     assert main(["export", "--model", model, "--component", "vae-encoder", "--out", str(tmp_path / "vae-encoder"),
                  *ranges]) == 0
