@@ -8,6 +8,7 @@ generation compounds that over every step: the video is held to 40 dB PSNR and o
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import numpy as np
@@ -113,6 +114,24 @@ def test_a_generation_through_onnxruntime_is_the_executors(tiny, exported, cache
     assert psnr >= 40 and diff.max() <= 1
     if cache is not None:
         assert a.cache.computed == b.cache.computed and not all(a.cache.computed[0])
+
+
+def test_info_describes_an_export_directory(exported, capsys):
+    from wan_engine.cli import main
+
+    assert main(["info", str(exported)]) == 0
+    out = capsys.readouterr().out
+    assert "dit: onnx, fp32, model tiny; batch 1-2, frames 5-9, height 32-64, width 32-64" in out
+    assert "7 graph(s)" in out and "step caches: uncached, teacache, magcache, fbcache" in out
+    assert "vae-decoder: onnx, fp32" in out and "2 graph(s)" in out
+    assert "vae-encoder: absent: an i2v/flf2v conditioning encode runs in torch" in out
+    assert main(["info", str(exported / "vae-decoder")]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("vae-decoder: onnx")
+    from wan_engine.export.info import _caches
+
+    manifest = Manifest.load(exported / "dit")
+    plain = dataclasses.replace(manifest, files={k: v for k, v in manifest.files.items() if k not in FIRST_BLOCK_KINDS})
+    assert _caches(plain) == "uncached, teacache, magcache, not fbcache (export with --first-block-cache)"
 
 
 def test_directories_that_do_not_fit_are_refused_by_name(tiny, exported, tmp_path):

@@ -400,17 +400,21 @@ def cmd_calibrate(args) -> int:
 
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="print a model directory's layout, type and config, or a LoRA file's "
-                                    "format, rank, targets and coverage")
+    p = sub.add_parser("info", help="print a model directory's layout, type and config, a LoRA file's "
+                                    "format, rank, targets and coverage, or an export directory's components")
     p.add_argument("path")
     p.set_defaults(func=cmd_info)
 
 
 def cmd_info(args) -> int:
+    from .export.info import describe_export, is_export_dir
     from .loading.info import describe_model
     from .loading.layout import DIT_STEM
     from .lora import describe_lora
 
+    if is_export_dir(args.path):
+        print(describe_export(args.path))
+        return 0
     # A weight file is a LoRA (a model is a directory; its own DiT file gets describe_model's message).
     path = Path(args.path)
     is_lora = path.is_file() and not path.name.startswith(DIT_STEM)

@@ -1,0 +1,73 @@
+"""`wan-engine info DIR` for an export: what each component holds and what a run can do with it.
+
+Read from the manifests only (no graph is loaded): the model, format, dtype and shape ranges, the
+graphs with their size on disk, and which step caches the DiT export runs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .manifest import COMPONENTS, FILE, Manifest
+from .modules import DIT_KINDS, FIRST_BLOCK_KINDS
+
+_ABSENT = {"dit": "absent: --engine onnx:DIR/trt:DIR needs one",
+           "vae-decoder": "absent: the decode runs as the static chunk loop in torch",
+           "vae-encoder": "absent: an i2v/flf2v conditioning encode runs in torch"}
+
+
+def is_export_dir(path: str | Path) -> bool:
+    """A component's export folder, or a folder that holds component folders."""
+    path = Path(path).expanduser()
+    return (path / FILE).is_file() or any((path / c / FILE).is_file() for c in COMPONENTS)
+
+
+def _span(lo_hi: tuple[int, int]) -> str:
+    lo, hi = lo_hi
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _megabytes(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) / 1e6
+
+
+def _caches(manifest: Manifest) -> str:
+    roles = set(manifest.files)
+    runs = ["uncached"] if "full" in roles else []
+    if set(DIT_KINDS) <= roles:
+        runs += ["teacache", "magcache"]
+    if set(FIRST_BLOCK_KINDS) <= roles:
+        runs.append("fbcache")
+    else:
+        runs.append("not fbcache (export with --first-block-cache)")
+    return ", ".join(runs)
+
+
+def _describe(folder: Path, manifest: Manifest) -> list[str]:
+    s = manifest.shapes
+    lines = [f"{manifest.component}: {manifest.format}, {manifest.dtype}, model {manifest.model}; batch "
+             f"{_span(s.batch)}, frames {_span(s.frames)}, height {_span(s.height)}, width {_span(s.width)}",
+             f"  {len(manifest.files)} graph(s), {_megabytes(folder):.1f} MB: {', '.join(manifest.files)}"]
+    if manifest.component == "dit":
+        lines.append(f"  model type {manifest.config.get('model_type', 't2v')}; step caches: {_caches(manifest)}")
+    made = ", ".join(f"{k} {v}" for k, v in manifest.versions.items() if v)
+    lines.append(f"  exported with opset {manifest.opset}" + (f", {made}" if made else ""))
+    return lines
+
+
+def describe_export(path: str | Path) -> str:
+    """The export at `path` (one component's folder, or a folder of them), as `info` prints it.
+    A manifest that does not read is named with the reason."""
+    path = Path(path).expanduser()
+    if (path / FILE).is_file():
+        return "\n".join([f"export {path}", *_describe(path, Manifest.load(path))])
+    lines = [f"export {path}"]
+    for component in COMPONENTS:
+        folder = path / component
+        if (folder / FILE).is_file():
+            manifest = Manifest.load(folder)
+            if manifest.component != component:
+                raise ValueError(f"{folder} holds a {manifest.component} export, not {component}")
+            lines += _describe(folder, manifest)
+        else:
+            lines.append(f"{component}: {_ABSENT[component]}")
+    return "\n".join(lines)
