@@ -144,8 +144,12 @@ def test_directories_that_do_not_fit_are_refused_by_name(tiny, exported, tmp_pat
     onnx_pipe = wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{exported}")
     with pytest.raises(ValueError, match="height 128 is outside the exported range"):
         onnx_pipe.run(prompt="x", size=(64, 128), num_frames=9, steps=2)
+    # An export without FBCache's graphs: the run is refused before any compute, by name.
+    onnx_pipe.dit.has_first_block_steps = False
     with pytest.raises(ValueError, match="no first-block graphs, which the fbcache cache runs: export it with "
                                          "--first-block-cache"):
+        onnx_pipe.run(**REQUEST, cache=CacheConfig("fbcache", 0.1), on_step=pytest.fail)
+    with pytest.raises(ValueError, match="no first-block graphs"):
         ExportedSteps({k: v for k, v in onnx_pipe.dit.graphs.items() if k not in FIRST_BLOCK_KINDS}).first_block(
             *(torch.zeros(1),) * 4)
     with pytest.raises(ValueError, match="holds a onnx export; this engine runs trt"):

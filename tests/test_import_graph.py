@@ -37,7 +37,7 @@ ALLOWED = {
     "wan_engine.graphs": set(),
     # The VAE as static chunk functions (explicit feature-cache slots) and its tiled decode.
     "wan_engine.vae": {"wan_engine.reference", "wan_engine.kernels"},
-    # Step-cache policies and their per-request state, over the executor's staged forward.
+    # Step-cache policies and their per-request state, over the executor's whole-step functions.
     "wan_engine.cache": {"wan_engine.executor", "wan_engine.graphs"},
     "wan_engine.runner": {"wan_engine.cache", "wan_engine.executor", "wan_engine.parallel", "wan_engine.reference",
                           "wan_engine.graphs"},

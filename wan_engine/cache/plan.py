@@ -23,6 +23,14 @@ def timestep_signal(dit, timesteps: torch.Tensor, ret_steps: bool) -> list[float
     return [0.0] + change.tolist()
 
 
+def check_cache_runs_on(config: CacheConfig, dit) -> None:
+    """Refuse, before any compute, a cache the DiT cannot run: FBCache on an export without its
+    split step (`has_first_block_steps` False; the executor always has it)."""
+    if config.policy == "fbcache" and not getattr(dit, "has_first_block_steps", True):
+        raise ValueError("this DiT export has no first-block graphs, which the fbcache cache runs: export it with "
+                         "--first-block-cache (or use teacache or magcache)")
+
+
 def build_step_cache(config: CacheConfig, calibration: Calibration | None, dit, timesteps: torch.Tensor,
                      sp_group=None, graphs=None) -> StepCache:
     """The request's cache: TeaCache and MagCache get their whole schedule here, before step 0."""

@@ -46,8 +46,7 @@ class ExportedSteps:
 
     def first_block(self, patches, t, cos, sin, *kv):
         if "first_block" not in self.graphs:
-            raise ValueError("this DiT export has no first-block graphs, which the fbcache cache runs: export it "
-                             "with --first-block-cache (or use teacache or magcache)")
+            raise ValueError("this DiT export has no first-block graphs (export it with --first-block-cache)")
         return self.graphs["first_block"](patches, t.float(), cos, sin, *kv)
 
     def rest_with_residual(self, x, normed, t, cos, sin, *kv):
@@ -79,6 +78,7 @@ class ExportedDiT(TokenIO):
         self.rope_cache = RopeCache(config.head_dim)
         self.graphs = {role: run_graph(self.folder / name) for role, name in self.manifest.files.items()}
         self.steps = ExportedSteps(self.graphs)
+        self.has_first_block_steps = "first_block" in self.graphs  # FBCache runs on this export
 
     def prepare_text(self, context: torch.Tensor, clip_fea=None) -> TextKV:
         context = pad_context(context, self.config.text_len).to(self.compute_dtype)

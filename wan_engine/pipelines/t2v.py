@@ -26,7 +26,8 @@ import torch
 from .. import validation
 from ..configs import ModelConfig
 from ..cache import (
-    CacheConfig, CacheReport, Calibration, StepCache, build_step_cache, cache_report, resolve_calibration,
+    CacheConfig, CacheReport, Calibration, StepCache, build_step_cache, cache_report, check_cache_runs_on,
+    resolve_calibration,
 )
 from ..device import synchronize
 from ..graphs import GraphReplayer
@@ -364,6 +365,8 @@ class WanPipeline:
         timings[name] = time.perf_counter() - start
 
     def _calibration(self, cache: CacheConfig | None) -> Calibration | None:
+        if cache is not None:
+            check_cache_runs_on(cache, self.dit)  # before any compute
         if cache is None or not cache.needs_calibration:
             return None
         if not takes_prepared_text(self.dit):
