@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 
+from ..cache import check_cache_runs_on
 from ..parallel.runtime import DEFAULT_TIMEOUT_S, PeerFailure, peer_failure_guard
 from .job import (
     CANCELLED, COMPLETED, FAILED, EngineClosed, GenerationCancelled, Job, JobError, JobListener, QueueFull,
@@ -96,6 +97,12 @@ class Engine:
         if req.cfg is False and self.pipeline.mesh.cfg_size == 2:
             raise RequestError("cfg", "cfg false runs one branch; this server runs the two CFG branches on "
                                       "different ranks (--cfg-parallel)")
+        cache = check_cache_spec(req.cache)
+        if cache is not None:
+            try:
+                check_cache_runs_on(cache, self.pipeline.dit)
+            except ValueError as err:
+                raise RequestError("cache", str(err)) from None
         return req
 
     def warmup(self) -> float:
