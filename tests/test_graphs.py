@@ -91,13 +91,20 @@ def test_a_capture_that_raises_falls_back_to_eager_and_says_why_once(pipe, caplo
     assert sum("CUDA graphs off" in r.message for r in caplog.records) == 1
 
 
+@pytest.fixture(scope="module")
+def gpu_pipes():
+    """(graphed, eager) tiny bf16 pipelines on the GPU, built once for the cases below."""
+    def build(graphs):
+        return without_prompt_cleaning(wan_engine.WanPipeline.from_pretrained("tiny", device="cuda", dtype="bf16",
+                                                                              cuda_graphs=graphs))
+    return build(True), build(False)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("cache", [None, CACHE, FIRST_BLOCK], ids=["uncached", "magcache", "fbcache"])
-def test_graph_replay_equals_eager_on_the_gpu(cache):
+def test_graph_replay_equals_eager_on_the_gpu(gpu_pipes, cache):
     """Same kernels, same inputs: the replayed steps give the eager video bit for bit."""
-    graphed = without_prompt_cleaning(wan_engine.WanPipeline.from_pretrained("tiny", device="cuda", dtype="bf16"))
-    eager = without_prompt_cleaning(wan_engine.WanPipeline.from_pretrained("tiny", device="cuda", dtype="bf16",
-                                                                           cuda_graphs=False))
+    graphed, eager = gpu_pipes
     a, b = graphed.run(**REQUEST, cache=cache), eager.run(**REQUEST, cache=cache)
     assert graphed.graphs.active and graphed.graphs.replays > 0, graphed.graphs.disabled_reason
     assert np.array_equal(a.frames, b.frames)
