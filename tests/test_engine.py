@@ -189,12 +189,12 @@ def test_cfg_is_resolved_and_cfg_false_is_refused_at_submit_under_cfg_parallelis
 
 
 def test_fbcache_on_an_export_without_its_graphs_is_refused_at_submit(pipe):
-    """An export made without --first-block-cache cannot run FBCache: the server refuses the request
+    """An export from before the split step cannot run FBCache: the server refuses the request
     with a 422 naming `cache`, instead of failing the job once it runs."""
     exported = SimpleNamespace(mesh=SimpleNamespace(rank=0, cfg_size=1), is_parallel=False, config=pipe.config,
                                dit=SimpleNamespace(has_first_block_steps=False))
     engine = Engine(exported)  # only resolve is called: a stand-in for a pipeline on such an export
-    with pytest.raises(RequestError, match="export it with --first-block-cache") as err:
+    with pytest.raises(RequestError, match="predates them; export it again") as err:
         engine.resolve(GenerationRequest("x", cache="fbcache:0.1"))
     assert err.value.field == "cache"
     assert engine.resolve(GenerationRequest("x", cache="magcache:0.1")).cache == "magcache:0.1"

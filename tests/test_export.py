@@ -41,7 +41,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def exported(tiny_export):
-    root, shapes = tiny_export  # conftest: the DiT (with FBCache's graphs) and VAE decoder
+    root, shapes = tiny_export  # conftest: the DiT and VAE decoder
     assert shapes == SHAPES
     return root
 
@@ -75,7 +75,7 @@ def test_dit_graphs_match_eager_at_two_shapes_from_one_file(tiny, exported, grid
                   "reuse": (patches, *step, residual, k, v), "first_block": (patches, *step, k, v),
                   "rest_residual": (after, normed, *step, k, v), "rest_reuse": (after, *step, residual, k, v)}
         cases = {"text_kv": (inputs["text_kv"], (k, v))}
-        for role in inputs.keys() - {"text_kv"}:
+        for role in manifest.files.keys() - {"text_kv"}:  # the split step and the reused step
             expected = DiTStep(dit, role)(*inputs[role])
             cases[role] = inputs[role], expected if isinstance(expected, tuple) else (expected,)
     assert set(cases) == set(manifest.files)
@@ -84,6 +84,15 @@ def test_dit_graphs_match_eager_at_two_shapes_from_one_file(tiny, exported, grid
         errors = [_rel_l2(g, e) for g, e in zip(got, expected)]
         print(f"{role} {grid}: rel L2 {max(errors):.2e}")
         assert len(got) == len(expected) and max(errors) <= 1e-5
+    # A whole computed step is block 0 then the rest: the eager whole step, residual included.
+    steps = ExportedSteps({role: OnnxGraph(exported / "dit" / name) for role, name in manifest.files.items()})
+    whole_inputs = (patches, *step, k, v)
+    with torch.no_grad():
+        tokens, whole_residual = DiTStep(dit, "full_residual")(*whole_inputs)
+    got = (steps.full(*whole_inputs), *steps.full_with_residual(*whole_inputs))
+    errors = [_rel_l2(g, e) for g, e in zip(got, (tokens, tokens, whole_residual))]
+    print(f"whole step as block 0 + rest {grid}: rel L2 {max(errors):.2e}")
+    assert max(errors) <= 1e-5
 
 
 @pytest.mark.parametrize("hw", [(4, 6), (8, 5)])
@@ -122,7 +131,7 @@ def test_info_describes_an_export_directory(exported, capsys):
     assert main(["info", str(exported)]) == 0
     out = capsys.readouterr().out
     assert "dit: onnx, fp32, model tiny; batch 1-2, frames 5-9, height 32-64, width 32-64" in out
-    assert "7 graph(s)" in out and "step caches: uncached, teacache, magcache, fbcache" in out
+    assert "5 graph(s)" in out and "step caches: uncached, teacache, magcache, fbcache" in out
     assert "vae-decoder: onnx, fp32" in out and "2 graph(s)" in out
     assert "vae-encoder: absent: an i2v/flf2v conditioning encode runs in torch" in out
     assert main(["info", str(exported / "vae-decoder")]) == 0
@@ -130,8 +139,9 @@ def test_info_describes_an_export_directory(exported, capsys):
     from wan_engine.export.info import _caches
 
     manifest = Manifest.load(exported / "dit")
-    plain = dataclasses.replace(manifest, files={k: v for k, v in manifest.files.items() if k not in FIRST_BLOCK_KINDS})
-    assert _caches(plain) == "uncached, teacache, magcache, not fbcache (export with --first-block-cache)"
+    older = dataclasses.replace(manifest, files={"text_kv": "a", "full": "b", "full_residual": "c", "reuse": "d"})
+    assert _caches(older) == "uncached, teacache, magcache, not fbcache (an export from before the split step: " \
+                             "export it again)"
 
 
 def test_directories_that_do_not_fit_are_refused_by_name(tiny, exported, tmp_path):
@@ -144,10 +154,10 @@ def test_directories_that_do_not_fit_are_refused_by_name(tiny, exported, tmp_pat
     onnx_pipe = wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{exported}")
     with pytest.raises(ValueError, match="height 128 is outside the exported range"):
         onnx_pipe.run(prompt="x", size=(64, 128), num_frames=9, steps=2)
-    # An export without FBCache's graphs: the run is refused before any compute, by name.
+    # An export from before the split step: FBCache is refused before any compute, by name.
     onnx_pipe.dit.has_first_block_steps = False
-    with pytest.raises(ValueError, match="no first-block graphs, which the fbcache cache runs: export it with "
-                                         "--first-block-cache"):
+    with pytest.raises(ValueError, match="no first-block graphs, which the fbcache cache runs: it predates them; "
+                                         "export it again"):
         onnx_pipe.run(**REQUEST, cache=CacheConfig("fbcache", 0.1), on_step=pytest.fail)
     with pytest.raises(ValueError, match="no first-block graphs"):
         ExportedSteps({k: v for k, v in onnx_pipe.dit.graphs.items() if k not in FIRST_BLOCK_KINDS}).first_block(
@@ -168,10 +178,6 @@ def test_cli_export_writes_a_directory_and_refuses_a_used_one(tmp_path, capsys):
     assert main(["export", "--model", "tiny", "--component", "dit", "--out", str(tmp_path / "d"),
                  "--batch", "1-3"]) == 2
     assert "batch must be within 1-2" in capsys.readouterr().err
-    assert main(["export", "--model", "tiny", "--component", "vae-decoder", "--out", str(tmp_path / "v"),
-                 "--first-block-cache"]) == 2
-    assert "--first-block-cache adds the DiT's FBCache steps; --component vae-decoder has none" in \
-        capsys.readouterr().err
 
 
 @pytest.mark.trt

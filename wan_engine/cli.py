@@ -328,9 +328,6 @@ def _add_export(sub) -> None:
     p.add_argument("--frames", type=_range, default=(5, 81), help="frame range, 4n+1 (default 5-81)")
     p.add_argument("--height", type=_range, default=(480, 720), help="height range in pixels (default 480-720)")
     p.add_argument("--width", type=_range, default=(480, 1280), help="width range in pixels (default 480-1280)")
-    p.add_argument("--first-block-cache", action="store_true",
-                   help="the DiT also gets FBCache's split step (block 0, then the rest computed or reused), so "
-                        "--cache fbcache runs on the export (about one more copy of the weights on disk)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_export)
 
@@ -344,12 +341,10 @@ def cmd_export(args) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--out {out} is not empty: give a new directory (an export is never written over another)")
-    if args.first_block_cache and args.component != "dit":
-        raise ValueError(f"--first-block-cache adds the DiT's FBCache steps; --component {args.component} has none")
     pipe = WanPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype, cuda_graphs=False)
     start = time.perf_counter()
     onnx_dir = out if args.format == "onnx" else out / "onnx"
-    manifest = export_onnx(pipe, args.component, onnx_dir, shapes, first_block_cache=args.first_block_cache)
+    manifest = export_onnx(pipe, args.component, onnx_dir, shapes)
     if args.format == "trt":
         from .export.tensorrt import build_engines, profiles_for
 

@@ -24,11 +24,11 @@ def timestep_signal(dit, timesteps: torch.Tensor, ret_steps: bool) -> list[float
 
 
 def check_cache_runs_on(config: CacheConfig, dit) -> None:
-    """Refuse, before any compute, a cache the DiT cannot run: FBCache on an export without its
-    split step (`has_first_block_steps` False; the executor always has it)."""
+    """Refuse, before any compute, a cache the DiT cannot run: FBCache on an export without the
+    split step (`has_first_block_steps` False: an export made before it; the executor always has it)."""
     if config.policy == "fbcache" and not getattr(dit, "has_first_block_steps", True):
-        raise ValueError("this DiT export has no first-block graphs, which the fbcache cache runs: export it with "
-                         "--first-block-cache (or use teacache or magcache)")
+        raise ValueError("this DiT export has no first-block graphs, which the fbcache cache runs: it predates "
+                         "them; export it again (or use teacache or magcache)")
 
 
 def build_step_cache(config: CacheConfig, calibration: Calibration | None, dit, timesteps: torch.Tensor,

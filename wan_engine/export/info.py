@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .manifest import COMPONENTS, FILE, Manifest
-from .modules import DIT_KINDS, FIRST_BLOCK_KINDS
+from .modules import FIRST_BLOCK_KINDS
 
 _ABSENT = {"dit": "absent: --engine onnx:DIR/trt:DIR needs one",
            "vae-decoder": "absent: the decode runs as the static chunk loop in torch",
@@ -32,13 +32,11 @@ def _megabytes(folder: Path) -> float:
 
 def _caches(manifest: Manifest) -> str:
     roles = set(manifest.files)
-    runs = ["uncached"] if "full" in roles else []
-    if set(DIT_KINDS) <= roles:
+    split = set(FIRST_BLOCK_KINDS) <= roles
+    runs = ["uncached"] if split or "full" in roles else []
+    if "reuse" in roles and (split or "full_residual" in roles):
         runs += ["teacache", "magcache"]
-    if set(FIRST_BLOCK_KINDS) <= roles:
-        runs.append("fbcache")
-    else:
-        runs.append("not fbcache (export with --first-block-cache)")
+    runs.append("fbcache" if split else "not fbcache (an export from before the split step: export it again)")
     return ", ".join(runs)
 
 

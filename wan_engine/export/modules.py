@@ -13,9 +13,12 @@ from ..executor.rope_cache import RopeTable
 from ..executor.steps import StepFunctions, text_tensors
 from ..vae.static import StaticChunks
 
-DIT_KINDS = ("full", "full_residual", "reuse")
-# FBCache's split step (executor/steps.py): block 0, then the rest computed or reused.
+# The split step (executor/steps.py): block 0, then the rest computed or reused. Block 0 and the
+# rest hold each block's weights once between them; a whole step is the two calls in a row.
 FIRST_BLOCK_KINDS = ("first_block", "rest_residual", "rest_reuse")
+# What an export holds: the split step, and the reused whole step (no block weights) for TeaCache and
+# MagCache. "full" and "full_residual" (each with every block's weights) export on request only.
+DIT_KINDS = FIRST_BLOCK_KINDS + ("reuse",)
 _METHODS = {"full": "full", "full_residual": "full_with_residual", "reuse": "reuse", "first_block": "first_block",
             "rest_residual": "rest_with_residual", "rest_reuse": "rest_reuse"}
 
@@ -35,8 +38,8 @@ class _TokenRowSteps(StepFunctions):
 
 class DiTStep(nn.Module):
     """One whole-step function of the executor (executor/steps.py names their inputs and outputs),
-    by export `kind`: "full", "full_residual", "reuse", and FBCache's "first_block",
-    "rest_residual", "rest_reuse". kv is (k, v), and (k, v, k_img, v_img) for an i2v/flf2v DiT
+    by export `kind`: the split step's "first_block", "rest_residual", "rest_reuse", the reused
+    whole step "reuse", and on request the whole computed steps "full", "full_residual". kv is (k, v), and (k, v, k_img, v_img) for an i2v/flf2v DiT
     (whose patches carry the conditioning channels)."""
 
     def __init__(self, executor, kind: str):

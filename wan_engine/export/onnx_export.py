@@ -1,9 +1,8 @@
 """`export_onnx`: the DiT or a VAE half of a pipeline as ONNX files, with a manifest.
 
-torch.onnx's dynamo exporter over the modules of `export.modules`. The DiT becomes four graphs
-(the text K/V, the full step, the full step that also returns the block-stack residual, and the
-reused step), and three more on request (FBCache's block 0 and the rest computed or reused), with
-dynamic batch (1-2) and tokens; the VAE decoder two (its first and steady
+torch.onnx's dynamo exporter over the modules of `export.modules`. The DiT becomes five graphs
+(the text K/V; block 0; the rest of the stack computed or reused; the reused whole step), holding
+each block's weights once, with dynamic batch (1-2) and tokens; the VAE decoder two (its first and steady
 chunks) with dynamic latent rows and columns and the cache slots as inputs and outputs, and the
 encoder likewise (frame 0, then 4-frame chunks; i2v/flf2v encode their conditioning video). Files
 over 2 GB keep their weights as external data. The manifest is written last.
@@ -20,7 +19,7 @@ from ..configs import VAEConfig
 from ..reference.vae import ENCODE_CHUNK_FRAMES
 from ..vae.static import decoder_chunks, encoder_chunks
 from .manifest import Manifest, ShapeRange
-from .modules import DIT_KINDS, FIRST_BLOCK_KINDS, DiTStep, TextKVStep, VAEChunk
+from .modules import DIT_KINDS, DiTStep, TextKVStep, VAEChunk
 
 OPSET = 20
 EXTERNAL_DATA_BYTES = 1 << 31  # the protobuf limit: larger models keep their weights beside the graph
@@ -63,8 +62,7 @@ def token_range(shapes: ShapeRange, vae: VAEConfig, patch=(1, 2, 2)) -> tuple[in
 @torch.no_grad()
 def export_dit(executor, vae_config: VAEConfig, out_dir: Path, shapes: ShapeRange, model_name: str,
                dtype: str, kinds: tuple[str, ...] = DIT_KINDS) -> Manifest:
-    """The text K/V graph and one graph per step kind (`kinds`: the three whole steps by default;
-    add `FIRST_BLOCK_KINDS` for FBCache)."""
+    """The text K/V graph and one graph per step kind (`kinds`: `DIT_KINDS` by default)."""
     cfg = executor.config
     lo, hi = token_range(shapes, vae_config, cfg.patch_size)
     batch = _dim("batch", shapes.batch[0], shapes.batch[1])
@@ -145,15 +143,10 @@ def export_vae_encoder(vae, out_dir: Path, shapes: ShapeRange, model_name: str) 
                               channels=3, steady_frames=ENCODE_CHUNK_FRAMES, unit=vae.config.spatial_stride)
 
 
-def export_onnx(pipe, component: str, out_dir: str | Path, shapes: ShapeRange | None = None, *,
-                first_block_cache: bool = False) -> Manifest:
-    """Export `component` ("dit", "vae-decoder" or "vae-encoder") of a built pipeline into `out_dir`.
-    first_block_cache: the DiT also gets FBCache's split step (block 0, then the rest computed or
-    reused; about one more copy of the weights on disk)."""
+def export_onnx(pipe, component: str, out_dir: str | Path, shapes: ShapeRange | None = None) -> Manifest:
+    """Export `component` ("dit", "vae-decoder" or "vae-encoder") of a built pipeline into `out_dir`."""
     from ..executor import WanExecutor
 
-    if first_block_cache and component != "dit":
-        raise ValueError(f"first_block_cache exports the DiT's FBCache steps; component {component!r} has none")
     shapes = ShapeRange() if shapes is None else shapes
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -161,8 +154,7 @@ def export_onnx(pipe, component: str, out_dir: str | Path, shapes: ShapeRange | 
         if not isinstance(pipe.dit, WanExecutor):
             raise ValueError("the DiT export needs the executor engine (its fixed-shape core is what is exported)")
         dtype = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[pipe.dit.compute_dtype]
-        kinds = DIT_KINDS + (FIRST_BLOCK_KINDS if first_block_cache else ())
-        manifest = export_dit(pipe.dit, pipe.config.vae, out_dir, shapes, pipe.config.name, dtype, kinds)
+        manifest = export_dit(pipe.dit, pipe.config.vae, out_dir, shapes, pipe.config.name, dtype)
     elif component == "vae-decoder":
         manifest = export_vae_decoder(pipe.vae, out_dir, shapes, pipe.config.name)
     elif component == "vae-encoder":

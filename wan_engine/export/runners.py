@@ -27,7 +27,9 @@ TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 
 class ExportedSteps:
     """The whole-step functions of an exported DiT (the same signatures as `StepFunctions`).
-    Timesteps enter as fp32, as exported (the solver's may be integers)."""
+    Timesteps enter as fp32, as exported (the solver's may be integers). A whole computed step is
+    block 0 then the rest (two graphs that hold each block's weights once); an export made before
+    the split step has "full" and "full_residual" graphs instead, which run when present."""
 
     def __init__(self, graphs: dict[str, Callable]):
         self.graphs = graphs
@@ -36,17 +38,24 @@ class ExportedSteps:
         return kind
 
     def full(self, patches, t, cos, sin, *kv):
-        return self.graphs["full"](patches, t.float(), cos, sin, *kv)[0]
+        if "full" in self.graphs:
+            return self.graphs["full"](patches, t.float(), cos, sin, *kv)[0]
+        after, normed, _ = self.first_block(patches, t, cos, sin, *kv)
+        return self.rest_with_residual(after, normed, t, cos, sin, *kv)[0]
 
     def full_with_residual(self, patches, t, cos, sin, *kv):
-        return self.graphs["full_residual"](patches, t.float(), cos, sin, *kv)
+        if "full_residual" in self.graphs:
+            return self.graphs["full_residual"](patches, t.float(), cos, sin, *kv)
+        after, normed, first = self.first_block(patches, t, cos, sin, *kv)
+        out, rest = self.rest_with_residual(after, normed, t, cos, sin, *kv)
+        return out, first + rest  # the whole stack's: block 0's plus the rest's (fp32 rounding apart)
 
     def reuse(self, patches, t, cos, sin, residual, *kv):
         return self.graphs["reuse"](patches, t.float(), cos, sin, residual, *kv)[0]
 
     def first_block(self, patches, t, cos, sin, *kv):
         if "first_block" not in self.graphs:
-            raise ValueError("this DiT export has no first-block graphs (export it with --first-block-cache)")
+            raise ValueError("this DiT export has no first-block graphs (it predates them: export it again)")
         return self.graphs["first_block"](patches, t.float(), cos, sin, *kv)
 
     def rest_with_residual(self, x, normed, t, cos, sin, *kv):
