@@ -95,6 +95,29 @@ def test_dit_graphs_match_eager_at_two_shapes_from_one_file(tiny, exported, grid
     assert max(errors) <= 1e-5
 
 
+def test_an_export_with_full_step_graphs_runs_them_and_the_split_one_composes():
+    """Exports from before the split step hold "full" and "full_residual": those run when present.
+    Otherwise a computed step is block 0 then the rest, its residual the sum of theirs."""
+    calls = []
+
+    def graph(role, *outs):
+        def run(*inputs):
+            calls.append(role)
+            return outs
+        return run
+
+    x, r0, r1, tokens = (torch.full((1, 2, 3), float(v)) for v in (1, 2, 3, 4))
+    args = (x, torch.zeros(1), torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(1))
+    older = ExportedSteps({"full": graph("full", tokens), "full_residual": graph("full_residual", tokens, r0)})
+    assert torch.equal(older.full(*args), tokens) and older.full_with_residual(*args)[1] is r0
+    assert calls == ["full", "full_residual"]
+    calls.clear()
+    split = ExportedSteps({"first_block": graph("first_block", x, x, r0), "rest_residual": graph("rest", tokens, r1)})
+    out, residual = split.full_with_residual(*args)
+    assert torch.equal(out, tokens) and torch.equal(residual, r0 + r1) and torch.equal(split.full(*args), tokens)
+    assert calls == ["first_block", "rest", "first_block", "rest"]
+
+
 @pytest.mark.parametrize("hw", [(4, 6), (8, 5)])
 def test_vae_chunks_match_eager_at_two_shapes_from_one_file(tiny, exported, hw):
     chunks = decoder_chunks(tiny.vae)
