@@ -79,6 +79,39 @@ def test_lora_after_quantization_is_refused(tmp_path):
         LoraMerger(ex).apply([])
 
 
+def _cpu_scaled_mm_rowwise() -> bool:
+    """Whether this torch runs `_scaled_mm` with row-wise scales on the CPU (2.13's oneDNN path does)."""
+    try:
+        a = torch.ones(16, 16).to(FP8)
+        torch._scaled_mm(a, a.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.bfloat16)
+        return True
+    except (RuntimeError, NotImplementedError, AttributeError):
+        return False
+
+
+@pytest.mark.skipif(not _cpu_scaled_mm_rowwise(), reason="this torch has no CPU _scaled_mm with row-wise scales")
+@pytest.mark.parametrize("shape, k, n, bias", [((2, 77), 1536, 4608, True), ((3, 5, 32), 1536, 8960, False),
+                                               ((130,), 8960, 1536, True)])
+def test_scaled_mm_call_matches_emulation_on_cpu(shape, k, n, bias):
+    """The `_scaled_mm` call itself (operand layout, scale shapes, bias in the epilogue, batch
+    dims) against the emulation, on the CPU kernel: both accumulate the same exact fp8 products in
+    fp32 and round once to bf16, so they differ by the accumulation order only, at most one bf16
+    ulp (2^-7 relative) per element, plus where they cancel toward zero the two fp32 sums' order
+    error, 2*K*2^-24 of the products' magnitude. The GPU test below checks the Hopper kernel."""
+    gen = torch.Generator().manual_seed(k + n)
+    x = (torch.randn(*shape, k, generator=gen) * 2).bfloat16()
+    w = (torch.randn(n, k, generator=gen) / k ** 0.5).bfloat16()
+    b = torch.randn(n, generator=gen).bfloat16() if bias else None
+    wq, ws = quantize_rows(w)
+    got, want = fp8_linear_scaled_mm(x, wq, b, ws), fp8_linear_emulated(x, wq, b, ws)
+    assert got.shape == want.shape == (*shape, n) and got.dtype == torch.bfloat16
+    got, want = got.float(), want.float()
+    xq, xs = quantize_rows(x.reshape(-1, k))
+    magnitude = ((xq.float().abs() @ wq.float().abs().t()) * xs[:, None] * ws[None, :]).reshape(got.shape)
+    assert (got - want).abs().le(want.abs() * 2 ** -7 + magnitude * 2 * k * 2 ** -24).all()
+    assert ((got - want).norm() / want.norm()).item() < 2 ** -9
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("m, k, n", [(4096, 1536, 4608), (333, 5120, 13824)])
 def test_scaled_mm_matches_emulation(m, k, n):
