@@ -11,7 +11,13 @@
 #   bash scripts/gpu_image_check.sh [pytest args for part 2]      (GPU_IMAGE_SKIP_SUITE=1: part 1 only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY312=${PY312:-python3.12}
+# Python 3.12: $PY312, else python3.12 on PATH, else a pyenv-installed one.
+PY312=${PY312:-}
+for candidate in python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python; do
+    [ -n "$PY312" ] && break
+    "$candidate" -c "import sys; assert sys.version_info[:2] == (3, 12)" 2>/dev/null && PY312=$candidate
+done
+[ -n "$PY312" ] || { echo "gpu_image_check: needs Python 3.12 (set PY312)" >&2; exit 2; }
 ROOT=${GPU_IMAGE_VENVS:-.venv-gpu-image}
 PINS=("torch==2.11.0" "triton==3.6.0" "numpy==2.5.2" "transformers==5.17.0" "tokenizers==0.23.2"
       "safetensors==0.8.0" "sentencepiece==0.2.2" "onnx==1.23.1" "onnx-ir==1.0.0" "onnxruntime==1.30.0"
