@@ -11,6 +11,8 @@ sequence is not a multiple of the degree, so the padding (masked through kv_len)
 Then one executor DiT forward on a rank alone and under Ulysses-WORLD and ring-WORLD sequence
 parallelism (`parallel.apply_parallel`), compared with the single-process velocity, with the
 speedup and scaling efficiency (on the CPU only at the tiny sizes; at full size with >= 2 GPUs).
+Last, the row-parallel VAE decode and encode against one rank alone, with each rank's peak working
+memory (bench/suites/parallel_vae.py).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from ..roofline import dit_forward_cost, dit_tokens
 from ..timing import measure, summarize
 from .attention import exact_attention, oracle_rows
 from .common import BenchContext, SuiteResult, crash_row, dtype_name, make_row, single_cost
+from .parallel_vae import rank_vae_calls, vae_context, vae_rows
 
 SUITE = "parallel"
 WORLD = 2
@@ -97,9 +100,9 @@ def _rank_main(rank: int, world: int, init_file: str, backend: str, spec: dict, 
         local, attention = _local_attention(device, dtype, d)
         out = {}
 
-        def timed(name, fn):
+        def timed(name, fn, repeats=spec["repeats"], warmup=spec["warmup"]):
             dist.barrier()
-            stats, value = measure(fn, device, spec["repeats"], spec["warmup"])
+            stats, value = measure(fn, device, repeats, warmup)
             out[name] = list(stats.samples_s)
             return value
 
@@ -118,6 +121,8 @@ def _rank_main(rank: int, world: int, init_file: str, backend: str, spec: dict, 
             compared[name] = (result[:, rows.to(device)].double().cpu().numpy(), oracle.numpy())
         if spec["dit_ctx"] is not None:
             compared |= _dit_forwards(spec["dit_ctx"].replace(device=device), world, timed)
+        if spec["vae_ctx"] is not None:
+            compared["vae"] = rank_vae_calls(spec["vae_ctx"].replace(device=device), group, timed)
         compared["attention"] = attention
         everyone = [None] * world
         dist.all_gather_object(everyone, compared)
@@ -178,9 +183,11 @@ def _measured_rows(ctx: BenchContext, result: SuiteResult) -> None:
     if not run_dit:
         result.notes.append(f"parallel: sequence-parallel DiT forward skipped on the CPU at {full_tokens} tokens "
                             f"(runs at <= {CPU_MAX_TOKENS}, or on >= {WORLD} GPUs)")
+    vae_ctx = vae_context(ctx, backend, result)
     spec = dict(batch=ctx.batch, tokens=tokens, heads=cfg.num_heads, head_dim=cfg.head_dim,
                 dtype=str(dtype).removeprefix("torch."), seed=ctx.seed, repeats=ctx.repeats, warmup=ctx.warmup,
-                dit_ctx=ctx.replace(dtype=dtype, ceilings=None) if run_dit else None)
+                dit_ctx=ctx.replace(dtype=dtype, ceilings=None) if run_dit else None,
+                vae_ctx=vae_ctx.replace(ceilings=None))
     try:
         report = spawn_ranks(_rank_main, WORLD, (backend, spec))
     except RuntimeError as err:  # a rank failed: the measured part is a failed row
@@ -194,11 +201,14 @@ def _measured_rows(ctx: BenchContext, result: SuiteResult) -> None:
             "ulysses attention": 4 * shard * (WORLD - 1) / WORLD,
             "ring attention": 2 * shard * (WORLD - 1)}
     shape = f"B{ctx.batch} S{tokens} H{cfg.num_heads} D{cfg.head_dim} over {WORLD} ranks"
-    dit_times = {}
+    dit_times, vae_times = {}, {}
     for name, samples in report["samples"].items():
         stats = summarize(samples, ctx.warmup)
         if name.startswith("dit forward"):
             dit_times[name.split()[-1]] = stats
+            continue
+        if name.startswith("vae "):
+            vae_times[tuple(name.rsplit(" ", 1))] = stats
             continue
         kind = name.split()[0]
         accuracy, oracle = None, ""
@@ -212,6 +222,7 @@ def _measured_rows(ctx: BenchContext, result: SuiteResult) -> None:
             cost=single_cost(name, 0, sent[name]), accuracy=accuracy, oracle=oracle,
             attention=attention if kind in ("ulysses", "ring") else None, note="GB/s = bytes sent per rank / time"))
     _dit_rows(ctx, result, dit_times, report["outputs"][0], backend, dtype, attention)
+    vae_rows(ctx, vae_ctx, result, vae_times, [o["vae"] for o in report["outputs"]], backend, WORLD)
 
 
 def _dit_rows(ctx: BenchContext, result: SuiteResult, times: dict, outputs: dict, backend: str, dtype,
