@@ -164,8 +164,8 @@ LEVER_LATENT_FRAMES = 6
 def _decode_paths(ctx: BenchContext, cfg, weights: dict, latents, shape: str, oracle, result: SuiteResult) -> None:
     """The pipeline's decode paths, each timed with its peak memory: the static chunk loop (eager),
     the same with its steady chunk replayed as a CUDA graph (GPU only), with each speed lever alone,
-    and the tiled decode (2x2 tiles, overlap 4); at the check's 480p size also the static and tiled
-    decodes at 720p. One
+    and the tiled decode (2x2 tiles, overlap 4); at the check's 480p size also the static, graphed
+    and tiled decodes at 720p. One
     warm-up (the graph's capture), one timed call each: a full-size decode takes seconds."""
     from wan_engine.graphs import GraphReplayer
     from wan_engine.vae.decode import VAEDecodeOptions, VAEDecoder
@@ -190,6 +190,7 @@ def _decode_paths(ctx: BenchContext, cfg, weights: dict, latents, shape: str, or
         big = torch.randn(1, cfg.z_dim, lf, 90, 160, generator=generator(ctx, 301), device=ctx.device)
         shape_720 = f"1280x720x{ctx.frames} latent {lf}x90x160"
         cases += [("static-720p", big, None, TilePlan(), shape_720),
+                  ("static-graphs-720p", big, "graphs", TilePlan(), shape_720),
                   ("tiled-2x2-720p", big, None, TilePlan((49, 84), overlap=4), shape_720)]
     with torch.inference_mode(), exact_fp32(ctx.device):
         for impl, z, graphs, plan, row_shape in cases:
