@@ -1,5 +1,6 @@
 """Sequence parallelism (Ulysses, ring, USP), CFG parallelism, row-parallel VAE decode, the process
-mesh and its launch (init_distributed, rank-0 randomness, failure handling), over torch.distributed.
+mesh and its launch (init_distributed, rank-0 randomness, failure handling), and block weights split
+over a sequence-parallel group (`shard_block_weights`), over torch.distributed.
 
 `apply_parallel(executor, mesh)` installs sequence parallelism on a built executor (shard plan
 and sequence-parallel self-attention, as data); the runner takes the mesh for CFG parallelism.
@@ -40,6 +41,7 @@ from .ulysses import ulysses_attention
 from .usp import sequence_parallel_attention, usp_attention
 from .vae_decode import parallel_vae_decode
 from .vae_encode import parallel_vae_encode
+from .weight_shard import ShardedStores, shard_block_weights
 
 __all__ = [
     "COND_BRANCH",
@@ -48,6 +50,7 @@ __all__ = [
     "MeshCoord",
     "ParallelConfig",
     "ParallelMesh",
+    "ShardedStores",
     "PeerFailure",
     "SequenceParallelAttention",
     "ShardPlan",
@@ -71,6 +74,7 @@ __all__ = [
     "padded_length",
     "parallel_vae_decode",
     "parallel_vae_encode",
+    "shard_block_weights",
     "peer_failure_guard",
     "rank_device",
     "ring_attention",

@@ -122,6 +122,9 @@ def _add_parallel_options(p) -> None:
     multi.add_argument("--ring", type=int, default=1, help="ring-attention sequence-parallel degree")
     multi.add_argument("--cfg-parallel", action="store_true",
                        help="run the conditional and unconditional branches on different ranks (doubles N)")
+    multi.add_argument("--shard-weights", action="store_true",
+                       help="split the DiT's block weights over the ranks of each sequence-parallel group (as the "
+                            "official --dit_fsdp): 1/(ulysses x ring) of the blocks per GPU, gathered as they run")
     multi.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
                        help="seconds a collective may wait for a peer before the run fails "
                             "(default 600; must exceed the slowest rank's model load)")
@@ -144,7 +147,7 @@ def _pipeline_options(args, **extra) -> dict:
     return dict(device=args.device, dtype=args.dtype, t5_cpu=args.t5_cpu, offload=args.offload,
                 engine=args.engine, attention=args.attention, compile=args.compile, cfg_batch=args.cfg_batch,
                 cuda_graphs=args.cuda_graphs, vae_decode=_vae_decode_options(args),
-                loras=_parse_loras(args), quant=args.quant,
+                loras=_parse_loras(args), quant=args.quant, shard_weights=args.shard_weights,
                 parallel=parallel, launch=LaunchEnv.from_environ(), **extra)
 
 

@@ -41,6 +41,7 @@ LAYOUTS = {  # name -> (processes, CLI flags)
     "ulysses2_ring2": (4, ["--ulysses", "2", "--ring", "2"]),
     "cfg2": (2, ["--cfg-parallel"]),
     "cfg2_ulysses2": (4, ["--cfg-parallel", "--ulysses", "2"]),
+    "ulysses2_shard_weights": (2, ["--ulysses", "2", "--shard-weights"]),  # each rank holds half the blocks
 }
 RUN_TIMEOUT_S = 180
 DIST_TIMEOUT_S = 5.0
@@ -113,6 +114,17 @@ def test_a_layout_larger_than_the_launch_is_refused_before_loading(vae_less_mode
 def test_malformed_degrees_are_refused(flags, message, tmp_path, capsys):
     rc = cli_main(["generate", *REQUEST, *flags, "--output", str(tmp_path / "x.mp4")])
     assert rc == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--shard-weights"], "has none; launch with --ulysses or --ring > 1"),
+    (["--shard-weights", "--engine", "reference"], "shard_weights needs engine='executor'"),
+])
+def test_a_weight_split_without_a_sequence_parallel_executor_is_refused_before_loading(
+        vae_less_model, flags, message, tmp_path, capsys):
+    rc = cli_main(["generate", "--model", str(vae_less_model), *REQUEST, *flags, "--output", str(tmp_path / "x.mp4")])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err, err
 
 
 def test_ulysses_that_does_not_divide_the_heads_is_refused_before_loading(vae_less_model, tmp_path):

@@ -34,6 +34,7 @@ from ..loading.random_init import random_state_dict
 from ..loading.t5_format import infer_t5_config
 from ..lora import LoraMerger, LoraSpec, parse_loras
 from ..parallel.apply import apply_parallel
+from ..parallel.weight_shard import shard_block_weights
 from ..parallel.config import ParallelConfig
 from ..parallel.mesh import ParallelMesh
 from ..parallel.runtime import DEFAULT_TIMEOUT_S, init_distributed, rank_device
@@ -158,7 +159,8 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
                              seed: int = 0, parallel: ParallelConfig | None = None,
                              mesh: ParallelMesh | None = None, launch: LaunchEnv | None = None,
                              dist_timeout_s: float = DEFAULT_TIMEOUT_S, cache: CacheConfig | None = None,
-                             vae_decode=None, cuda_graphs: bool = True, loras=None, quant: str | None = None) -> dict:
+                             vae_decode=None, cuda_graphs: bool = True, loras=None, quant: str | None = None,
+                             shard_weights: bool = False) -> dict:
     """Keyword arguments for `WanPipeline(...)`.
 
     engine "executor" (default) wraps the loaded reference DiT's weights in the optimized
@@ -175,6 +177,9 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     loras: LoRAs merged into the DiT after the load (`wan_engine.lora.parse_loras` forms; the
     pipeline's `set_loras` replaces them later). quant: "fp8" (sm_89+ GPUs) or "fp8-emulated" (any
     device, for numerics) quantizes the executor's block GEMM weights after the LoRAs are merged.
+    shard_weights: under sequence parallelism, split the DiT's block weights over the ranks of each
+    sp group (`parallel/weight_shard.py`): the DiT is built on the CPU, and each rank keeps 1/sp of
+    the blocks on `device`, gathered block by block as they run.
     """
     requested, exported = engine, parse_exported_engine(engine)
     if exported is not None:
@@ -194,6 +199,7 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
                                  compile=compile, dtype=dtype)
     mesh, device, decode_group = setup_parallel(path_or_preset, device, requested, parallel, mesh, launch,
                                                 dist_timeout_s)
+    check_shard_weights(shard_weights, requested, mesh, offload)
     if engine_config.attention == "auto" and mesh.config.world_size > 1:
         # Each rank would time its own probe and could pick another backend than its peers;
         # the documented order gives every rank the same kernel (and the same numerics).
@@ -201,6 +207,8 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     text_device = torch.device("cpu") if t5_cpu else device
     # Where the components wait until their stage runs (offload: on the CPU).
     home = stage_placement("load", device=device, text_device=text_device, offload=offload)
+    if shard_weights:  # the whole DiT waits on the CPU; each rank moves only its share to `device`
+        home = dataclasses.replace(home, dit=torch.device("cpu"))
     text_home = home.text_encoder
     # bf16 on the CPU is slow in most torch builds, but the 5.7B-parameter umT5 needs it for memory.
     text_dtype = dtype if text_device.type == "cuda" else (torch.bfloat16 if t5_cpu else dtype)
@@ -258,6 +266,8 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         dit.quantize_weights(quant)
     if engine == "executor" and mesh.sp_size > 1:
         dit = apply_parallel(dit, mesh)
+        if shard_weights:
+            dit = shard_block_weights(dit, mesh.sp_group, device)
     vae_decoder = vae_encoder = None
     if exported is not None:
         dit, vae_decoder, vae_encoder = exported_components(exported, dit.config, vae)
@@ -322,6 +332,22 @@ def check_lora_files(specs: tuple[LoraSpec, ...]) -> tuple[LoraSpec, ...]:
         if not Path(spec.path).expanduser().is_file():
             raise CheckpointError(f"LoRA file not found: {spec.path}")
     return specs
+
+
+def check_shard_weights(shard_weights: bool, engine: str, mesh: ParallelMesh, offload: bool) -> None:
+    """Refuse a weight split the launch cannot run, before the load."""
+    if not isinstance(shard_weights, bool):
+        raise ValueError(f"shard_weights must be True or False, got {shard_weights!r}")
+    if not shard_weights:
+        return
+    if engine != "executor":
+        raise ValueError(f"shard_weights needs engine='executor', got engine={engine!r}")
+    if mesh.sp_size < 2:
+        raise ValueError(f"shard_weights splits the DiT over the ranks of a sequence-parallel group, and this layout "
+                         f"({mesh.config.describe()}) has none; launch with --ulysses or --ring > 1")
+    if offload:
+        raise ValueError("shard_weights and offload are two answers to the same memory problem; choose one "
+                         "(offload keeps the whole DiT on the CPU between requests, shard_weights 1/sp of it on the GPU)")
 
 
 def check_quant(quant: str | None, engine: str, device: torch.device, dtype: torch.dtype) -> None:

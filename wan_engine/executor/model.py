@@ -15,6 +15,8 @@ layer). With no plan (the default) the forward is the single-process one, unchan
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,7 +27,7 @@ from ..ops import OpSet, resolve_ops
 from ..reference.dit import sinusoidal_embedding_1d
 from .block import BlockSpec, make_block_fn
 from .rope_cache import RopeCache, RopeTable
-from .sharding import TokenShardPlan
+from .sharding import TokenShardPlan, WeightShards
 from .stream import TokenStream
 from .token_io import TokenIO
 from .text_cache import TextKV, prepare_context_kv
@@ -57,6 +59,7 @@ class WanExecutor(nn.Module, TokenIO):
         self.to(device if weights_device is None else weights_device)
         self.rope_cache = RopeCache(config.head_dim)
         self.quant: str | None = None  # "fp8" / "fp8-emulated" after `quantize_weights`
+        self.weight_shards: tuple[WeightShards, WeightShards] | None = None  # (blocks, contexts) once split
         self._linear = None  # the block GEMM (None: F.linear on the dense weights)
         self.parallelize(self.ops.attention, None)
 
@@ -89,11 +92,30 @@ class WanExecutor(nn.Module, TokenIO):
 
         if self.quant is not None:
             raise ValueError(f"the executor's weights are already quantized ({self.quant})")
+        self._check_unsharded("quantize")
         check_fp8_support(mode, self.ops_device, self.compute_dtype)
         for store in self.blocks:
             quantize_store(store, mode)
         self.quant, self._linear = mode, linear_for(mode)
         self.parallelize(self.self_attention, self.shard_plan)  # rebuild the block functions
+
+    def shard_weights(self, blocks: WeightShards, contexts: WeightShards) -> None:
+        """Fetch every block's step weights from `blocks` and its text K/V weights from `contexts`
+        (one `take(i)` per layer, gathered from the ranks that hold them), instead of from the
+        stores. Installed by `wan_engine.parallel.shard_block_weights`, after LoRAs and quantization."""
+        for name, shards in (("blocks", blocks), ("contexts", contexts)):
+            if not isinstance(shards, WeightShards) or len(shards) != len(self.blocks):
+                raise ValueError(f"{name} must implement WeightShards (len, take) for {len(self.blocks)} layers")
+        self._check_unsharded("split again")
+        self.weight_shards = (blocks, contexts)
+
+    def _check_unsharded(self, what: str) -> None:
+        if self.weight_shards is not None:
+            raise ValueError(f"cannot {what}: the block weights are split over the ranks of the sequence-parallel "
+                             f"group (shard_weights); merge LoRAs and quantize at load, before the split")
+
+    def _block_weights(self, i: int) -> BlockWeights:
+        return self.blocks[i].take(BlockWeights) if self.weight_shards is None else self.weight_shards[0].take(i)
 
     # -- the reference-compatible call ------------------------------------------------------------
 
@@ -108,7 +130,10 @@ class WanExecutor(nn.Module, TokenIO):
     def prepare_text(self, context: torch.Tensor, clip_fea: torch.Tensor | None = None) -> TextKV:
         """Text embeddings [B, L <= text_len, text_dim] (+ CLIP features for i2v/flf2v) -> the
         cross-attention K/V of every layer, to reuse for every step of a request."""
-        layers = [store.take(ContextWeights) for store in self.contexts]
+        if self.weight_shards is None:
+            layers = [store.take(ContextWeights) for store in self.contexts]
+        else:  # one layer gathered at a time, into one buffer: used before the next is fetched
+            layers = _Gathered(self.weight_shards[1])
         return prepare_context_kv(self.ops, self.config, self.compute_dtype, self._globals(), layers,
                                   context, clip_fea)
 
@@ -185,7 +210,7 @@ class WanExecutor(nn.Module, TokenIO):
                 block, next_shift, next_scale = self._block, mods[i + 1, 0], mods[i + 1, 1]
             else:
                 block, next_shift, next_scale = self._last_block, stream.head_shift, stream.head_scale
-            x, normed = block(x, normed, self.blocks[i].take(BlockWeights), mods[i], next_shift, next_scale,
+            x, normed = block(x, normed, self._block_weights(i), mods[i], next_shift, next_scale,
                               *text.layer(i), stream.cos, stream.sin, stream.rope.real_len)
         return stream.advanced(x, normed, stop)
 
@@ -211,6 +236,7 @@ class WanExecutor(nn.Module, TokenIO):
     def official_slots(self) -> dict[str, tuple[torch.Tensor, tuple[int, ...]]]:
         """Official parameter name -> (a writable view of the stored tensor, the official shape);
         see `weights.official_slots`. Built fresh per call: `.to(device)` replaces the buffers."""
+        self._check_unsharded("merge or unmerge a LoRA")
         return official_slots(self.config, self.globals, self.blocks, self.contexts)
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -256,6 +282,21 @@ class WanExecutor(nn.Module, TokenIO):
         mods = g["modulation"][:, :, None, :] + e0.transpose(0, 1)[None]
         head = g["head_modulation"][:, None, :] + e[None]
         return mods, head[0], head[1]
+
+
+class _Gathered(Sequence):
+    """Layers of a WeightShards fetched as they are indexed (each valid until the next)."""
+
+    def __init__(self, shards: WeightShards):
+        self.shards = shards
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self.shards):
+            raise IndexError(i)
+        return self.shards.take(i)
 
 
 def build_executor(dit: nn.Module, engine_config: EngineConfig | None = None,

@@ -1,7 +1,8 @@
-"""The interface the executor needs from a sequence-parallel layout; `wan_engine.parallel` fills it.
+"""The interfaces the executor needs from a parallel layout; `wan_engine.parallel` fills them.
 
-The executor only pads, slices and gathers its token sequence through this object, so it never
-imports the parallel layer (which imports the executor to install itself: `apply_parallel`).
+The executor only pads, slices and gathers its token sequence, and fetches weights split over
+ranks, through these objects, so it never imports the parallel layer (which imports the executor
+to install itself: `apply_parallel`, `shard_block_weights`).
 """
 from __future__ import annotations
 
@@ -27,3 +28,16 @@ class TokenShardPlan(Protocol):
     def shard(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor: ...
 
     def gather(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class WeightShards(Protocol):
+    """Per-layer weights held split over ranks (`wan_engine.parallel.ShardedStores`).
+
+    len(): the number of layers. take(i): layer i's tensors as the executor's NamedTuple, gathered
+    from every rank (collective); valid until the next take.
+    """
+
+    def __len__(self) -> int: ...
+
+    def take(self, i: int): ...
