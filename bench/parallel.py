@@ -16,6 +16,10 @@ sequence-parallel degree sp = U*R and s = S/sp tokens per rank:
 Per denoising step: two forwards (cond and uncond) without CFG parallelism; with cfg=2 one forward
 plus `cfg_combine`, an all-gather of the full fp32 velocity [out_dim, F, H, W] over 2 ranks.
 Attention activations are `dtype_bytes` wide (bf16: 2).
+With `shard_weights` (each sp rank holds 1/sp of every layer, `parallel/weight_shard.py`) a forward
+also all-gathers every block's weights: a rank sends its shard to the sp-1 others, (sp-1)/sp of a
+block's bytes per layer (`layer_weight_bytes`: the GEMMs in the compute dtype, the norms fp32). The
+text K/V weights are gathered once per request, not per step.
 
 `time_collectives` spawns `world` processes and times an all-to-all and one ring hop
 (send to the next rank, receive from the previous) at the given per-rank sizes, checking the
@@ -46,12 +50,34 @@ COLLECTIVES = ("all-to-all", "ring pass")
 SPAWN_DEADLINE_S = 180.0
 
 
+def layer_weight_bytes(cfg: DiTConfig, dtype_bytes: int = 2) -> dict:
+    """Bytes of one layer's weights as the executor stores them: "block" (the step's six GEMMs with
+    their biases in the compute dtype, the q/k, cross-attention LayerNorm and cross-q norms fp32)
+    and "text_kv" (the cross-attention K/V, twice for the i2v/flf2v image K/V, norm fp32)."""
+    d, f = cfg.dim, cfg.ffn_dim
+    gemms = (3 * d * d + 3 * d) + 3 * (d * d + d) + (f * d + f) + (d * f + d)  # qkv, o, cross q/o, ffn1, ffn2
+    kv = (2 * d * d + 2 * d) * dtype_bytes + d * FP32_BYTES
+    return {"block": gemms * dtype_bytes + 5 * d * FP32_BYTES, "text_kv": kv * (1 if cfg.model_type == "t2v" else 2)}
+
+
+def weights_per_rank(cfg: DiTConfig, sp_degree: int, dtype_bytes: int = 2, shard_weights: bool = False) -> int:
+    """Bytes of the block and text K/V weights one rank holds: all of them, or with `shard_weights`
+    1/sp of every layer plus one layer of each kind to gather into (the globals are not counted)."""
+    layer = layer_weight_bytes(cfg, dtype_bytes)
+    whole = cfg.num_layers * (layer["block"] + layer["text_kv"])
+    if not shard_weights:
+        return whole
+    if sp_degree < 2:
+        raise ValueError(f"shard_weights needs a sequence-parallel degree >= 2, got {sp_degree}")
+    return -(-whole // sp_degree) + layer["block"] + layer["text_kv"]
+
+
 def comm_volume(cfg: DiTConfig, width: int, height: int, frames: int, parallel: ParallelConfig,
-                dtype_bytes: int = 2) -> dict:
+                dtype_bytes: int = 2, shard_weights: bool = False) -> dict:
     """Bytes one rank sends per DiT forward and per denoising step under `parallel` (see module doc).
 
-    Raises ValueError for a size the model cannot take, or a layout whose Ulysses degree does not
-    divide the heads.
+    Raises ValueError for a size the model cannot take, a layout whose Ulysses degree does not
+    divide the heads, or `shard_weights` without sequence parallelism.
     """
     if dtype_bytes not in (1, 2, 4):
         raise ValueError(f"dtype_bytes must be 1, 2 or 4, got {dtype_bytes!r}")
@@ -64,7 +90,12 @@ def comm_volume(cfg: DiTConfig, width: int, height: int, frames: int, parallel: 
     ring_layer = 2 * (r - 1) * local * cfg.dim * dtype_bytes
     patch_values = cfg.out_dim * cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2]
     gather = (sp - 1) * local * patch_values * FP32_BYTES
-    per_forward = cfg.num_layers * (ulysses_layer + ring_layer) + gather
+    weight_gather = 0
+    if shard_weights:
+        if sp < 2:
+            raise ValueError(f"shard_weights needs a sequence-parallel degree >= 2; {parallel.describe()} has none")
+        weight_gather = cfg.num_layers * (sp - 1) * -(-layer_weight_bytes(cfg, dtype_bytes)["block"] // sp)
+    per_forward = cfg.num_layers * (ulysses_layer + ring_layer) + gather + weight_gather
     forwards_per_step = 2 if parallel.cfg == 1 else 1
     lf, lh, lw = latent_shape(width, height, frames)
     cfg_combine = cfg.out_dim * lf * lh * lw * FP32_BYTES if parallel.cfg == 2 else 0
@@ -76,6 +107,7 @@ def comm_volume(cfg: DiTConfig, width: int, height: int, frames: int, parallel: 
         "ring_bytes_per_layer": ring_layer,
         "attention_bytes_per_forward": cfg.num_layers * (ulysses_layer + ring_layer),
         "sequence_gather_bytes": gather,
+        "weight_gather_bytes": weight_gather,
         "bytes_per_forward": per_forward,
         "forwards_per_step": forwards_per_step,
         "cfg_combine_bytes": cfg_combine,

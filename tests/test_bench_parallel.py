@@ -4,6 +4,7 @@ The hand counts below are written out from the definitions (tokens from the offi
 bytes of the tensors each collective moves), not computed with the module's formulas.
 """
 import pytest
+import torch
 
 from wan_engine.bench.parallel import comm_volume, main, time_collectives
 from wan_engine.configs import get_preset
@@ -103,3 +104,41 @@ def test_cli_prints_the_volume_table(capsys):
     assert main(["--preset", "t2v-1.3B", "--ulysses", "4"]) == 0
     out = capsys.readouterr().out
     assert "cfg=1 x ring=1 x ulysses=4" in out and "4,541,322,240" in out
+
+
+@pytest.mark.parametrize("preset, dtype", [("tiny", torch.float32), ("tiny", torch.bfloat16), ("tiny-i2v", torch.bfloat16)])
+def test_layer_weight_bytes_are_the_executors_stores(preset, dtype):
+    from wan_engine.bench.parallel import layer_weight_bytes
+    from wan_engine.configs import get_preset
+    from wan_engine.engine_config import EngineConfig
+    from wan_engine.executor import build_executor
+    from wan_engine.loading.random_init import random_state_dict
+    from wan_engine.reference.dit import WanDiT
+
+    cfg = get_preset(preset).dit
+    dit = WanDiT(cfg)
+    dit.load_state_dict(random_state_dict(dit, 0))
+    ex = build_executor(dit, EngineConfig(dtype=dtype))
+    stored = [sum(t.numel() * t.element_size() for t in store.buffers()) for store in (ex.blocks[0], ex.contexts[0])]
+    got = layer_weight_bytes(cfg, torch.empty((), dtype=dtype).element_size())
+    assert stored == [got["block"], got["text_kv"]]
+
+
+def test_shard_weights_volume_and_memory_14b():
+    from wan_engine.bench.parallel import layer_weight_bytes, weights_per_rank
+
+    layer = layer_weight_bytes(DIT_14B, 2)
+    whole = weights_per_rank(DIT_14B, 1, 2)
+    assert whole == 40 * (layer["block"] + layer["text_kv"]) and 28e9 < whole < 32e9  # ~14B bf16 parameters
+    held = weights_per_rank(DIT_14B, 8, 2, shard_weights=True)
+    assert held == -(-whole // 8) + layer["block"] + layer["text_kv"]
+    assert abs(held / whole - (1 / 8 + 1 / 40)) < 1e-6  # 1/8 of 40 layers + one layer: 4.2 of 28.1 GB
+    plain = comm_volume(DIT_14B, 1280, 720, 81, ParallelConfig(ulysses=8))
+    split = comm_volume(DIT_14B, 1280, 720, 81, ParallelConfig(ulysses=8), shard_weights=True)
+    # Each rank sends its 1/8 of every block to the 7 others, once per forward (2 forwards per step).
+    assert split["weight_gather_bytes"] == 40 * 7 * -(-layer["block"] // 8)
+    assert split["bytes_per_step"] - plain["bytes_per_step"] == 2 * split["weight_gather_bytes"]
+    with pytest.raises(ValueError, match="sequence-parallel degree"):
+        comm_volume(DIT_14B, 1280, 720, 81, ParallelConfig(cfg=2), shard_weights=True)
+    with pytest.raises(ValueError, match="sequence-parallel degree"):
+        weights_per_rank(DIT_14B, 1, 2, shard_weights=True)

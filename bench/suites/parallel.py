@@ -45,21 +45,37 @@ def layouts() -> list[tuple[str, dict]]:
 def _analytic_rows(ctx: BenchContext, result: SuiteResult) -> None:
     from wan_engine.parallel import ParallelConfig
 
-    from ..parallel import comm_volume
+    from ..parallel import comm_volume, weights_per_rank
 
     cfg = ctx.dit_config
+    shape = f"{ctx.size_label} {cfg.num_layers}L"
+    whole = weights_per_rank(cfg, 1, ctx.dtype_bytes)
+    result.rows.append(make_row(
+        ctx, SUITE, "weights per rank", "every layout", None, shape=shape, dtype=dtype_name(ctx.dtype),
+        cost=single_cost("weights", 0, whole), note="analytic: blocks and text K/V (globals not counted)"))
     for label, degrees in layouts():
-        try:
-            volume = comm_volume(cfg, ctx.width, ctx.height, ctx.frames, ParallelConfig(**degrees),
-                                 dtype_bytes=ctx.dtype_bytes)
-        except ValueError as err:  # e.g. a Ulysses degree that does not divide the heads
-            result.notes.append(f"parallel {label}: impossible here ({str(err).split(';')[0]})")
-            continue
-        result.rows.append(make_row(
-            ctx, SUITE, "comm per step (per rank)", label, None,
-            shape=f"{ctx.size_label} S{volume['tokens']} {cfg.num_layers}L", dtype=dtype_name(ctx.dtype),
-            cost=single_cost(label, 0, volume["bytes_per_step"]),
-            note=f"analytic (bench.parallel.comm_volume): {volume['forwards_per_step']} forwards/step"))
+        config = ParallelConfig(**degrees)
+        for shard in (False, True) if config.sp_degree > 1 else (False,):
+            impl = f"{label} +shard-weights" if shard else label
+            try:
+                volume = comm_volume(cfg, ctx.width, ctx.height, ctx.frames, config, dtype_bytes=ctx.dtype_bytes,
+                                     shard_weights=shard)
+            except ValueError as err:  # e.g. a Ulysses degree that does not divide the heads
+                result.notes.append(f"parallel {label}: impossible here ({str(err).split(';')[0]})")
+                break
+            result.rows.append(make_row(
+                ctx, SUITE, "comm per step (per rank)", impl, None,
+                shape=f"{ctx.size_label} S{volume['tokens']} {cfg.num_layers}L", dtype=dtype_name(ctx.dtype),
+                cost=single_cost(label, 0, volume["bytes_per_step"]),
+                note=f"analytic (bench.parallel.comm_volume): {volume['forwards_per_step']} forwards/step"
+                     + (f", weight gathers {volume['weight_gather_bytes'] / 2**30:.2f} GiB/forward" if shard else "")))
+            if shard:
+                held = weights_per_rank(cfg, config.sp_degree, ctx.dtype_bytes, shard_weights=True)
+                result.rows.append(make_row(
+                    ctx, SUITE, "weights per rank", impl, None, shape=shape, dtype=dtype_name(ctx.dtype),
+                    cost=single_cost("weights", 0, held),
+                    note=f"analytic: 1/{config.sp_degree} of every layer + one layer to gather into "
+                         f"({held / whole:.2f}x)"))
 
 
 # ------------------------------------------------------------------------------------------------
