@@ -60,16 +60,18 @@ def layer_weight_bytes(cfg: DiTConfig, dtype_bytes: int = 2) -> dict:
     return {"block": gemms * dtype_bytes + 5 * d * FP32_BYTES, "text_kv": kv * (1 if cfg.model_type == "t2v" else 2)}
 
 
-def weights_per_rank(cfg: DiTConfig, sp_degree: int, dtype_bytes: int = 2, shard_weights: bool = False) -> int:
+def weights_per_rank(cfg: DiTConfig, sp_degree: int, dtype_bytes: int = 2, shard_weights: bool = False,
+                     buffers: int = 2) -> int:
     """Bytes of the block and text K/V weights one rank holds: all of them, or with `shard_weights`
-    1/sp of every layer plus one layer of each kind to gather into (the globals are not counted)."""
+    1/sp of every layer plus `buffers` layers of each kind to gather into (2 with the default
+    overlap, 1 without); the globals are not counted."""
     layer = layer_weight_bytes(cfg, dtype_bytes)
     whole = cfg.num_layers * (layer["block"] + layer["text_kv"])
     if not shard_weights:
         return whole
     if sp_degree < 2:
         raise ValueError(f"shard_weights needs a sequence-parallel degree >= 2, got {sp_degree}")
-    return -(-whole // sp_degree) + layer["block"] + layer["text_kv"]
+    return -(-whole // sp_degree) + buffers * (layer["block"] + layer["text_kv"])
 
 
 def comm_volume(cfg: DiTConfig, width: int, height: int, frames: int, parallel: ParallelConfig,

@@ -8,12 +8,15 @@ one layer at a time, once per request in `prepare_text`. The gathered bytes are 
 bytes, so the forward is the unsharded one bit for bit.
 
 Memory per rank: the globals (embeddings, head, modulation tables), 1/W of the blocks and their
-K/V weights, and one block's buffer. Cost: each forward all-gathers every block's bytes once.
-Synchronous for now: on NVLink a 14B block (~700 MB in bf16) takes milliseconds, against a
-block's compute of tens of milliseconds at 720p; overlapping it with the previous block is a
-later step. The gathers sit where the sequence-parallel collectives already synchronise the
-group (every rank of it runs the same blocks, step caching included), and into one persistent
-buffer, so a CUDA graph captures them with the rest of the step.
+K/V weights, and two layers' buffers. Cost: each forward all-gathers every block's bytes once
+(~700 MB per 14B block in bf16: milliseconds on NVLink, against tens of milliseconds of compute
+at 720p). With `overlap` (the default) the gather of the next block is started, asynchronously,
+into the other buffer before the current block runs, so the transfer hides behind its compute.
+Inside a CUDA graph capture the gathers stay synchronous: an asynchronous collective under capture
+is unverified here, and a capture that failed would turn graphs off for the whole run. The
+gathers sit where the sequence-parallel collectives already synchronise the group (every rank
+of it runs the same blocks, step caching included), into persistent buffers, so a CUDA graph
+captures them with the rest of the step.
 """
 from __future__ import annotations
 
@@ -72,12 +75,15 @@ class _Layout:
 class ShardedStores:
     """Same-layout stores (one per layer), each split over the ranks of `group`.
 
-    `take(i)` all-gathers layer i into the shared buffer and returns its tensors as `cls` (a
-    NamedTuple of the executor's weights); they are valid until the next `take`. Collective: every
-    rank of `group` calls it for the same layer in the same order. Building it empties the stores.
+    `take(i, prefetch)` returns layer i's tensors as `cls` (a NamedTuple of the executor's weights),
+    gathered into one of two buffers; they are valid until the next `take`. `prefetch` names the
+    layer to be taken next: with `overlap` its gather starts now, into the other buffer.
+    Collective: every rank of `group` calls it for the same layers in the same order. Building it
+    empties the stores.
     """
 
-    def __init__(self, stores, cls: type[NamedTuple], group: dist.ProcessGroup | None, device: torch.device):
+    def __init__(self, stores, cls: type[NamedTuple], group: dist.ProcessGroup | None, device: torch.device,
+                 overlap: bool = True):
         stores = list(stores)
         if not stores:
             raise ValueError("ShardedStores needs at least one store")
@@ -98,15 +104,36 @@ class ShardedStores:
             for slot in self.layout.slots:
                 store.register_buffer(slot.name, None)  # the full tensors are freed here
             del packed
-        self._buffer = torch.empty(self.layout.total, dtype=torch.uint8, device=device)
+        self.overlap, self.device = overlap, device
+        self._buffers = [torch.empty(self.layout.total, dtype=torch.uint8, device=device)
+                         for _ in range(2 if overlap else 1)]
+        self._current = 0  # the buffer that holds the layer returned last
+        self._pending = None  # (layer, buffer index, work) of a gather in flight
+        self.prefetched = 0  # takes served by a gather started ahead (overlapped with compute)
 
     def __len__(self) -> int:
         return len(self.shards)
 
-    def take(self, i: int):
-        dist.all_gather_into_tensor(self._buffer, self.shards[i], group=self.group)
-        tensors = self.layout.unpack(self._buffer)
+    def take(self, i: int, prefetch: int | None = None):
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[2].wait()  # also when it is another layer: its buffer must not be written twice
+        if pending is not None and pending[0] == i:
+            self._current = pending[1]
+            self.prefetched += 1
+        else:
+            self._current = (self._current + 1) % len(self._buffers)
+            dist.all_gather_into_tensor(self._buffers[self._current], self.shards[i], group=self.group)
+        if prefetch is not None and self.overlap and not self._capturing():
+            other = 1 - self._current
+            work = dist.all_gather_into_tensor(self._buffers[other], self.shards[prefetch], group=self.group,
+                                               async_op=True)
+            self._pending = (prefetch, other, work)
+        tensors = self.layout.unpack(self._buffers[self._current])
         return self.cls(**{name: tensors.get(name) for name in self.cls._fields})
+
+    def _capturing(self) -> bool:
+        return self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
     @property
     def shard_bytes(self) -> int:
@@ -115,20 +142,22 @@ class ShardedStores:
 
     @property
     def buffer_bytes(self) -> int:
-        """Bytes of the gather buffer: one layer, padded."""
-        return self._buffer.numel()
+        """Bytes of the gather buffers: one layer each (padded), two with `overlap`."""
+        return sum(b.numel() for b in self._buffers)
 
 
-def shard_block_weights(executor: WanExecutor, group: dist.ProcessGroup | None, device: torch.device) -> WanExecutor:
+def shard_block_weights(executor: WanExecutor, group: dist.ProcessGroup | None, device: torch.device,
+                        overlap: bool = True) -> WanExecutor:
     """Split `executor`'s block and text K/V weights over `group` (in place) and move the rest of
-    its weights to `device`; returns it. Merge LoRAs and quantize before: the full block tensors
-    are gone afterwards. Every rank of `group` calls it alike."""
+    its weights to `device`; returns it. overlap: gather the next block while one runs (two
+    buffers; False: one buffer, each gather waited for). Merge LoRAs and quantize before: the full
+    block tensors are gone afterwards. Every rank of `group` calls it alike."""
     if not isinstance(executor, WanExecutor):
         raise ValueError(f"executor must be a WanExecutor (weight sharding needs engine='executor'), "
                          f"got {type(executor).__name__}")
     device = torch.device(device)
-    blocks = ShardedStores(executor.blocks, BlockWeights, group, device)
-    contexts = ShardedStores(executor.contexts, ContextWeights, group, device)
+    blocks = ShardedStores(executor.blocks, BlockWeights, group, device, overlap)
+    contexts = ShardedStores(executor.contexts, ContextWeights, group, device, overlap)
     executor.shard_weights(blocks, contexts)
     executor.to(device)
     return executor

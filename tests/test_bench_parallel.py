@@ -131,8 +131,10 @@ def test_shard_weights_volume_and_memory_14b():
     whole = weights_per_rank(DIT_14B, 1, 2)
     assert whole == 40 * (layer["block"] + layer["text_kv"]) and 28e9 < whole < 32e9  # ~14B bf16 parameters
     held = weights_per_rank(DIT_14B, 8, 2, shard_weights=True)
-    assert held == -(-whole // 8) + layer["block"] + layer["text_kv"]
-    assert abs(held / whole - (1 / 8 + 1 / 40)) < 1e-6  # 1/8 of 40 layers + one layer: 4.2 of 28.1 GB
+    assert held == -(-whole // 8) + 2 * (layer["block"] + layer["text_kv"])
+    assert abs(held / whole - (1 / 8 + 2 / 40)) < 1e-6  # 1/8 of 40 layers + two buffers: 4.9 of 28.1 GB
+    one = weights_per_rank(DIT_14B, 8, 2, shard_weights=True, buffers=1)
+    assert held - one == layer["block"] + layer["text_kv"]
     plain = comm_volume(DIT_14B, 1280, 720, 81, ParallelConfig(ulysses=8))
     split = comm_volume(DIT_14B, 1280, 720, 81, ParallelConfig(ulysses=8), shard_weights=True)
     # Each rank sends its 1/8 of every block to the 7 others, once per forward (2 forwards per step).

@@ -74,7 +74,7 @@ def _analytic_rows(ctx: BenchContext, result: SuiteResult) -> None:
                 result.rows.append(make_row(
                     ctx, SUITE, "weights per rank", impl, None, shape=shape, dtype=dtype_name(ctx.dtype),
                     cost=single_cost("weights", 0, held),
-                    note=f"analytic: 1/{config.sp_degree} of every layer + one layer to gather into "
+                    note=f"analytic: 1/{config.sp_degree} of every layer + two layers to gather into "
                          f"({held / whole:.2f}x)"))
 
 

@@ -114,8 +114,10 @@ class WanExecutor(nn.Module, TokenIO):
             raise ValueError(f"cannot {what}: the block weights are split over the ranks of the sequence-parallel "
                              f"group (shard_weights); merge LoRAs and quantize at load, before the split")
 
-    def _block_weights(self, i: int) -> BlockWeights:
-        return self.blocks[i].take(BlockWeights) if self.weight_shards is None else self.weight_shards[0].take(i)
+    def _block_weights(self, i: int, then: int | None) -> BlockWeights:
+        """Block i's weights; `then` is the block run next in this call (None: none), which split
+        weights start gathering now."""
+        return self.blocks[i].take(BlockWeights) if self.weight_shards is None else self.weight_shards[0].take(i, then)
 
     # -- the reference-compatible call ------------------------------------------------------------
 
@@ -210,7 +212,8 @@ class WanExecutor(nn.Module, TokenIO):
                 block, next_shift, next_scale = self._block, mods[i + 1, 0], mods[i + 1, 1]
             else:
                 block, next_shift, next_scale = self._last_block, stream.head_shift, stream.head_scale
-            x, normed = block(x, normed, self._block_weights(i), mods[i], next_shift, next_scale,
+            weights = self._block_weights(i, i + 1 if i + 1 < stop else None)
+            x, normed = block(x, normed, weights, mods[i], next_shift, next_scale,
                               *text.layer(i), stream.cos, stream.sin, stream.rope.real_len)
         return stream.advanced(x, normed, stop)
 
@@ -296,7 +299,7 @@ class _Gathered(Sequence):
     def __getitem__(self, i: int):
         if not 0 <= i < len(self.shards):
             raise IndexError(i)
-        return self.shards.take(i)
+        return self.shards.take(i, i + 1 if i + 1 < len(self.shards) else None)
 
 
 def build_executor(dit: nn.Module, engine_config: EngineConfig | None = None,

@@ -34,10 +34,11 @@ class TokenShardPlan(Protocol):
 class WeightShards(Protocol):
     """Per-layer weights held split over ranks (`wan_engine.parallel.ShardedStores`).
 
-    len(): the number of layers. take(i): layer i's tensors as the executor's NamedTuple, gathered
-    from every rank (collective); valid until the next take.
+    len(): the number of layers. take(i, prefetch): layer i's tensors as the executor's NamedTuple,
+    gathered from every rank (collective), valid until the next take; `prefetch` is the layer the
+    caller takes next (None: none), which the implementation may start fetching now.
     """
 
     def __len__(self) -> int: ...
 
-    def take(self, i: int): ...
+    def take(self, i: int, prefetch: int | None = None): ...
