@@ -240,8 +240,14 @@ def _run_notes(pipe) -> list[str]:
     o = pipe.vae_decoder.options
     levers = [name for name, on in (("fused-norm-silu", o.fused_norm_silu), ("channels-last", o.channels_last),
                                     ("cudnn-benchmark", o.cudnn_benchmark)) if on]
-    return [f"cuda graphs: {graphs}",
-            f"vae decode: {o.dtype}, tiling {tiles}" + (f", {', '.join(levers)}" if levers else "")]
+    notes = [f"cuda graphs: {graphs}",
+             f"vae decode: {o.dtype}, tiling {tiles}" + (f", {', '.join(levers)}" if levers else "")]
+    shards = getattr(pipe.dit, "weight_shards", None)  # an exported DiT has none
+    if shards is not None:
+        held = sum(s.shard_bytes + s.buffer_bytes for s in shards)
+        notes.append(f"dit weights: blocks and text K/V split over {shards[0].world} ranks, {held / 2**20:.1f} MiB "
+                     f"of them on each (shards and gather buffers)")
+    return notes
 
 
 def _write_outputs(args, result, load_s: float, parallel, attention: str, notes=()) -> None:

@@ -76,6 +76,8 @@ def test_torchrun_layout_gives_the_single_process_video(workdir, single_frames, 
     assert len(re.findall(r"^wrote ", proc.stdout, flags=re.M)) == 1, proc.stdout
     # 'auto' becomes the documented order on several ranks: no rank probes its own choice.
     assert re.search(r"attention: \S+ \(auto-order", proc.stdout), proc.stdout
+    split = re.search(r"dit weights: blocks and text K/V split over 2 ranks, ([0-9.]+) MiB", proc.stdout)
+    assert (split is not None) == ("--shard-weights" in flags), proc.stdout
     frames = np.load(workdir / f"{layout}.npy")
     assert frames.shape == single_frames.shape == (9, 48, 48, 3)
     diff = np.abs(frames.astype(np.int16) - single_frames.astype(np.int16))
