@@ -3,8 +3,8 @@
 Under sequence parallelism every rank of an sp group runs every block on its slice of the tokens,
 so each holds every block's weights: about 28 GB for 14B in bf16, more than a 24 GB card has. With
 `shard_block_weights` each rank keeps 1/W of every block's bytes instead. A block's tensors are
-all-gathered into one reused buffer right before the block runs; the text K/V weights likewise,
-one layer at a time, once per request in `prepare_text`. The gathered bytes are the original
+all-gathered into a reused buffer before the block runs; the text K/V weights likewise, one layer
+at a time, once per request in `prepare_text`. The gathered bytes are the original
 bytes, so the forward is the unsharded one bit for bit.
 
 Memory per rank: the globals (embeddings, head, modulation tables), 1/W of the blocks and their
