@@ -150,3 +150,39 @@ def random_clip(config: ModelConfig, seed: int = 0):
 
     torch.manual_seed(seed + 3)
     return CLIPVisionModel(clip_vision_config(config.image_encoder)).eval()
+
+
+def write_two_experts(root: Path, config: ModelConfig, layout: str, seed: int = 0, boundary: float | None = None) -> Path:
+    """A Wan2.2 A14B-style folder: the layout's files with the DiT as two experts. The high-noise
+    expert has `seed`'s weights, the low-noise one seed + 4's (as the preset's random experts), so
+    the folder loads to the preset `config` names. diffusers: `boundary` goes to model_index.json."""
+    root = Path(root)
+    if layout == "original":
+        write_original(root, config, seed)
+        high = root / "high_noise_model"
+        high.mkdir()
+        for f in [*root.glob("diffusion_pytorch_model*"), root / "config.json"]:
+            f.rename(high / f.name)
+        low = root / "low_noise_model"
+        low.mkdir()
+        (low / "config.json").write_text((high / "config.json").read_text())
+        _save_shards(_low_noise_weights(config, seed), low, "diffusion_pytorch_model", 2)
+        return root
+    write_diffusers(root, config, seed)
+    low = root / "transformer_2"
+    low.mkdir()
+    (low / "config.json").write_text((root / "transformer" / "config.json").read_text())
+    save_file({k: v.contiguous() for k, v in official_to_diffusers_dit(_low_noise_weights(config, seed)).items()},
+              str(low / "diffusion_pytorch_model.safetensors"))
+    index = json.loads((root / "model_index.json").read_text())
+    index["transformer_2"] = ["diffusers", "WanTransformer3DModel"]
+    if boundary is not None:
+        index["boundary_ratio"] = boundary
+    (root / "model_index.json").write_text(json.dumps(index))
+    return root
+
+
+def _low_noise_weights(config: ModelConfig, seed: int) -> dict:
+    with torch.device("meta"):
+        dit = WanDiT(config.dit)
+    return random_state_dict(dit, seed + 4)

@@ -34,7 +34,12 @@ def _add_generate(sub) -> None:
     p.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT, multiples of 16 (default: preset's)")
     p.add_argument("--frames", type=int, default=None, help="4n+1 frames (default: preset's)")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--guidance", type=float, default=None,
+                   help="CFG scale (default: the model's); two-expert models: the high-noise expert's, and "
+                        "given alone both experts'")
+    p.add_argument("--low-noise-guidance", type=float, default=None,
+                   help="two-expert models (Wan2.2 A14B): the low-noise expert's CFG scale (default: the model's, "
+                        "3.0 for T2V-A14B)")
     p.add_argument("--shift", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--solver", default=None, help="unipc (default), dpm++ or euler")
@@ -172,6 +177,7 @@ def _check_given(args) -> None:
 
     checks = [(args.size, validation.check_size), (args.frames, validation.check_num_frames),
               (args.steps, validation.check_steps), (args.guidance, validation.check_guidance),
+              (args.low_noise_guidance, lambda g: validation.check_guidance(g, "--low-noise-guidance")),
               (args.shift, validation.check_shift), (args.solver, validation.check_solver)]
     for value, check in checks:
         if value is not None:
@@ -187,16 +193,19 @@ def _check_given(args) -> None:
     validation.check_output_file(args.output, "--output", ".mp4")
     if args.save_frames is not None:
         validation.check_output_file(args.save_frames, "--save-frames", ".npy")
-    _check_images(args)  # last: it reads the model's headers
+    _check_model_options(args)  # last: it reads the model's headers
 
 
-def _check_images(args) -> None:
-    """Read and size --image/--last-image against the model's type before the load (the type
-    and default size come from the preset or the checkpoint's headers); state any conversion."""
+def _check_model_options(args) -> None:
+    """Check what depends on the model before the load (its type, experts and default size come
+    from the preset or the checkpoint's headers): --low-noise-guidance, and --image/--last-image
+    read and sized against the model's type, stating any conversion."""
     from .assembly import peek_model
     from .pipelines.image_condition import image_prompt
 
     dit, sample = peek_model(args.model)
+    if args.low_noise_guidance is not None and sample.low_noise_guidance is None:
+        raise ValueError(f"--low-noise-guidance applies to two-expert models (Wan2.2 A14B); {args.model} has one DiT")
     if dit.model_type == "t2v" and args.image is None and args.last_image is None:
         return
     width, height = sample.size if args.size is None else args.size
@@ -221,7 +230,8 @@ def cmd_generate(args) -> int:
     engine = Engine(pipe, dist_timeout_s=timeout_s)  # the --cache policy is the pipeline's default
     request = GenerationRequest(args.prompt, args.negative_prompt, args.size, args.frames, args.steps,
                                 args.guidance, args.shift, args.seed, args.solver, cfg=args.cfg,
-                                sampling=args.sampling, image=args.image, last_image=args.last_image)
+                                sampling=args.sampling, image=args.image, last_image=args.last_image,
+                                guidance_scale_2=args.low_noise_guidance)
     result = engine.generate(request, progress=pipe.mesh.rank == 0)  # PeerFailure names the failed collective
     # Reached only when every collective succeeded; after a failure, tearing the group down could
     # wait on the failed peer, so the process just exits.

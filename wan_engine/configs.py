@@ -19,6 +19,8 @@ WAN21_LATENT_STD = (
     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
 )
 
+NUM_TRAIN_TIMESTEPS = 1000  # the flow schedule's training timesteps (official num_train_timesteps)
+
 # The official default negative prompt (Wan2.1 shared_config.sample_neg_prompt).
 WAN21_NEGATIVE_PROMPT = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
@@ -141,11 +143,38 @@ class ImageEncoderConfig:
 class SampleDefaults:
     steps: int = 50
     shift: float = 5.0
-    guidance: float = 5.0
+    guidance: float = 5.0  # every step; with two experts, the high-noise expert's steps
+    # Two-expert models (Wan2.2 A14B): the guidance of the low-noise expert's steps (None: one DiT).
+    low_noise_guidance: float | None = None
     size: tuple[int, int] = (832, 480)  # (width, height)
     num_frames: int = 81
     solver: str = "unipc"
     negative_prompt: str = WAN21_NEGATIVE_PROMPT
+
+
+@dataclass(frozen=True)
+class ExpertSplit:
+    """Wan2.2's two-expert (MoE) denoising: two DiTs of one architecture, the high-noise expert
+    running the steps whose timestep is at or above `boundary` x 1000 (the official `boundary`,
+    diffusers' `boundary_ratio`), the low-noise expert the rest."""
+
+    boundary: float
+
+    def __post_init__(self):
+        if not (isinstance(self.boundary, (int, float)) and 0.0 < self.boundary < 1.0):
+            raise ValueError(f"boundary must be a number in (0, 1), got {self.boundary!r}")
+
+    @property
+    def boundary_timestep(self) -> float:
+        return self.boundary * NUM_TRAIN_TIMESTEPS
+
+    def first_low_noise_step(self, timesteps) -> int:
+        """The index of the first step the low-noise expert runs: the first timestep below the
+        boundary (the official `t >= boundary` picks the high-noise one); len(timesteps) if none."""
+        for i, t in enumerate(timesteps):
+            if float(t) < self.boundary_timestep:
+                return i
+        return len(timesteps)
 
 
 @dataclass(frozen=True)
@@ -162,6 +191,16 @@ class ModelConfig:
     # Embedded weights: a folder in the official layout, relative to the wan_engine package
     # (None: the preset builds seeded random weights).
     weights: str | None = None
+    # Wan2.2 A14B: a second, low-noise DiT of the same architecture takes over below the boundary.
+    experts: ExpertSplit | None = None
+
+    def __post_init__(self):
+        if (self.experts is None) != (self.sample.low_noise_guidance is None):
+            raise ValueError(f"model {self.name!r}: a two-expert model needs sample.low_noise_guidance, "
+                             f"a one-DiT model takes none")
+        if self.experts is not None and self.dit.model_type != "t2v":
+            raise ValueError(f"model {self.name!r}: two-expert {self.dit.model_type} models (Wan2.2 I2V-A14B) "
+                             f"are not supported yet; only t2v")
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -178,6 +217,11 @@ _FLF2V_14B = dataclasses.replace(_T2V_14B, model_type="flf2v", in_dim=36)
 _I2V_480P = SampleDefaults(steps=40, shift=3.0, size=(832, 480))
 _I2V_720P = SampleDefaults(steps=40, shift=5.0, size=(1280, 720))
 _FLF2V = SampleDefaults(steps=50, shift=16.0, size=(1280, 720), negative_prompt="镜头切换，" + WAN21_NEGATIVE_PROMPT)
+
+# Wan2.2 T2V-A14B (wan/configs/wan_t2v_A14B.py, generate.py): two Wan2.1-14B-shaped experts,
+# boundary 0.875, sample_guide_scale (3.0 low noise, 4.0 high noise), shift 12, 40 steps, 1280x720.
+_T2V_A14B = SampleDefaults(steps=40, shift=12.0, guidance=4.0, low_noise_guidance=3.0, size=(1280, 720))
+_T2V_A14B_SPLIT = ExpertSplit(boundary=0.875)
 
 # Toy-sized but architecturally complete: every code path of the real model runs.
 # head_dim 16 keeps the attention backends that need a multiple of 8 usable.
@@ -204,6 +248,13 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(
         "tiny", TINY_DIT, TINY_VAE, TINY_T5,
         SampleDefaults(steps=8, size=(64, 64), num_frames=9),
+    ),
+    "t2v-A14B": ModelConfig("t2v-A14B", _T2V_14B, sample=_T2V_A14B, experts=_T2V_A14B_SPLIT),
+    # The tiny DiT as two experts, with the A14B boundary and guidances (8 steps at shift 5: 4 high-noise ones).
+    "tiny-a14b": ModelConfig(
+        "tiny-a14b", TINY_DIT, TINY_VAE, TINY_T5,
+        SampleDefaults(steps=8, guidance=4.0, low_noise_guidance=3.0, size=(64, 64), num_frames=9),
+        experts=_T2V_A14B_SPLIT,
     ),
     "i2v-14B-480p": ModelConfig("i2v-14B-480p", _I2V_14B, sample=_I2V_480P, image_encoder=ImageEncoderConfig()),
     "i2v-14B-720p": ModelConfig("i2v-14B-720p", _I2V_14B, sample=_I2V_720P, image_encoder=ImageEncoderConfig()),
@@ -232,11 +283,12 @@ def get_preset(name: str) -> ModelConfig:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
-def preset_for(dit_dim: int, model_type: str, folder_name: str = "") -> ModelConfig | None:
-    """The published preset whose DiT matches, for sampling defaults and display names. The I2V
-    480p and 720p checkpoints share one architecture: the folder's name picks (as the official
-    Wan2.1-I2V-14B-720P), else the first (480p)."""
-    matches = [p for p in PRESETS.values() if p.dit.dim == dit_dim and p.dit.model_type == model_type]
+def preset_for(dit_dim: int, model_type: str, folder_name: str = "", experts: bool = False) -> ModelConfig | None:
+    """The published preset whose DiT matches, for sampling defaults and display names; `experts`:
+    a two-expert (Wan2.2 A14B) model. The I2V 480p and 720p checkpoints share one architecture:
+    the folder's name picks (as the official Wan2.1-I2V-14B-720P), else the first (480p)."""
+    matches = [p for p in PRESETS.values()
+               if p.dit.dim == dit_dim and p.dit.model_type == model_type and (p.experts is not None) == experts]
     for preset in matches:
         resolution = preset.name.rsplit("-", 1)[-1]
         if resolution in ("480p", "720p") and resolution in folder_name.lower():

@@ -4,7 +4,9 @@
 the GPU except while its own stage runs: the text encoder only for text encoding, the image
 encoder (i2v/flf2v) only for image encoding, the DiT only for denoising (the VAE stays, it is
 small and encodes the conditioning frames and decodes last). The peak GPU memory is then the
-largest single stage, not the sum of all weights.
+largest single stage, not the sum of all weights. A two-expert model (Wan2.2 A14B) denoises in two
+stages, and with `offload` each expert is on the GPU only for its own (as the official
+`offload_model`): "denoising" runs the high-noise expert, "denoising_low_noise" the low-noise one.
 """
 from __future__ import annotations
 
@@ -12,15 +14,16 @@ from dataclasses import dataclass
 
 import torch
 
-STAGES = ("load", "text_encoding", "image_encoding", "denoising", "vae_decode")
+STAGES = ("load", "text_encoding", "image_encoding", "denoising", "denoising_low_noise", "vae_decode")
 CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
 class Placement:
     text_encoder: torch.device
-    dit: torch.device
+    dit: torch.device  # the DiT, or a two-expert model's high-noise one
     image_encoder: torch.device
+    low_noise_dit: torch.device  # a two-expert model's low-noise DiT
 
 
 def stage_placement(stage: str, *, device: torch.device, text_device: torch.device, offload: bool) -> Placement:
@@ -30,10 +33,11 @@ def stage_placement(stage: str, *, device: torch.device, text_device: torch.devi
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {', '.join(STAGES)}; got {stage!r}")
     if not offload:
-        return Placement(text_encoder=text_device, dit=device, image_encoder=device)
+        return Placement(text_encoder=text_device, dit=device, image_encoder=device, low_noise_dit=device)
     return Placement(text_encoder=text_device if stage == "text_encoding" else CPU,
                      dit=device if stage == "denoising" else CPU,
-                     image_encoder=device if stage == "image_encoding" else CPU)
+                     image_encoder=device if stage == "image_encoding" else CPU,
+                     low_noise_dit=device if stage == "denoising_low_noise" else CPU)
 
 
 def module_device(module: torch.nn.Module) -> torch.device:

@@ -184,7 +184,7 @@ def cfg_denoise(dit, latents: torch.Tensor, context: torch.Tensor, context_null:
                 mesh: ParallelMesh | None = None, step_cache: StepCache | None = None,
                 graphs: GraphReplayer | None = None, *,
                 on_step: Callable[[int, int], None] | None = None, cfg: bool = True,
-                image: ImageInputs | None = None) -> torch.Tensor:
+                image: ImageInputs | None = None, steps: range | None = None) -> torch.Tensor:
     """Run every solver step on `latents [B, C, F, H, W]`; returns the final fp32 latents.
 
     The text K/V preparation (executor) happens once here, before the first step. With a
@@ -193,6 +193,8 @@ def cfg_denoise(dit, latents: torch.Tensor, context: torch.Tensor, context_null:
     `on_step(done, total)` runs after each step (progress; it may raise to stop between steps).
     Under a parallel mesh it runs on every rank, so a callback that stops must stop every rank alike.
     `image`: the i2v/flf2v conditioning (`ImageInputs`), None for t2v.
+    `steps`: the solver steps to run (default all of them): a two-expert model runs its experts on
+    two consecutive ranges of one solver, which carries its multistep history across the switch.
     """
     if step_cache is not None and step_cache.steps != solver.num_steps:
         raise ValueError(f"the step cache was built for {step_cache.steps} steps, the solver has {solver.num_steps}")
@@ -202,8 +204,10 @@ def cfg_denoise(dit, latents: torch.Tensor, context: torch.Tensor, context_null:
     # host wait for the previous step's GPU work every step (the solver's CPU sigmas enter as
     # scalars and cost nothing).
     timesteps = solver.timesteps.to(latents.device)
-    steps = tqdm(range(solver.num_steps), desc="denoising", disable=not progress, leave=False)
-    for i in steps:
+    steps = range(solver.num_steps) if steps is None else steps
+    if steps.step != 1 or not 0 <= steps.start <= steps.stop <= solver.num_steps:
+        raise ValueError(f"steps must be a consecutive range within the solver's {solver.num_steps} steps, got {steps}")
+    for i in tqdm(steps, desc="denoising", disable=not progress, leave=False):
         timestep = timesteps[i].reshape(1).expand(latents.shape[0])
         latents = solver.step(velocity(latents, timestep, i), i, latents)
         if on_step is not None:

@@ -48,10 +48,10 @@ def _finite_number(name: str, value) -> float:
     return number
 
 
-def check_guidance(guidance: float) -> float:
-    guidance = _finite_number("guidance", guidance)
+def check_guidance(guidance: float, name: str = "guidance") -> float:
+    guidance = _finite_number(name, guidance)
     if guidance < 0.0:
-        raise ValueError(f"guidance must be >= 0, got {guidance}")
+        raise ValueError(f"{name} must be >= 0, got {guidance}")
     return guidance
 
 

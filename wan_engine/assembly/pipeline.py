@@ -43,6 +43,7 @@ from ..reference.dit import WanDiT
 from ..reference.text_encoder import TextEncoder
 from ..reference.vae import WanVAE
 from .components import load_dit, load_text_encoder, load_vae
+from .experts import check_expert_options, expert_split, has_experts, load_low_noise_dit, random_low_noise_dit
 from .image_encoder import load_image_encoder, random_image_encoder
 from .text_encoder import random_text_encoder
 
@@ -97,12 +98,15 @@ def peek_model(path_or_preset: str) -> tuple[DiTConfig, SampleDefaults]:
         preset = get_preset(str(path_or_preset))
         return preset.dit, preset.sample
     dit = peek_dit_config(path_or_preset)
-    preset = preset_for(dit.dim, dit.model_type, Path(str(path_or_preset)).expanduser().resolve().name)
-    return dit, (preset or _fallback_preset(dit.model_type)).sample
+    experts = has_experts(path_or_preset)
+    preset = preset_for(dit.dim, dit.model_type, Path(str(path_or_preset)).expanduser().resolve().name, experts)
+    return dit, (preset or _fallback_preset(dit.model_type, experts)).sample
 
 
-def _fallback_preset(model_type: str) -> ModelConfig:
+def _fallback_preset(model_type: str, experts: bool = False) -> ModelConfig:
     """The published preset whose sampling defaults a custom model of `model_type` takes."""
+    if experts:
+        return get_preset("t2v-A14B")
     return get_preset({"t2v": "t2v-14B", "i2v": "i2v-14B-480p", "flf2v": "flf2v-14B"}[model_type])
 
 
@@ -180,6 +184,9 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     shard_weights: under sequence parallelism, split the DiT's block weights over the ranks of each
     sp group (`parallel/weight_shard.py`): the DiT is built on the CPU, and each rank keeps 1/sp of
     the blocks on `device`, gathered block by block as they run.
+
+    A two-expert model (Wan2.2 A14B) loads both DiTs, and each gets the same executor, quantization,
+    sequence parallelism and weight split; the result then holds `low_noise_dit` (else None).
     """
     requested, exported = engine, parse_exported_engine(engine)
     if exported is not None:
@@ -193,6 +200,7 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     lora_specs = check_lora_files(parse_loras(loras))
+    check_expert_options(path_or_preset, loras=lora_specs, cache=cache, exported=exported)
     check_quant(quant, engine, device, dtype)
     # Validate the engine options before the (possibly long) load.
     engine_config = EngineConfig(engine=engine, attention=attention, ops=ops, cfg_batch=cfg_batch,
@@ -208,7 +216,7 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     # Where the components wait until their stage runs (offload: on the CPU).
     home = stage_placement("load", device=device, text_device=text_device, offload=offload)
     if shard_weights:  # the whole DiT waits on the CPU; each rank moves only its share to `device`
-        home = dataclasses.replace(home, dit=torch.device("cpu"))
+        home = dataclasses.replace(home, dit=torch.device("cpu"), low_noise_dit=torch.device("cpu"))
     text_home = home.text_encoder
     # bf16 on the CPU is slow in most torch builds, but the 5.7B-parameter umT5 needs it for memory.
     text_dtype = dtype if text_device.type == "cuda" else (torch.bfloat16 if t5_cpu else dtype)
@@ -217,10 +225,12 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     embedded = None if isinstance(path_or_preset, ModelConfig) else embedded_weights(str(path_or_preset))
     if embedded is not None:
         path = embedded
-    image_encoder = None
+    image_encoder = low_noise = None
     if isinstance(path_or_preset, ModelConfig):
         config = path_or_preset  # a custom size with seeded random weights (benchmarks, memory tests)
         text, dit, vae = random_components(config, device, dtype, seed, dit_device=home.dit)
+        if config.experts is not None:
+            low_noise = random_low_noise_dit(config, dtype, home.low_noise_dit, seed)
         text = TextEncoder(text.model, text.tokenizer, device=text_home, dtype=text_dtype)
         image_encoder = preset_image_encoder(config, seed, dtype, home.image_encoder)
     elif path.is_dir():
@@ -231,12 +241,15 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
             image_encoder = load_image_encoder(layout.root, dtype=dtype, device=home.image_encoder)
             dit_config = image_conditioned(dit_config, image_encoder.cfg, layout.root)
         dit = load_dit(layout.root, dtype=dtype, device=home.dit, config=dit_config)
+        if layout.has_experts:
+            low_noise = load_low_noise_dit(layout, dit.config, dtype, home.low_noise_dit)
         preset = (get_preset(str(path_or_preset)) if embedded
-                  else preset_for(dit.config.dim, dit.config.model_type, path.resolve().name))
+                  else preset_for(dit.config.dim, dit.config.model_type, path.resolve().name, layout.has_experts))
         config = ModelConfig(
             name=preset.name if embedded else f"{preset.name if preset else 'custom'} ({path.name})",
             dit=dit.config,
-            sample=(preset or _fallback_preset(dit.config.model_type)).sample,
+            sample=(preset or _fallback_preset(dit.config.model_type, layout.has_experts)).sample,
+            experts=expert_split(layout, preset) if layout.has_experts else None,
         )
         if layout.vae is None:
             raise CheckpointError(f"{path}: no VAE in this {layout.kind} directory")
@@ -253,29 +266,46 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         text, dit, vae = random_components(config, device, dtype, seed, dit_device=home.dit)
         text = TextEncoder(text.model, text.tokenizer, device=text_home, dtype=text_dtype)
         image_encoder = preset_image_encoder(config, seed, dtype, home.image_encoder)
+        if config.experts is not None:
+            low_noise = random_low_noise_dit(config, dtype, home.low_noise_dit, seed)
     else:
         raise _not_a_model(path_or_preset)
     folder = None if isinstance(path_or_preset, ModelConfig) or not path.is_dir() else path
-    if engine == "executor":
-        # Ops for `device`; the weights stay where they wait (the CPU with offload), so an offloaded
-        # DiT never occupies the GPU before its stage.
-        dit = build_executor(dit, engine_config, device, release_reference=True, weights_device=home.dit)
+    dit = engine_dit(dit, engine, engine_config, device, home.dit)
     lora = LoraMerger(dit)
     lora.apply(lora_specs)  # merge first, then quantize
-    if quant is not None:
-        dit.quantize_weights(quant)
-    if engine == "executor" and mesh.sp_size > 1:
-        dit = apply_parallel(dit, mesh)
-        if shard_weights:
-            dit = shard_block_weights(dit, mesh.sp_group, device)
+    dit = finish_dit(dit, engine, mesh, quant, shard_weights, device)
+    if low_noise is not None:
+        low_noise = engine_dit(low_noise, engine, engine_config, device, home.low_noise_dit)
+        low_noise = finish_dit(low_noise, engine, mesh, quant, shard_weights, device)
     vae_decoder = vae_encoder = None
     if exported is not None:
         dit, vae_decoder, vae_encoder = exported_components(exported, dit.config, vae)
     return dict(config=config, text_encoder=text, dit=dit, vae=vae, device=device, dtype=dtype,
                 text_device=text_device, offload=offload, mesh=mesh, decode_group=decode_group, cache=cache,
                 vae_decode=vae_decode, cuda_graphs=cuda_graphs, vae_decoder=vae_decoder, vae_encoder=vae_encoder,
-                lora=lora,
+                lora=lora, low_noise_dit=low_noise,
                 cache_calibration=model_calibration(folder, config.name), image_encoder=image_encoder)
+
+
+def engine_dit(dit, engine: str, engine_config: EngineConfig, device: torch.device, weights_device: torch.device):
+    """A loaded reference DiT in the engine that runs it: the executor (ops for `device`, its weights
+    left where they wait: the CPU with offload, so an offloaded DiT never occupies the GPU before
+    its stage), or the reference itself."""
+    if engine != "executor":
+        return dit
+    return build_executor(dit, engine_config, device, release_reference=True, weights_device=weights_device)
+
+
+def finish_dit(dit, engine: str, mesh: ParallelMesh, quant: str | None, shard_weights: bool, device: torch.device):
+    """After the LoRAs are merged: the quantization, then sequence parallelism and the weight split."""
+    if quant is not None:
+        dit.quantize_weights(quant)
+    if engine == "executor" and mesh.sp_size > 1:
+        dit = apply_parallel(dit, mesh)
+        if shard_weights:
+            dit = shard_block_weights(dit, mesh.sp_group, device)
+    return dit
 
 
 def image_conditioned(dit: DiTConfig, encoder: ImageEncoderConfig, root: Path) -> DiTConfig:

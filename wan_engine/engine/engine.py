@@ -333,7 +333,8 @@ class Engine:
             return self.pipeline.run(req.prompt, req.negative_prompt, req.size, req.num_frames,
                                      req.num_inference_steps, req.guidance_scale, req.shift, req.seed, req.solver,
                                      progress=progress, cache=cache, on_step=on_step, cfg=req.cfg,
-                                     sampling=req.sampling, image=req.image, last_image=req.last_image)
+                                     sampling=req.sampling, image=req.image, last_image=req.last_image,
+                                     low_noise_guidance=req.guidance_scale_2)
 
 
 def _call(hook, *args) -> None:

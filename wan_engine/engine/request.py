@@ -43,7 +43,7 @@ class GenerationRequest:
     size: tuple[int, int] | None = None  # (width, height)
     num_frames: int | None = None
     num_inference_steps: int | None = None
-    guidance_scale: float | None = None
+    guidance_scale: float | None = None  # every step; two-expert models: the high-noise stage's
     shift: float | None = None
     seed: int | None = None
     solver: str | None = None
@@ -54,6 +54,9 @@ class GenerationRequest:
     # server does not accept these fields: a client must not name files on the server).
     image: str | None = None
     last_image: str | None = None
+    # Two-expert models (Wan2.2 A14B): the low-noise stage's guidance (diffusers' name); None: the
+    # model's default, or guidance_scale when only that is given (both stages alike).
+    guidance_scale_2: float | None = None
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -94,6 +97,19 @@ def check_cache_spec(spec):
     if not isinstance(spec, str):
         raise RequestError("cache", f"cache must be a string such as 'teacache:0.2', got {spec!r}")
     return _checked("cache", CacheConfig.parse, spec)
+
+
+def _low_noise_guidance(req: GenerationRequest, defaults: SampleDefaults) -> float | None:
+    """A two-expert model's low-noise guidance, resolved as the pipeline does; refused for one DiT."""
+    if defaults.low_noise_guidance is None:
+        if req.guidance_scale_2 is not None:
+            raise RequestError("guidance_scale_2", "guidance_scale_2 applies to two-expert models (Wan2.2 A14B) "
+                                                   "only; this model has one DiT")
+        return None
+    if req.guidance_scale_2 is not None:
+        return _checked("guidance_scale_2", lambda g: validation.check_guidance(g, "guidance_scale_2"),
+                        req.guidance_scale_2)
+    return defaults.low_noise_guidance if req.guidance_scale is None else req.guidance_scale
 
 
 def resolve_request(req: GenerationRequest, defaults: SampleDefaults, limits: RequestLimits,
@@ -144,6 +160,7 @@ def resolve_request(req: GenerationRequest, defaults: SampleDefaults, limits: Re
         num_inference_steps=_at_most("num_inference_steps", steps, limits.max_steps),
         guidance_scale=_checked("guidance_scale", validation.check_guidance,
                                 defaults.guidance if req.guidance_scale is None else req.guidance_scale),
+        guidance_scale_2=_low_noise_guidance(req, defaults),
         shift=_checked("shift", validation.check_shift, defaults.shift if req.shift is None else req.shift),
         seed=seed,
         cfg=req.cfg if req.cfg is not None else (preset.cfg if preset is not None else True),

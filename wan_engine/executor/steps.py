@@ -33,8 +33,9 @@ class StepFunctions:
         self.dit, self.rope, self.image = dit, rope, text.k_img is not None
 
     def key(self, kind: str, patches: torch.Tensor, text: TextKV) -> tuple:
-        """What fixes a graph: the kind, the shapes, and the rope table's grid and padding."""
-        return (kind, tuple(patches.shape), text.batch, self.rope.grid, self.rope.seq_len, self.image)
+        """What fixes a graph: the DiT (a graph holds its weights' addresses; a two-expert model has
+        two), the kind, the shapes, and the rope table's grid and padding."""
+        return (id(self.dit), kind, tuple(patches.shape), text.batch, self.rope.grid, self.rope.seq_len, self.image)
 
     def _text(self, kv) -> TextKV:
         return TextKV(*kv) if self.image else TextKV(kv[0], kv[1])

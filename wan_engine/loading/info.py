@@ -18,12 +18,16 @@ def describe_model(path: str | Path) -> str:
     if is_diffusers_dit(shapes):
         shapes = diffusers_to_official_dit(shapes)
     cfg = infer_dit_config(shapes, layout.dit_config)
-    preset = preset_for(cfg.dim, cfg.model_type, Path(path).expanduser().resolve().name)
+    preset = preset_for(cfg.dim, cfg.model_type, Path(path).expanduser().resolve().name, layout.has_experts)
     params = sum(t.numel() for t in shapes.values())
     lines = [layout.describe(),
              f"{'model':>13}: {cfg.model_type} ({preset.name if preset else 'custom size'}), "
              f"{_count(params)} DiT parameters",
              f"{'dit config':>13}: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())]
+    if layout.has_experts:
+        boundary = layout.boundary if layout.boundary is not None else "the preset's (0.875 for T2V-A14B)"
+        lines.append(f"{'experts':>13}: two experts (Wan2.2 A14B), each with the parameters above; the high-noise "
+                     f"one runs the steps at or above boundary {boundary} x 1000")
     if cfg.model_type != "t2v":
         frames = "the first frame (--image)" if cfg.model_type == "i2v" else \
             "the first and last frames (--image, --last-image)"

@@ -4,6 +4,10 @@ Image-to-video (i2v) and first-last-frame-to-video (flf2v) models run the same l
 image conditioning of `image_condition` (CLIP features and the masked, VAE-encoded frames) added
 to both CFG branches; `generate(prompt, image=..., last_image=...)`.
 
+A two-expert model (Wan2.2 A14B) denoises with its high-noise DiT on the steps at or above the
+boundary and its low-noise DiT on the rest, each with its own guidance, on one solver (as the
+official `WanT2V.generate` of Wan2.2).
+
 Under a multi-process launch every rank runs the same `run` call: rank 0 draws the seed (when
 none is given) and the initial noise and broadcasts both, the DiT runs with sequence and/or CFG
 parallelism, every rank steps the solver on the same guided velocity, and the VAE decode is split
@@ -63,13 +67,14 @@ class Request:
     height: int
     num_frames: int
     steps: int
-    guidance: float
+    guidance: float  # every step; with two experts, the high-noise expert's steps
     shift: float
     seed: int
     solver: str
     cache: CacheConfig | None = None
     cfg: bool = True  # False: the conditional branch alone, one forward per step (distilled models)
     image: ImagePrompt | None = None  # i2v/flf2v: the first (and last) frame; width/height follow from it
+    low_noise_guidance: float | None = None  # two-expert models: the low-noise expert's steps (else None)
 
 
 def _check_cache(cache):
@@ -97,7 +102,7 @@ class WanPipeline:
                  mesh: ParallelMesh | None = None, decode_group=None, cache: CacheConfig | None = None,
                  cache_calibration: Calibration | None = None, vae_decode: VAEDecodeOptions | None = None,
                  cuda_graphs: bool = True, vae_decoder=None, lora: LoraMerger | None = None,
-                 image_encoder=None, vae_encoder=None):
+                 image_encoder=None, vae_encoder=None, low_noise_dit=None):
         self.mesh = ParallelMesh.single() if mesh is None else mesh
         vae_decode = VAEDecodeOptions() if vae_decode is None else vae_decode
         if not isinstance(vae_decode, VAEDecodeOptions):
@@ -121,6 +126,10 @@ class WanPipeline:
             raise ValueError(f"image_encoder: a {config.dit.model_type} model "
                              f"{'needs one' if image_encoder is None else 'takes none'}")
         self.image_encoder = image_encoder  # the CLIP visual tower of i2v/flf2v models (None for t2v)
+        if (config.experts is None) != (low_noise_dit is None):
+            raise ValueError(f"low_noise_dit: model {config.name!r} "
+                             f"{'is a two-expert model and needs one' if low_noise_dit is None else 'has one DiT'}")
+        self.low_noise_dit = low_noise_dit  # a two-expert model's low-noise DiT (`dit` is then the high-noise one)
         self.device = device
         self.dtype = dtype
         self.text_device = text_device or device
@@ -167,26 +176,32 @@ class WanPipeline:
     def generate(self, prompt: str, negative_prompt: str | None = None, size=None, num_frames=None,
                  steps=None, guidance=None, shift=None, seed=None, solver=None, progress=False,
                  cache: CacheConfig | None | str = "default", *, cfg: bool | None = None,
-                 sampling: str | None = None, image=None, last_image=None) -> np.ndarray | None:
+                 sampling: str | None = None, image=None, last_image=None,
+                 low_noise_guidance: float | None = None) -> np.ndarray | None:
         """Return uint8 frames `[F, H, W, 3]` (None on ranks other than 0 of a parallel launch).
         Unset options take the model's official defaults; `cache` a `CacheConfig`, None (off) or
         "default" (the pipeline's); `cfg` False runs the conditional branch alone (one forward per
         step); `sampling` a named preset ("distill-4step") whose steps, shift, solver and cfg fill the
         options left unset. i2v/flf2v models: `image` (and for flf2v `last_image`), each a file
         path, PIL image or uint8 [H, W, 3] array; `size` is then the area to fill, the video takes
-        the first image's aspect ratio (the official rule)."""
+        the first image's aspect ratio (the official rule). Two-expert models (Wan2.2 A14B): `guidance`
+        is the high-noise expert's, `low_noise_guidance` the low-noise one's; one given alone applies
+        to both experts' steps (as the official and diffusers do), neither the model's defaults."""
         return self.run(prompt, negative_prompt, size, num_frames, steps, guidance, shift, seed, solver,
-                        progress, cache, cfg=cfg, sampling=sampling, image=image, last_image=last_image).frames
+                        progress, cache, cfg=cfg, sampling=sampling, image=image, last_image=last_image,
+                        low_noise_guidance=low_noise_guidance).frames
 
     def set_loras(self, loras) -> tuple[LoraReport, ...]:
         """Replace the merged LoRAs with `loras` (LoraSpec, "FILE[:STRENGTH]" or (file, strength);
         [] restores the base weights bit for bit) without reloading the model. Under several ranks,
         every rank must call it alike (each merges into its own copy of the weights)."""
+        if self.low_noise_dit is not None:
+            raise ValueError("set_loras: a two-expert model (Wan2.2 A14B) takes LoRAs made per expert; not supported yet")
         return self.lora.apply(loras)
 
     def make_request(self, prompt, negative_prompt=None, size=None, num_frames=None, steps=None,
                      guidance=None, shift=None, seed=None, solver=None, cache="default", cfg=None,
-                     sampling=None, image=None, last_image=None) -> Request:
+                     sampling=None, image=None, last_image=None, low_noise_guidance=None) -> Request:
         d = self.config.sample
         preset = None if sampling is None else get_sampling_preset(sampling)
         if preset is not None:  # the preset's values stand in for the model's defaults
@@ -211,6 +226,8 @@ class WanPipeline:
             width, height = condition.width, condition.height
             for note in condition.conversions():
                 log.warning("converted %s", note)
+        low_noise_guidance = self._low_noise_guidance(low_noise_guidance, guidance)
+        guidance = validation.check_guidance(d.guidance if guidance is None else guidance)
         if seed is not None:
             validation.check_seed(seed)
         if self.is_parallel:
@@ -225,21 +242,23 @@ class WanPipeline:
             height=height,
             num_frames=validation.check_num_frames(d.num_frames if num_frames is None else num_frames),
             steps=validation.check_steps(d.steps if steps is None else steps),
-            guidance=validation.check_guidance(d.guidance if guidance is None else guidance),
+            guidance=guidance,
             shift=validation.check_shift(d.shift if shift is None else shift),
             seed=seed,
             solver=solver if preset is not None else validation.check_solver(d.solver if solver is None else solver),
             cache=self.cache if isinstance(cache, str) and cache == "default" else _check_cache(cache),
             cfg=True if cfg is None else cfg,
             image=condition,
+            low_noise_guidance=low_noise_guidance,
         )
 
     def run(self, prompt, negative_prompt=None, size=None, num_frames=None, steps=None, guidance=None,
             shift=None, seed=None, solver=None, progress=False, cache="default", *,
-            on_step=None, cfg=None, sampling=None, image=None, last_image=None) -> GenerationResult:
+            on_step=None, cfg=None, sampling=None, image=None, last_image=None,
+            low_noise_guidance=None) -> GenerationResult:
         """`on_step(done, total)` runs after every denoising step (see `runner.cfg_denoise`)."""
         req = self.make_request(prompt, negative_prompt, size, num_frames, steps, guidance, shift, seed, solver,
-                                cache, cfg, sampling, image, last_image)
+                                cache, cfg, sampling, image, last_image, low_noise_guidance)
         calibration = self._calibration(req.cache)  # a missing calibration fails before any compute
         if req.cache is not None:  # no threshold given: the model's recommended one, else the default
             own = calibration or self.cache_calibration
@@ -308,9 +327,23 @@ class WanPipeline:
         steps; `image` the i2v/flf2v conditioning (`encode_image`)."""
         solver = make_sampling_solver(req.solver, req.steps, req.shift, req.seed, self.device)
         mesh = self.mesh if self.is_parallel else None
-        return cfg_denoise(self.dit, self.initial_noise(req), context, context_null, solver,
-                           req.guidance, progress=progress, mesh=mesh, step_cache=step_cache, graphs=self.graphs,
-                           on_step=on_step, cfg=req.cfg, image=image)
+        latents = self.initial_noise(req)
+        for stage, dit, guidance, steps in self._denoising_stages(req, solver):
+            self._place(stage)
+            latents = cfg_denoise(dit, latents, context, context_null, solver, guidance, progress=progress,
+                                  mesh=mesh, step_cache=step_cache, graphs=self.graphs, on_step=on_step, cfg=req.cfg,
+                                  image=image, steps=steps)
+        return latents
+
+    def _denoising_stages(self, req: Request, solver) -> list[tuple[str, object, float, range]]:
+        """(placement stage, DiT, guidance, steps) of each run of steps: every step on the one DiT, or a
+        two-expert model's high-noise steps (timestep at or above the boundary), then its low-noise ones."""
+        if self.low_noise_dit is None:
+            return [("denoising", self.dit, req.guidance, range(solver.num_steps))]
+        switch = self.config.experts.first_low_noise_step(solver.timesteps)
+        stages = [("denoising", self.dit, req.guidance, range(switch)),
+                  ("denoising_low_noise", self.low_noise_dit, req.low_noise_guidance, range(switch, solver.num_steps))]
+        return [stage for stage in stages if len(stage[3])]
 
     def make_step_cache(self, req: Request, calibration: Calibration | None) -> StepCache | None:
         """The request's step cache (its schedule fixed here for TeaCache and MagCache), or None."""
@@ -364,7 +397,23 @@ class WanPipeline:
         synchronize(self.device)
         timings[name] = time.perf_counter() - start
 
+    def _low_noise_guidance(self, low_noise_guidance, guidance) -> float | None:
+        """The low-noise expert's guidance: as given; else `guidance` when that was given (both
+        experts alike, the official rule for a single value); else the model's default."""
+        default = self.config.sample.low_noise_guidance
+        if default is None:
+            if low_noise_guidance is not None:
+                raise ValueError(f"low_noise_guidance: model {self.config.name!r} has one DiT; it applies to "
+                                 f"two-expert models (Wan2.2 A14B) only")
+            return None
+        if low_noise_guidance is not None:
+            return validation.check_guidance(low_noise_guidance, "low_noise_guidance")
+        return default if guidance is None else validation.check_guidance(guidance)
+
     def _calibration(self, cache: CacheConfig | None) -> Calibration | None:
+        if cache is not None and self.low_noise_dit is not None:
+            raise ValueError("cache: step caching keeps one DiT's residuals between steps, and a two-expert model "
+                             "(Wan2.2 A14B) switches DiTs mid-run; not supported yet")
         if cache is not None:
             check_cache_runs_on(cache, self.dit)  # before any compute
         if cache is None or not cache.needs_calibration:
@@ -379,9 +428,11 @@ class WanPipeline:
         moved = place(self.text_encoder.model, target.text_encoder)
         if self.image_encoder is not None:
             moved |= place(self.image_encoder, target.image_encoder)
-        # An exported DiT's weights live in its runtime. Once the DiT moved, the graphs point at its old memory.
-        if isinstance(self.dit, torch.nn.Module) and place(self.dit, target.dit):
-            self.graphs.reset()
-            moved = True
+        # An exported DiT's weights live in its runtime. Once a DiT moved, the graphs point at its old memory.
+        dits = [(self.dit, target.dit)] + ([(self.low_noise_dit, target.low_noise_dit)] if self.low_noise_dit else [])
+        for dit, device in dits:
+            if isinstance(dit, torch.nn.Module) and place(dit, device):
+                self.graphs.reset()
+                moved = True
         if moved and self.device.type == "cuda":
             torch.cuda.empty_cache()  # return what moved off to the driver before the stage allocates

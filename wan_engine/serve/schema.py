@@ -16,7 +16,7 @@ from ..engine import GenerationRequest, JobSnapshot, RequestError
 from ..video import WAN_FPS
 
 INT_FIELDS = ("num_frames", "seed", "num_inference_steps", "fps")
-FLOAT_FIELDS = ("guidance_scale", "shift", "seconds")
+FLOAT_FIELDS = ("guidance_scale", "guidance_scale_2", "shift", "seconds")
 BOOL_FIELDS = ("cfg",)
 TEXT_FIELDS = ("prompt", "negative_prompt", "size", "solver", "cache", "sampling", "model")
 FIELDS = frozenset(INT_FIELDS + FLOAT_FIELDS + BOOL_FIELDS + TEXT_FIELDS)
@@ -139,6 +139,7 @@ def new_record(job_id: str, request: GenerationRequest, model: str, fps: int, cr
         "seconds": f"{(request.num_frames - 1) / fps:g}", "fps": fps,
         "negative_prompt": request.negative_prompt, "num_frames": request.num_frames,
         "num_inference_steps": request.num_inference_steps, "guidance_scale": request.guidance_scale,
+        "guidance_scale_2": request.guidance_scale_2,
         "shift": request.shift, "solver": request.solver, "cache": request.cache, "seed": request.seed,
         "cfg": request.cfg, "sampling": request.sampling, "input_reference": None, "last_reference": None,
         "timings": {},

@@ -1,0 +1,296 @@
+"""Two-expert (Wan2.2 A14B) models: the high-noise DiT on the steps at or above the boundary, the
+low-noise DiT on the rest, each with its own guidance, on one solver (Wan2.2's `WanT2V.generate`).
+
+The loop is held to a hand-written copy of the official one: run separately, the CFG branches
+are the same calls, so the latents are equal bit for bit; batched, within the fp32 GEMM-order
+noise the one-DiT test allows (1e-5 relative L2 after a few solver steps).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import wan_engine
+from checkpoint_factory import write_original, write_two_experts
+from wan_engine.cache import CacheConfig
+from wan_engine.configs import ExpertSplit, ModelConfig, SampleDefaults, get_preset
+from wan_engine.engine import GenerationRequest, RequestLimits
+from wan_engine.engine.request import RequestError, resolve_request
+from wan_engine.loading.errors import CheckpointError
+from wan_engine.loading.layout import detect_layout
+from wan_engine.placement import stage_placement
+from wan_engine.reference.schedulers import make_solver
+
+KW = dict(size=(32, 32), num_frames=5, steps=6, seed=5)
+BOUNDARY_T = 875  # T2V-A14B: 0.875 x 1000
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return wan_engine.WanPipeline.from_pretrained("tiny-a14b", device="cpu", engine="reference")
+
+
+@pytest.fixture(scope="module")
+def executor():
+    return wan_engine.WanPipeline.from_pretrained("tiny-a14b", device="cpu")
+
+
+def _official_loop(pipe, req, ctx, ctx_null, high, low):
+    """Wan2.2's loop, written out: the expert and its guidance chosen by `t >= boundary` every step."""
+    x = pipe.initial_noise(req)
+    solver = make_solver(req.solver, req.steps, req.shift)
+    for i, t in enumerate(solver.timesteps):
+        dit, g = (high, req.guidance) if t.item() >= BOUNDARY_T else (low, req.low_noise_guidance)
+        c, u = dit(x, t[None], ctx), dit(x, t[None], ctx_null)
+        x = solver.step(u + g * (c - u), i, x)
+    return x
+
+
+@pytest.mark.parametrize("engine", ["reference", "executor-separate", "executor-batched"])
+def test_denoise_loop_is_the_official_two_expert_loop(reference, executor, engine):
+    pipe = {"reference": reference, "executor-batched": executor}.get(engine) or \
+        wan_engine.WanPipeline.from_pretrained("tiny-a14b", device="cpu", cfg_batch=False)
+    req = pipe.make_request("a boat", **KW)
+    assert (req.guidance, req.low_noise_guidance) == (4.0, 3.0)  # the model's defaults (official (3.0, 4.0))
+    ctx, ctx_null = pipe.encode_prompts(req.prompt, req.negative_prompt)
+    with torch.inference_mode():
+        got = pipe.denoise(req, ctx, ctx_null)
+        want = _official_loop(pipe, req, ctx, ctx_null, pipe.dit, pipe.low_noise_dit)
+        swapped = _official_loop(pipe, req, ctx, ctx_null, pipe.low_noise_dit, pipe.dit)
+    if engine == "executor-batched":
+        assert ((got - want).norm() / want.norm()).item() <= 1e-5
+    else:
+        assert torch.equal(got, want)
+    assert ((swapped - want).norm() / want.norm()).item() > 1e-2  # the experts differ: the test can tell
+
+
+class _Counting:
+    """A reference-style DiT that records the timesteps it is called at."""
+
+    def __init__(self, dit):
+        self.dit, self.calls = dit, []
+
+    def __call__(self, x, t, context, **kw):
+        self.calls.append(int(t[0]))
+        return self.dit(x, t, context, **kw)
+
+
+@pytest.mark.parametrize("steps, shift, solver", [(6, 5.0, "unipc"), (10, 12.0, "dpm++"), (3, 1.0, "euler")])
+def test_each_expert_runs_exactly_its_steps(reference, steps, shift, solver):
+    high, low = _Counting(reference.dit), _Counting(reference.low_noise_dit)
+    pipe = wan_engine.WanPipeline(**{**_components(reference), "dit": high, "low_noise_dit": low})
+    done = []
+    pipe.run("a kite", size=(32, 32), num_frames=1, steps=steps, shift=shift, solver=solver, seed=1,
+             on_step=lambda i, n: done.append((i, n)))
+    timesteps = [int(t) for t in make_solver(solver, steps, shift).timesteps]
+    assert high.calls == [t for t in timesteps if t >= BOUNDARY_T for _ in range(2)]  # cond + uncond
+    assert low.calls == [t for t in timesteps if t < BOUNDARY_T for _ in range(2)]
+    assert done == [(i + 1, steps) for i in range(steps)]  # progress runs across the switch
+
+
+def _components(pipe) -> dict:
+    return dict(config=pipe.config, text_encoder=pipe.text_encoder, dit=pipe.dit, vae=pipe.vae, device=pipe.device,
+                dtype=pipe.dtype, low_noise_dit=pipe.low_noise_dit, cuda_graphs=False)
+
+
+def test_boundary_picks_the_first_step_below_it():
+    split = ExpertSplit(0.875)
+    assert split.first_low_noise_step(torch.tensor([999, 900, 875, 874, 500])) == 3  # 875 >= 875 is high noise
+    assert split.first_low_noise_step(torch.tensor([999, 950])) == 2  # no low-noise step
+    assert split.first_low_noise_step(torch.tensor([800, 500])) == 0
+    # The published T2V-A14B schedule (40 UniPC steps at shift 12): 26 high-noise steps.
+    a14b = get_preset("t2v-A14B")
+    timesteps = make_solver(a14b.sample.solver, a14b.sample.steps, a14b.sample.shift).timesteps
+    assert a14b.experts.first_low_noise_step(timesteps) == sum(int(t) >= 875 for t in timesteps) == 26
+    for bad in (0.0, 1.0, -0.5, "0.9", float("nan")):
+        with pytest.raises(ValueError, match="boundary must be a number in \\(0, 1\\)"):
+            ExpertSplit(bad)
+
+
+def test_published_a14b_defaults():
+    a14b = get_preset("t2v-A14B")
+    s = a14b.sample
+    # wan/configs/wan_t2v_A14B.py: sample_guide_scale (3.0 low noise, 4.0 high noise), shift 12, 40 steps.
+    assert (s.guidance, s.low_noise_guidance, s.shift, s.steps, s.size, s.num_frames) == (4.0, 3.0, 12.0, 40,
+                                                                                          (1280, 720), 81)
+    assert a14b.experts.boundary == 0.875 and a14b.dit == get_preset("t2v-14B").dit
+
+
+def test_guidance_resolution(reference):
+    def pair(**kw):
+        req = reference.make_request("p", seed=0, **kw)
+        return req.guidance, req.low_noise_guidance
+
+    assert pair() == (4.0, 3.0)
+    assert pair(guidance=4.0) == (4.0, 4.0)  # one value given: both experts (official, diffusers)
+    assert pair(guidance=6.0, low_noise_guidance=2.0) == (6.0, 2.0)
+    assert pair(low_noise_guidance=2.5) == (4.0, 2.5)
+    with pytest.raises(ValueError, match="low_noise_guidance must be >= 0"):
+        pair(low_noise_guidance=-1.0)
+    with pytest.raises(ValueError, match="low_noise_guidance must be finite"):
+        pair(low_noise_guidance=float("inf"))
+    one = wan_engine.WanPipeline.from_pretrained("tiny", device="cpu")
+    with pytest.raises(ValueError, match="low_noise_guidance: model 'tiny' has one DiT"):
+        one.make_request("p", low_noise_guidance=3.0)
+
+
+def test_engine_request_resolves_guidance_scale_2_alike():
+    limits, a14b = RequestLimits(), get_preset("tiny-a14b").sample
+    resolved = resolve_request(GenerationRequest("p"), a14b, limits)
+    assert (resolved.guidance_scale, resolved.guidance_scale_2) == (4.0, 3.0)
+    resolved = resolve_request(GenerationRequest("p", guidance_scale=5.0), a14b, limits)
+    assert (resolved.guidance_scale, resolved.guidance_scale_2) == (5.0, 5.0)
+    resolved = resolve_request(GenerationRequest("p", guidance_scale_2=1.5), a14b, limits)
+    assert (resolved.guidance_scale, resolved.guidance_scale_2) == (4.0, 1.5)
+    with pytest.raises(RequestError, match="guidance_scale_2 must be >= 0") as err:
+        resolve_request(GenerationRequest("p", guidance_scale_2=-2.0), a14b, limits)
+    assert err.value.field == "guidance_scale_2"
+    with pytest.raises(RequestError, match="only; this model has one DiT") as err:
+        resolve_request(GenerationRequest("p", guidance_scale_2=3.0), get_preset("tiny").sample, limits)
+    assert err.value.field == "guidance_scale_2"
+
+
+def test_low_noise_guidance_changes_only_the_low_noise_steps(executor):
+    base = executor.generate("a lamp", **KW)
+    assert np.array_equal(executor.generate("a lamp", guidance=4.0, low_noise_guidance=3.0, **KW), base)
+    assert not np.array_equal(executor.generate("a lamp", low_noise_guidance=1.0, **KW), base)
+
+
+@pytest.mark.parametrize("layout", ["original", "diffusers"])
+def test_both_layouts_load_two_experts_as_the_preset(tmp_path, reference, layout):
+    config = get_preset("tiny-a14b")
+    root = write_two_experts(tmp_path / layout, config, layout, seed=0, boundary=0.875)
+    found = detect_layout(root)
+    assert found.has_experts and found.dit_dir.name in ("high_noise_model", "transformer")
+    assert "dit (low)" in found.describe()
+    pipe = wan_engine.WanPipeline.from_pretrained(str(root), device="cpu", engine="reference")
+    assert pipe.config.experts == config.experts and pipe.config.sample == config.sample
+    assert pipe.config.name.startswith("tiny-a14b")
+    for mine, theirs in ((pipe.dit, reference.dit), (pipe.low_noise_dit, reference.low_noise_dit)):
+        for (name, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items()):
+            assert torch.equal(a, b), name
+    kw = dict(size=(32, 32), num_frames=1, steps=6, seed=2)
+    assert np.array_equal(pipe.generate("a fox", **kw), reference.generate("a fox", **kw))
+
+
+def test_diffusers_boundary_ratio_is_read(tmp_path):
+    root = write_two_experts(tmp_path / "d", get_preset("tiny-a14b"), "diffusers", boundary=0.9)
+    assert detect_layout(root).boundary == 0.9
+    pipe = wan_engine.WanPipeline.from_pretrained(str(root), device="cpu")
+    assert pipe.config.experts == ExpertSplit(0.9)
+    bad = write_two_experts(tmp_path / "bad", get_preset("tiny-a14b"), "diffusers", boundary=1.5)
+    with pytest.raises(CheckpointError, match="boundary_ratio must be a number in \\(0, 1\\), got 1.5"):
+        detect_layout(bad)
+
+
+def test_half_a_pair_and_mismatched_experts_are_refused(tmp_path):
+    config = get_preset("tiny-a14b")
+    root = write_two_experts(tmp_path / "o", config, "original")
+    for f in (root / "low_noise_model").iterdir():
+        f.unlink()
+    with pytest.raises(CheckpointError, match="high_noise_model/ holds DiT weights but low_noise_model/ does not"):
+        detect_layout(root)
+    d = write_two_experts(tmp_path / "d", config, "diffusers")
+    for f in (d / "transformer_2").glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(CheckpointError, match="the low-noise expert is missing"):
+        detect_layout(d)
+    # A low-noise expert of another size.
+    root = write_two_experts(tmp_path / "m", config, "original")
+    other = write_original(tmp_path / "other", config.replace(dit=config.dit.__class__(
+        dim=48, ffn_dim=64, num_heads=2, num_layers=2, text_dim=32)))
+    for f in (root / "low_noise_model").iterdir():
+        f.unlink()
+    for f in [*other.glob("diffusion_pytorch_model*"), other / "config.json"]:
+        f.rename(root / "low_noise_model" / f.name)
+    with pytest.raises(CheckpointError, match="the two experts differ in architecture"):
+        wan_engine.WanPipeline.from_pretrained(str(root), device="cpu")
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(cache=CacheConfig.parse("fbcache:0.05")), "cache: step caching"),
+    (dict(engine="onnx:/nonexistent"), "an exported engine holds one DiT"),
+])
+def test_one_dit_options_are_refused_before_the_load(options, match):
+    with pytest.raises(ValueError, match=match):
+        wan_engine.WanPipeline.from_pretrained("tiny-a14b", device="cpu", **options)
+
+
+def test_loras_are_refused_for_two_experts(tmp_path, executor):
+    lora = tmp_path / "l.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"diffusion_model.blocks.0.ffn.0.lora_A.weight": torch.zeros(4, 32),
+               "diffusion_model.blocks.0.ffn.0.lora_B.weight": torch.zeros(64, 4)}, str(lora))
+    with pytest.raises(ValueError, match="loras: a two-expert model"):
+        wan_engine.WanPipeline.from_pretrained("tiny-a14b", device="cpu", loras=[str(lora)])
+    with pytest.raises(ValueError, match="set_loras: a two-expert model"):
+        executor.set_loras([str(lora)])
+    with pytest.raises(ValueError, match="cache: step caching"):
+        executor.generate("p", cache=CacheConfig.parse("fbcache:0.05"), **KW)
+
+
+def test_pipeline_and_config_check_the_pair(reference):
+    parts = _components(reference)
+    with pytest.raises(ValueError, match="is a two-expert model and needs one"):
+        wan_engine.WanPipeline(**{**parts, "low_noise_dit": None})
+    with pytest.raises(ValueError, match="needs sample.low_noise_guidance"):
+        ModelConfig("x", get_preset("tiny").dit, experts=ExpertSplit(0.9))
+    with pytest.raises(ValueError, match="two-expert i2v models"):
+        i2v = get_preset("tiny-i2v")
+        ModelConfig("x", i2v.dit, sample=SampleDefaults(low_noise_guidance=3.0), experts=ExpertSplit(0.9))
+
+
+def test_offload_holds_one_expert_on_the_gpu_at_a_time():
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    high = stage_placement("denoising", device=gpu, text_device=gpu, offload=True)
+    low = stage_placement("denoising_low_noise", device=gpu, text_device=gpu, offload=True)
+    assert (high.dit, high.low_noise_dit, low.dit, low.low_noise_dit) == (gpu, cpu, cpu, gpu)
+    assert low.text_encoder == cpu and stage_placement("vae_decode", device=gpu, text_device=gpu,
+                                                       offload=True).low_noise_dit == cpu
+    resident = stage_placement("denoising_low_noise", device=gpu, text_device=gpu, offload=False)
+    assert (resident.dit, resident.low_noise_dit) == (gpu, gpu)
+
+
+def test_graph_keys_tell_the_experts_apart(executor):
+    from wan_engine.executor.steps import StepFunctions
+
+    req = executor.make_request("p", **KW)
+    ctx, _ = executor.encode_prompts(req.prompt, req.negative_prompt)
+    x = executor.initial_noise(req)
+    t = torch.tensor([999])
+    keys = []
+    with torch.inference_mode():
+        for dit in (executor.dit, executor.low_noise_dit):
+            patches, rope = dit.tokens_in(x, t)
+            text = dit.prepare_text(ctx)
+            keys.append(StepFunctions(dit, rope, text).key("full", patches, text))
+    assert keys[0] != keys[1]  # a graph captured on one expert's weights is never replayed for the other
+
+
+def test_info_and_cli(tmp_path, capsys):
+    from wan_engine.cli import main
+
+    root = write_two_experts(tmp_path / "m", get_preset("tiny-a14b"), "original")
+    assert main(["info", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "dit (high)" in out and "dit (low)" in out and "two experts" in out
+    video = tmp_path / "v.mp4"
+    assert main(["generate", "--model", str(root), "--prompt", "a crab", "--output", str(video), "--size", "32x32",
+                 "--frames", "1", "--steps", "2", "--low-noise-guidance", "2.0", "--seed", "1"]) == 0
+    assert video.is_file()
+    assert main(["generate", "--model", "tiny", "--prompt", "a crab", "--output", str(tmp_path / "x.mp4"),
+                 "--low-noise-guidance", "2.0"]) == 2
+    assert "--low-noise-guidance applies to two-expert models" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
+    assert main(["generate", "--model", "tiny-a14b", "--prompt", "p", "--output", str(tmp_path / "y.mp4"),
+                 "--low-noise-guidance", "-1"]) == 2
+    assert "--low-noise-guidance must be >= 0" in capsys.readouterr().err
+
+
+def test_model_index_without_boundary_takes_the_preset_boundary(tmp_path):
+    root = write_two_experts(tmp_path / "d", get_preset("tiny-a14b"), "diffusers")
+    assert "boundary_ratio" not in json.loads((root / "model_index.json").read_text())
+    assert wan_engine.WanPipeline.from_pretrained(str(root), device="cpu").config.experts.boundary == 0.875
