@@ -294,3 +294,14 @@ def test_model_index_without_boundary_takes_the_preset_boundary(tmp_path):
     root = write_two_experts(tmp_path / "d", get_preset("tiny-a14b"), "diffusers")
     assert "boundary_ratio" not in json.loads((root / "model_index.json").read_text())
     assert wan_engine.WanPipeline.from_pretrained(str(root), device="cpu").config.experts.boundary == 0.875
+
+
+def test_the_server_takes_guidance_scale_2():
+    from wan_engine.serve.schema import new_record, parse_create
+
+    req, _, _ = parse_create({"prompt": "p", "guidance_scale_2": "2.5"}, from_form=True)
+    assert req.guidance_scale_2 == 2.5
+    with pytest.raises(RequestError, match="guidance_scale_2 must be a finite number"):
+        parse_create({"prompt": "p", "guidance_scale_2": float("nan")}, from_form=False)
+    resolved = resolve_request(req, get_preset("tiny-a14b").sample, RequestLimits())
+    assert new_record("j", resolved, "m", 16, 0.0)["guidance_scale_2"] == 2.5
