@@ -246,3 +246,33 @@ def test_control_diffusers_native_schedule_is_far_off(reference_pipe, peer_parts
     peer_latents, _ = run_diffusers(peer, req, context, context_null, noise)
     assert not torch.equal(peer.scheduler.sigmas, flow_sigmas(req.steps, req.shift)[0])
     assert rel_l2(latents, peer_latents) > 100 * LATENT_RTOL
+
+
+@pytest.mark.parametrize("engine", ["reference", "executor"])
+def test_two_expert_generation_matches_diffusers_wan22_pipeline(engine):
+    """Wan2.2 A14B's two-expert loop against diffusers' (`transformer` at or above
+    `boundary_ratio` x 1000 with `guidance_scale`, `transformer_2` below it with `guidance_scale_2`),
+    both experts holding our weights; 8 steps put 4 on each side of the boundary."""
+    pipe = wan_engine.WanPipeline.from_pretrained("tiny-a14b", device="cpu", engine=engine)
+    ref = pipe if engine == "reference" else wan_engine.WanPipeline.from_pretrained("tiny-a14b", device="cpu",
+                                                                                   engine="reference")
+    req = pipe.make_request("a corgi surfing a wave at sunset", seed=31, size=(48, 32), num_frames=5)
+    assert (req.steps, req.guidance, req.low_noise_guidance) == (8, 4.0, 3.0)
+    context, context_null, noise, latents, _ = our_latents_and_video(pipe, req)
+    cfg = ref.config
+    high, low = (diffusers_transformer(cfg.dit, d.state_dict(), torch.float32, ref.device)
+                 for d in (ref.dit, ref.low_noise_dit))
+    peer = DiffusersWanPipeline(tokenizer=ref.text_encoder.tokenizer.hf, text_encoder=ref.text_encoder.model,
+                                vae=diffusers_vae(cfg.vae, ref.vae.state_dict(), ref.device),
+                                scheduler=flow_unipc(OfficialGridUniPC, req.shift), transformer=high,
+                                transformer_2=low, boundary_ratio=cfg.experts.boundary)
+    peer.set_progress_bar_config(disable=True)
+    final = {}
+    with torch.inference_mode():
+        peer(prompt_embeds=context, negative_prompt_embeds=context_null, height=req.height, width=req.width,
+             num_frames=req.num_frames, num_inference_steps=req.steps, guidance_scale=req.guidance,
+             guidance_scale_2=req.low_noise_guidance, latents=noise.clone(), output_type="latent",
+             callback_on_step_end=lambda _p, _i, _t, tensors: final.update(latents=tensors["latents"]) or {})
+    latent_err = rel_l2(latents, final["latents"])
+    assert latent_err <= LATENT_RTOL, f"two-expert latents differ from diffusers by {latent_err:.2e} rel-L2"
+    print(f"{engine}: two-expert latents vs diffusers {latent_err:.2e} rel-L2")
