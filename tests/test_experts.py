@@ -305,3 +305,41 @@ def test_the_server_takes_guidance_scale_2():
         parse_create({"prompt": "p", "guidance_scale_2": float("nan")}, from_form=False)
     resolved = resolve_request(req, get_preset("tiny-a14b").sample, RequestLimits())
     assert new_record("j", resolved, "m", 16, 0.0)["guidance_scale_2"] == 2.5
+
+
+def test_wan22_distill_solver_is_lightx2vs_euler_step():
+    from wan_engine.sampling import DistillSolver
+
+    solver = DistillSolver((1000, 750, 500, 250), shift=5.0, seed=0, renoise=False)
+    assert solver.name == "distill-euler" and solver.generator is None
+    sigmas = [float(s) for s in solver.sigmas]
+    x = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    for i in range(4):
+        v = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(i + 1))
+        # Wan22StepDistillScheduler.step_post: x0 = x - sigma v, then + sigma_next v (none after the last)
+        want = x - sigmas[i] * v
+        if i < 3:
+            want = want + sigmas[i + 1] * v
+        x = solver.step(v, i, x)
+        assert torch.equal(x, want)
+
+
+def test_distill_4step_a14b_switches_experts_where_lightx2v_does(reference):
+    """LightX2V runs the high-noise expert for `boundary_step_index` 2 steps; the boundary rule on the
+    preset's timesteps (1000, 937.5 | 833.3, 625) puts the switch at the same step."""
+    high, low = _Counting(reference.dit), _Counting(reference.low_noise_dit)
+    pipe = wan_engine.WanPipeline(**{**_components(reference), "dit": high, "low_noise_dit": low})
+    req = pipe.make_request("a kite", size=(32, 32), num_frames=1, seed=1, sampling="distill-4step-a14b")
+    assert (req.steps, req.shift, req.solver, req.cfg) == (4, 5.0, "distill-euler", False)
+    ctx, ctx_null = pipe.encode_prompts(req.prompt, req.negative_prompt)
+    with torch.inference_mode():
+        got = pipe.denoise(req, ctx, ctx_null)
+    assert high.calls == [1000, 937] and low.calls == [833, 625]  # one forward per step, no CFG
+    from wan_engine.sampling import make_sampling_solver
+
+    solver = make_sampling_solver(req.solver, req.steps, req.shift, req.seed)
+    x = pipe.initial_noise(req)
+    with torch.inference_mode():
+        for i, t in enumerate(solver.timesteps):
+            x = solver.step((reference.dit if i < 2 else reference.low_noise_dit)(x, t[None], ctx), i, x)
+    assert torch.equal(got, x)
