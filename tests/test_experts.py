@@ -219,18 +219,79 @@ def test_one_dit_options_are_refused_before_the_load(options, match):
         wan_engine.WanPipeline.from_pretrained("tiny-a14b", device="cpu", **options)
 
 
-def test_loras_are_refused_for_two_experts(tmp_path, executor):
-    lora = tmp_path / "l.safetensors"
+def _write_lora(path, seed: int, rank: int = 4):
     from safetensors.torch import save_file
 
-    save_file({"diffusion_model.blocks.0.ffn.0.lora_A.weight": torch.zeros(4, 32),
-               "diffusion_model.blocks.0.ffn.0.lora_B.weight": torch.zeros(64, 4)}, str(lora))
-    with pytest.raises(ValueError, match="loras: a two-expert model"):
-        wan_engine.WanPipeline.from_pretrained("tiny-a14b", device="cpu", loras=[str(lora)])
-    with pytest.raises(ValueError, match="set_loras: a two-expert model"):
-        executor.set_loras([str(lora)])
+    gen = torch.Generator().manual_seed(seed)
+    save_file({"diffusion_model.blocks.0.ffn.0.lora_A.weight": torch.randn(rank, 32, generator=gen),
+               "diffusion_model.blocks.0.ffn.0.lora_B.weight": torch.randn(64, rank, generator=gen)}, str(path))
+    return str(path)
+
+
+def test_each_expert_takes_its_own_loras(tmp_path):
+    """A LoRA pair merges each file into its own expert, W + s (B @ A) on the official weight, and
+    the base weights come back bit for bit."""
+    from wan_engine.lora.merge import lowrank_delta
+    from wan_engine.loading.lora_format import parse_lora
+
+    high, low = _write_lora(tmp_path / "h.safetensors", 1), _write_lora(tmp_path / "l.safetensors", 2)
+    base = wan_engine.WanPipeline.from_pretrained("tiny-a14b", device="cpu", engine="reference")
+    pipe = wan_engine.WanPipeline.from_pretrained("tiny-a14b", device="cpu", engine="reference",
+                                                  loras={"high_noise": [high], "low_noise": [f"{low}:0.5"]})
+    name = "blocks.0.ffn.0.weight"
+    for dit, base_dit, path, strength in ((pipe.dit, base.dit, high, 1.0), (pipe.low_noise_dit, base.low_noise_dit,
+                                                                             low, 0.5)):
+        (part,) = parse_lora(path, {name}).targets[name]
+        want = base_dit.state_dict()[name] + lowrank_delta(part, strength, (64, 32), "cpu")
+        assert torch.equal(dit.state_dict()[name], want)
+    assert [r.spec.strength for r in pipe.lora.reports] == [1.0, 0.5]
+    pipe.set_loras({"low_noise": [low]})  # the high-noise expert back to its base
+    assert torch.equal(pipe.dit.state_dict()[name], base.dit.state_dict()[name])
+    assert not torch.equal(pipe.low_noise_dit.state_dict()[name], base.low_noise_dit.state_dict()[name])
+    pipe.set_loras(None)
+    for mine, theirs in ((pipe.dit, base.dit), (pipe.low_noise_dit, base.low_noise_dit)):
+        assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), theirs.state_dict().values()))
+
+
+def test_expert_loras_are_checked_before_either_expert_changes(tmp_path, executor):
+    good = _write_lora(tmp_path / "g.safetensors", 1)
+    wide = _write_lora(tmp_path / "w.safetensors", 2)
+    from safetensors.torch import save_file
+
+    save_file({"diffusion_model.blocks.0.ffn.0.lora_A.weight": torch.zeros(4, 48),
+               "diffusion_model.blocks.0.ffn.0.lora_B.weight": torch.zeros(64, 4)}, wide)
+    before = {k: v.clone() for k, v in executor.dit.official_slots().items() for v in [v[0]]}
+    with pytest.raises(CheckpointError, match="a LoRA for another model size"):
+        executor.set_loras({"high_noise": [good], "low_noise": [wide]})
+    assert all(torch.equal(v[0], before[k]) for k, v in executor.dit.official_slots().items())
+    with pytest.raises(ValueError, match="takes its LoRAs per expert"):
+        executor.set_loras([good])
+    with pytest.raises(ValueError, match="unknown expert 'high'"):
+        executor.set_loras({"high": [good]})
+    with pytest.raises(ValueError, match="takes its LoRAs per expert"):
+        wan_engine.WanPipeline.from_pretrained("tiny-a14b", device="cpu", loras=[good])
+    with pytest.raises(ValueError, match="this model has one DiT"):
+        wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", loras={"high_noise": [good]})
+    with pytest.raises(CheckpointError, match="LoRA file not found"):
+        wan_engine.WanPipeline.from_pretrained("tiny-a14b", device="cpu", loras={"low_noise": ["/no/such.safetensors"]})
+    executor.set_loras(None)
     with pytest.raises(ValueError, match="cache: step caching"):
         executor.generate("p", cache=CacheConfig.parse("fbcache:0.05"), **KW)
+
+
+def test_cli_expert_loras(tmp_path, capsys):
+    from wan_engine.cli import main
+
+    lora = _write_lora(tmp_path / "l.safetensors", 3)
+    common = ["generate", "--prompt", "a crab", "--size", "32x32", "--frames", "1", "--steps", "2", "--seed", "1"]
+    out = tmp_path / "a.mp4"
+    assert main([*common, "--model", "tiny-a14b", "--output", str(out), "--high-noise-lora", lora,
+                 "--low-noise-lora", f"{lora}:0.5"]) == 0 and out.is_file()
+    for model, flags, message in (("tiny-a14b", ["--lora", lora], "name the expert of each LoRA"),
+                                  ("tiny", ["--low-noise-lora", lora], "use --lora")):
+        bad = tmp_path / "bad.mp4"
+        assert main([*common, "--model", model, "--output", str(bad), *flags]) == 2
+        assert message in capsys.readouterr().err and not bad.exists()
 
 
 def test_pipeline_and_config_check_the_pair(reference):

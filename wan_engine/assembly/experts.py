@@ -1,9 +1,9 @@
 """The second DiT of a Wan2.2 A14B (two-expert) model: finding, loading and checking it.
 
 Both experts share one architecture; the pipeline runs the high-noise one (`dit`) on the steps at
-or above the boundary and the low-noise one (`low_noise_dit`) on the rest. What only one DiT can
-take (LoRA files made for one expert, a step cache's residuals, an exported engine) is refused
-before the load.
+or above the boundary and the low-noise one (`low_noise_dit`) on the rest. Each expert takes its own
+LoRA files (`lora/experts.py`); what only one DiT can take (a step cache's residuals, an exported
+engine) is refused before the load.
 """
 from __future__ import annotations
 
@@ -32,13 +32,10 @@ def has_experts(path_or_preset) -> bool:
     return path.is_dir() and detect_layout(path).has_experts
 
 
-def check_expert_options(path_or_preset, *, loras, cache, exported) -> None:
+def check_expert_options(path_or_preset, *, cache, exported) -> None:
     """Refuse, before any load, the options that hold for one DiT only."""
     if not has_experts(path_or_preset):
         return
-    if loras:
-        raise ValueError("loras: a two-expert model (Wan2.2 A14B) takes LoRAs made per expert, and loading them "
-                         "into both experts is not supported yet; drop --lora")
     if cache is not None:
         raise ValueError("cache: step caching keeps one DiT's residuals between steps, and a two-expert model "
                          "(Wan2.2 A14B) switches DiTs mid-run; not supported yet, drop --cache")

@@ -32,7 +32,7 @@ from ..loading.errors import CheckpointError
 from ..loading.layout import DIT_STEM, detect_layout
 from ..loading.random_init import random_state_dict
 from ..loading.t5_format import infer_t5_config
-from ..lora import LoraMerger, LoraSpec, parse_loras
+from ..lora import ExpertLoraMergers, LoraMerger, LoraSpec, parse_expert_loras, parse_loras
 from ..parallel.apply import apply_parallel
 from ..parallel.weight_shard import shard_block_weights
 from ..parallel.config import ParallelConfig
@@ -199,8 +199,10 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         raise ValueError("step caching (cache=...) needs engine='executor' (or an exported one)")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    lora_specs = check_lora_files(parse_loras(loras))
-    check_expert_options(path_or_preset, loras=lora_specs, cache=cache, exported=exported)
+    two_experts = has_experts(path_or_preset)
+    lora_specs = parse_model_loras(loras, two_experts)
+    check_lora_files(lora_specs.values() if two_experts else [lora_specs])
+    check_expert_options(path_or_preset, cache=cache, exported=exported)
     check_quant(quant, engine, device, dtype)
     # Validate the engine options before the (possibly long) load.
     engine_config = EngineConfig(engine=engine, attention=attention, ops=ops, cfg_batch=cfg_batch,
@@ -272,11 +274,12 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         raise _not_a_model(path_or_preset)
     folder = None if isinstance(path_or_preset, ModelConfig) or not path.is_dir() else path
     dit = engine_dit(dit, engine, engine_config, device, home.dit)
-    lora = LoraMerger(dit)
+    if low_noise is not None:
+        low_noise = engine_dit(low_noise, engine, engine_config, device, home.low_noise_dit)
+    lora = LoraMerger(dit) if low_noise is None else ExpertLoraMergers(dit, low_noise)
     lora.apply(lora_specs)  # merge first, then quantize
     dit = finish_dit(dit, engine, mesh, quant, shard_weights, device)
     if low_noise is not None:
-        low_noise = engine_dit(low_noise, engine, engine_config, device, home.low_noise_dit)
         low_noise = finish_dit(low_noise, engine, mesh, quant, shard_weights, device)
     vae_decoder = vae_encoder = None
     if exported is not None:
@@ -356,12 +359,21 @@ def exported_components(exported: tuple[str, Path], dit_config, vae):
     return dit, decoder, encoder
 
 
-def check_lora_files(specs: tuple[LoraSpec, ...]) -> tuple[LoraSpec, ...]:
+def parse_model_loras(loras, two_experts: bool):
+    """`loras=` for the model: specs for one DiT, {expert: specs} for a two-expert model."""
+    if two_experts:
+        return parse_expert_loras(loras)
+    if isinstance(loras, dict):
+        raise ValueError("loras: a mapping of experts is for two-expert models (Wan2.2 A14B); this model has one DiT, "
+                         "so pass a list (--lora)")
+    return parse_loras(loras)
+
+
+def check_lora_files(groups) -> None:
     """Refuse a missing LoRA file before the model loads (its contents are checked at the merge)."""
-    for spec in specs:
+    for spec in (spec for specs in groups for spec in specs):
         if not Path(spec.path).expanduser().is_file():
             raise CheckpointError(f"LoRA file not found: {spec.path}")
-    return specs
 
 
 def check_shard_weights(shard_weights: bool, engine: str, mesh: ParallelMesh, offload: bool) -> None:

@@ -6,7 +6,8 @@
     merger.apply([])            # the base weights again, bit for bit
 """
 from .describe import describe_lora
+from .experts import EXPERTS, ExpertLoraMergers, parse_expert_loras
 from .merge import LoraMerger, LoraReport, lowrank_delta
 from .spec import LoraSpec, parse_loras
 
-__all__ = ["LoraMerger", "LoraReport", "LoraSpec", "describe_lora", "lowrank_delta", "parse_loras"]
+__all__ = ["EXPERTS", "ExpertLoraMergers", "parse_expert_loras", "LoraMerger", "LoraReport", "LoraSpec", "describe_lora", "lowrank_delta", "parse_loras"]

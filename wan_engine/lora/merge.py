@@ -84,6 +84,15 @@ def _check(lora: LoraFile, slots: dict) -> None:
                                       f"shape in this model is {shape} (a LoRA for another model size?)")
 
 
+@dataclass(frozen=True)
+class PreparedLoras:
+    """LoRA files read and checked against one model, not merged yet."""
+
+    specs: tuple[LoraSpec, ...]
+    files: tuple[LoraFile, ...]
+    slots: dict
+
+
 class LoraMerger:
     """The LoRAs merged into one model, which it changes in place.
 
@@ -98,6 +107,10 @@ class LoraMerger:
         self.reports: tuple[LoraReport, ...] = ()
 
     def apply(self, loras) -> tuple[LoraReport, ...]:
+        return self.commit(self.prepare(loras))
+
+    def prepare(self, loras) -> "PreparedLoras":
+        """Read `loras` and check them against the model, changing nothing (`commit` merges them)."""
         specs = parse_loras(loras)
         if getattr(self.model, "quant", None) is not None:
             raise ValueError(f"the DiT's weights are quantized ({self.model.quant}); LoRAs merge before quantization, "
@@ -111,6 +124,11 @@ class LoraMerger:
                 shown = ", ".join(repr(k) for k in lora.unmatched[:5])
                 raise CheckpointError(f"{spec.path}: none of its {lora.num_keys} keys matches a parameter of this "
                                       f"Wan2.1 DiT (a LoRA for another model?); e.g. {shown}")
+        return PreparedLoras(specs, tuple(files), slots)
+
+    def commit(self, prepared: "PreparedLoras") -> tuple[LoraReport, ...]:
+        """Replace the merged LoRAs with the prepared ones."""
+        specs, files, slots = prepared.specs, prepared.files, prepared.slots
         self._restore(slots)
         reports = []
         for spec, lora in zip(specs, files):

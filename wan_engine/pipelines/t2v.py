@@ -35,7 +35,7 @@ from ..cache import (
 )
 from ..device import synchronize
 from ..graphs import GraphReplayer
-from ..lora import LoraMerger, LoraReport
+from ..lora import ExpertLoraMergers, LoraMerger, LoraReport
 from ..vae.decode import VAEDecodeOptions, VAEDecoder
 from ..parallel.comm import group_size
 from ..parallel.mesh import ParallelMesh
@@ -134,7 +134,9 @@ class WanPipeline:
         self.dtype = dtype
         self.text_device = text_device or device
         self.offload = offload
-        self.lora = LoraMerger(dit) if lora is None else lora  # the LoRAs merged into the DiT
+        if lora is None:  # the LoRAs merged into the DiT (each expert's, for two)
+            lora = LoraMerger(dit) if low_noise_dit is None else ExpertLoraMergers(dit, low_noise_dit)
+        self.lora = lora
 
     @classmethod
     def from_pretrained(cls, path_or_preset: str, device=None, dtype=None, **options) -> "WanPipeline":
@@ -194,9 +196,8 @@ class WanPipeline:
     def set_loras(self, loras) -> tuple[LoraReport, ...]:
         """Replace the merged LoRAs with `loras` (LoraSpec, "FILE[:STRENGTH]" or (file, strength);
         [] restores the base weights bit for bit) without reloading the model. Under several ranks,
-        every rank must call it alike (each merges into its own copy of the weights)."""
-        if self.low_noise_dit is not None:
-            raise ValueError("set_loras: a two-expert model (Wan2.2 A14B) takes LoRAs made per expert; not supported yet")
+        every rank must call it alike (each merges into its own copy of the weights). A two-expert model
+        takes {"high_noise": [...], "low_noise": [...]} (an expert left out gets its base weights back)."""
         return self.lora.apply(loras)
 
     def make_request(self, prompt, negative_prompt=None, size=None, num_frames=None, steps=None,
