@@ -404,3 +404,18 @@ def test_distill_4step_a14b_switches_experts_where_lightx2v_does(reference):
         for i, t in enumerate(solver.timesteps):
             x = solver.step((reference.dit if i < 2 else reference.low_noise_dit)(x, t[None], ctx), i, x)
     assert torch.equal(got, x)
+
+
+def test_fp8_and_the_engine_take_both_experts():
+    from wan_engine.engine import Engine
+
+    pipe = wan_engine.WanPipeline.from_pretrained("tiny-a14b", device="cpu", quant="fp8-emulated")
+    assert pipe.dit.quant == pipe.low_noise_dit.quant == "fp8-emulated"
+    engine = Engine(pipe)
+    try:
+        result = engine.generate(GenerationRequest("a lamp", size=(32, 32), num_frames=1, num_inference_steps=6,
+                                                   seed=5, guidance_scale_2=1.0))
+        direct = pipe.generate("a lamp", size=(32, 32), num_frames=1, steps=6, seed=5, low_noise_guidance=1.0)
+    finally:
+        engine.close()
+    assert np.array_equal(result.frames, direct)

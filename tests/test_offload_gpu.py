@@ -53,3 +53,35 @@ def test_offload_and_t5_cpu_lower_the_peak_gpu_memory(record_property):
     print("peak GPU memory of one generation (GiB): " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()))
     assert offload <= default - 0.9 * min(sizes["dit"], sizes["text_encoder"])
     assert t5_cpu <= default - 0.9 * sizes["text_encoder"]
+
+
+@pytest.mark.gpu
+def test_offload_keeps_one_expert_of_two_on_the_gpu(record_property):
+    """A two-expert (Wan2.2 A14B) model under offload: on every step only the running expert is on
+    the GPU, and the peak is lower than with both resident by at least one expert's weights."""
+    from wan_engine.configs import ExpertSplit
+    from wan_engine.placement import module_device
+
+    two = MID.replace(name="offload-check-a14b", experts=ExpertSplit(0.875),
+                      sample=SampleDefaults(steps=4, size=(256, 256), num_frames=5, low_noise_guidance=3.0))
+    peaks, where = {}, []
+    for offload in (False, True):
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        pipe = without_prompt_cleaning(wan_engine.WanPipeline.from_pretrained(two, device="cuda", dtype="bf16",
+                                                                              offload=offload))
+        expert = _bytes(pipe.dit)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+        def record(done, total, pipe=pipe, offload=offload):
+            if offload:
+                where.append((module_device(pipe.dit).type, module_device(pipe.low_noise_dit).type))
+        pipe.run("a red circle moving left", negative_prompt="static, blurry", seed=0, on_step=record)
+        torch.cuda.synchronize()
+        peaks[offload] = torch.cuda.max_memory_allocated() - base
+        del pipe
+    record_property("a14b_default_gib", round(peaks[False] / 2**30, 3))
+    record_property("a14b_offload_gib", round(peaks[True] / 2**30, 3))
+    assert where == [("cuda", "cpu")] * 2 + [("cpu", "cuda")] * 2  # steps at 999, 937 | 833, 624
+    assert peaks[True] <= peaks[False] - 0.9 * expert
