@@ -57,7 +57,7 @@ def layer_weight_bytes(cfg: DiTConfig, dtype_bytes: int = 2) -> dict:
     d, f = cfg.dim, cfg.ffn_dim
     gemms = (3 * d * d + 3 * d) + 3 * (d * d + d) + (f * d + f) + (d * f + d)  # qkv, o, cross q/o, ffn1, ffn2
     kv = (2 * d * d + 2 * d) * dtype_bytes + d * FP32_BYTES
-    return {"block": gemms * dtype_bytes + 5 * d * FP32_BYTES, "text_kv": kv * (1 if cfg.model_type == "t2v" else 2)}
+    return {"block": gemms * dtype_bytes + 5 * d * FP32_BYTES, "text_kv": kv * (2 if cfg.uses_clip else 1)}
 
 
 def weights_per_rank(cfg: DiTConfig, sp_degree: int, dtype_bytes: int = 2, shard_weights: bool = False,

@@ -142,7 +142,9 @@ def dit_tokens(cfg: DiTConfig, width: int, height: int, frames: int,
 
 
 def image_tokens(cfg: DiTConfig) -> int:
-    return {"t2v": 0, "i2v": CLIP_TOKENS, "flf2v": 2 * CLIP_TOKENS}[cfg.model_type]
+    if not cfg.uses_clip:
+        return 0
+    return {"i2v": CLIP_TOKENS, "flf2v": 2 * CLIP_TOKENS}[cfg.model_type]
 
 
 # --------------------------------------------------------------------------------------------

@@ -84,8 +84,8 @@ def write_diffusers(root: Path, config: ModelConfig, seed: int = 0) -> Path:
         "num_attention_heads": d.num_heads, "attention_head_dim": d.head_dim, "in_channels": d.in_dim,
         "out_channels": d.out_dim, "text_dim": d.text_dim, "freq_dim": d.freq_dim, "ffn_dim": d.ffn_dim,
         "num_layers": d.num_layers, "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": d.eps,
-        "image_dim": d.image_dim if d.model_type != "t2v" else None,
-        "added_kv_proj_dim": d.dim if d.model_type != "t2v" else None,
+        "image_dim": d.image_dim if d.uses_clip else None,
+        "added_kv_proj_dim": d.dim if d.uses_clip else None,
         "pos_embed_seq_len": 2 * d.image_tokens if d.model_type == "flf2v" else None}))
     save_file({k: v.contiguous() for k, v in official_to_diffusers_dit(dit_sd).items()},
               str(root / "transformer" / "diffusion_pytorch_model.safetensors"))

@@ -51,10 +51,15 @@ class DiTConfig:
     # penultimate block: 257 x 1280; flf2v's `emb_pos` holds two images' rows).
     image_dim: int = 1280
     image_tokens: int = 257
+    # i2v: whether the blocks also cross-attend to CLIP image features (Wan2.1's `img_emb`, `k_img`);
+    # False for Wan2.2's I2V-A14B, conditioned by the masked image latents `y` alone.
+    clip: bool = True
 
     def __post_init__(self):
         if self.model_type not in ("t2v", "i2v", "flf2v"):
             raise ValueError(f"model_type must be one of t2v, i2v, flf2v; got {self.model_type!r}")
+        if not self.clip and self.model_type != "i2v":
+            raise ValueError(f"clip=False (conditioning by the latents alone) is for i2v models; got {self.model_type!r}")
         if self.dim % self.num_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
         if self.head_dim % 2:
@@ -63,6 +68,11 @@ class DiTConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
+
+    @property
+    def uses_clip(self) -> bool:
+        """The model takes CLIP features of its image(s) (Wan2.1 i2v/flf2v): `img_emb` and image K/V."""
+        return self.model_type != "t2v" and self.clip
 
 
 @dataclass(frozen=True)
@@ -198,9 +208,9 @@ class ModelConfig:
         if (self.experts is None) != (self.sample.low_noise_guidance is None):
             raise ValueError(f"model {self.name!r}: a two-expert model needs sample.low_noise_guidance, "
                              f"a one-DiT model takes none")
-        if self.experts is not None and self.dit.model_type != "t2v":
-            raise ValueError(f"model {self.name!r}: two-expert {self.dit.model_type} models (Wan2.2 I2V-A14B) "
-                             f"are not supported yet; only t2v")
+        if self.experts is not None and self.dit.uses_clip:
+            raise ValueError(f"model {self.name!r}: two-expert models condition on the latents alone (Wan2.2 "
+                             f"I2V-A14B has no CLIP); a {self.dit.model_type} DiT with CLIP features has one expert")
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -222,6 +232,11 @@ _FLF2V = SampleDefaults(steps=50, shift=16.0, size=(1280, 720), negative_prompt=
 # boundary 0.875, sample_guide_scale (3.0 low noise, 4.0 high noise), shift 12, 40 steps, 1280x720.
 _T2V_A14B = SampleDefaults(steps=40, shift=12.0, guidance=4.0, low_noise_guidance=3.0, size=(1280, 720))
 _T2V_A14B_SPLIT = ExpertSplit(boundary=0.875)
+# Wan2.2 I2V-A14B (wan/configs/wan_i2v_A14B.py): the 14B i2v DiT (36 input channels) without CLIP,
+# boundary 0.900, sample_guide_scale (3.5, 3.5), shift 5, 40 steps; 1280x720 is the area (max_area).
+_I2V_A14B_DIT = dataclasses.replace(_I2V_14B, clip=False)
+_I2V_A14B = SampleDefaults(steps=40, shift=5.0, guidance=3.5, low_noise_guidance=3.5, size=(1280, 720))
+_I2V_A14B_SPLIT = ExpertSplit(boundary=0.900)
 
 # Toy-sized but architecturally complete: every code path of the real model runs.
 # head_dim 16 keeps the attention backends that need a multiple of 8 usable.
@@ -255,6 +270,12 @@ PRESETS: dict[str, ModelConfig] = {
         "tiny-a14b", TINY_DIT, TINY_VAE, TINY_T5,
         SampleDefaults(steps=8, guidance=4.0, low_noise_guidance=3.0, size=(64, 64), num_frames=9),
         experts=_T2V_A14B_SPLIT,
+    ),
+    "i2v-A14B": ModelConfig("i2v-A14B", _I2V_A14B_DIT, sample=_I2V_A14B, experts=_I2V_A14B_SPLIT),
+    "tiny-i2v-a14b": ModelConfig(
+        "tiny-i2v-a14b", dataclasses.replace(TINY_DIT, model_type="i2v", in_dim=36, clip=False), TINY_VAE, TINY_T5,
+        SampleDefaults(steps=8, guidance=3.5, low_noise_guidance=2.5, size=(64, 64), num_frames=9),
+        experts=_I2V_A14B_SPLIT,
     ),
     "i2v-14B-480p": ModelConfig("i2v-14B-480p", _I2V_14B, sample=_I2V_480P, image_encoder=ImageEncoderConfig()),
     "i2v-14B-720p": ModelConfig("i2v-14B-720p", _I2V_14B, sample=_I2V_720P, image_encoder=ImageEncoderConfig()),

@@ -31,14 +31,16 @@ GuidedVelocity = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 @dataclass(frozen=True)
 class ImageInputs:
     """The i2v/flf2v conditioning of one request, the same for both CFG branches (as official):
-    clip_fea [B, T, image_dim] and y [B, C_y, F, H, W], concatenated to the latents on channels."""
+    clip_fea [B, T, image_dim] (None for a model without CLIP, Wan2.2 I2V-A14B) and
+    y [B, C_y, F, H, W], concatenated to the latents on channels."""
 
-    clip_fea: torch.Tensor
+    clip_fea: torch.Tensor | None
     y: torch.Tensor
 
     def doubled(self) -> "ImageInputs":
         """Both branches stacked (the batched CFG forward)."""
-        return ImageInputs(torch.cat([self.clip_fea, self.clip_fea]), torch.cat([self.y, self.y]))
+        clip = None if self.clip_fea is None else torch.cat([self.clip_fea, self.clip_fea])
+        return ImageInputs(clip, torch.cat([self.y, self.y]))
 
 
 def _guide(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float) -> torch.Tensor:

@@ -189,6 +189,8 @@ def dit_inputs(ctx: BenchContext, cfg: DiTConfig, batch: int) -> dict[str, torch
     if cfg.model_type == "t2v":
         return dict(x=x, t=t, context=context)
     y = torch.randn(batch, cfg.in_dim - noise_channels, lf, lh, lw, generator=gen, device=ctx.device)
+    if not cfg.uses_clip:  # Wan2.2 I2V-A14B: conditioned by y alone
+        return dict(x=x, t=t, context=context, y=y)
     rows = (2 if cfg.model_type == "flf2v" else 1) * cfg.image_tokens
     clip_fea = torch.randn(batch, rows, cfg.image_dim, generator=gen, device=ctx.device)
     return dict(x=x, t=t, context=context, clip_fea=clip_fea, y=y)

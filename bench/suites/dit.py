@@ -52,7 +52,7 @@ def diffusers_transformer(cfg, state_dict: dict, dtype: torch.dtype, device: tor
 
     from wan_engine.loading.dit_format import official_to_diffusers_dit
 
-    image = cfg.model_type != "t2v"
+    image = cfg.uses_clip
     model = diffusers.WanTransformer3DModel(
         patch_size=cfg.patch_size, num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
         in_channels=cfg.in_dim, out_channels=cfg.out_dim, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim,

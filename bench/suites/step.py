@@ -84,7 +84,8 @@ def run(ctx: BenchContext) -> SuiteResult:
     if "y" in inputs:  # i2v/flf2v: one request's conditioning, shared by both branches
         from wan_engine.runner import ImageInputs
 
-        image = ImageInputs(inputs["clip_fea"][:1], inputs["y"][:1])
+        clip = inputs.get("clip_fea")
+        image = ImageInputs(None if clip is None else clip[:1], inputs["y"][:1])
     guidance = ctx.model.sample.guidance
     lf, lh, lw = ctx.latent_grid
     shape = f"{ctx.size_label} {cfg.num_layers}L latent {lf}x{lh}x{lw} g={guidance}"

@@ -106,7 +106,7 @@ def peek_model(path_or_preset: str) -> tuple[DiTConfig, SampleDefaults]:
 def _fallback_preset(model_type: str, experts: bool = False) -> ModelConfig:
     """The published preset whose sampling defaults a custom model of `model_type` takes."""
     if experts:
-        return get_preset("t2v-A14B")
+        return get_preset("i2v-A14B" if model_type == "i2v" else "t2v-A14B")
     return get_preset({"t2v": "t2v-14B", "i2v": "i2v-14B-480p", "flf2v": "flf2v-14B"}[model_type])
 
 
@@ -239,7 +239,7 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         layout = detect_layout(path)
         dit_config = peek_dit_config(layout.root)
         image_encoder = None
-        if dit_config.model_type != "t2v":
+        if dit_config.uses_clip:
             image_encoder = load_image_encoder(layout.root, dtype=dtype, device=home.image_encoder)
             dit_config = image_conditioned(dit_config, image_encoder.cfg, layout.root)
         dit = load_dit(layout.root, dtype=dtype, device=home.dit, config=dit_config)
@@ -324,8 +324,8 @@ def image_conditioned(dit: DiTConfig, encoder: ImageEncoderConfig, root: Path) -
 
 
 def preset_image_encoder(config: ModelConfig, seed: int, dtype: torch.dtype, device: torch.device):
-    """The seeded random CLIP tower of an i2v/flf2v preset (None for t2v)."""
-    if config.dit.model_type == "t2v":
+    """The seeded random CLIP tower of an i2v/flf2v preset (None for t2v and models without CLIP)."""
+    if not config.dit.uses_clip:
         return None
     if config.image_encoder is None:
         raise ValueError(f"model {config.name!r}: an {config.dit.model_type} model needs image_encoder "

@@ -74,7 +74,7 @@ class WanExecutor(nn.Module, TokenIO):
         if not callable(self_attention):
             raise ValueError(f"self_attention must be callable like ops.attention, got {type(self_attention).__name__}")
         cfg = self.config
-        spec = BlockSpec(cfg.num_heads, cfg.head_dim, cfg.eps, self.compute_dtype, cfg.model_type != "t2v")
+        spec = BlockSpec(cfg.num_heads, cfg.head_dim, cfg.eps, self.compute_dtype, cfg.uses_clip)
         self.self_attention = self_attention
         # A degree-1 plan would only add no-op slicing; keep the single-process path exactly.
         self.shard_plan = shard_plan if shard_plan is not None and shard_plan.degree > 1 else None

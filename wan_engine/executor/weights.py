@@ -172,7 +172,7 @@ def _read_table(read: _Reader, table: dict, prefix: str = "") -> dict[str, torch
 
 
 def _tables(cfg: DiTConfig) -> tuple[dict, dict, dict]:
-    image = cfg.model_type != "t2v"
+    image = cfg.uses_clip
     return ({**GLOBAL_TABLE, **(IMAGE_TABLE if image else {})}, BLOCK_TABLE,
             {**CONTEXT_TABLE, **(CONTEXT_IMAGE_TABLE if image else {})})
 

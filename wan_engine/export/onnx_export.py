@@ -60,10 +60,18 @@ def token_range(shapes: ShapeRange, vae: VAEConfig, patch=(1, 2, 2)) -> tuple[in
 
 
 @torch.no_grad()
+def check_exportable(cfg) -> None:
+    """Refuse a DiT the export graphs cannot express, naming why."""
+    if cfg.model_type != "t2v" and not cfg.uses_clip:
+        raise ValueError("the DiT export takes CLIP features for i2v models; one without CLIP (Wan2.2) is not "
+                         "exportable yet")
+
+
 def export_dit(executor, vae_config: VAEConfig, out_dir: Path, shapes: ShapeRange, model_name: str,
                dtype: str, kinds: tuple[str, ...] = DIT_KINDS) -> Manifest:
     """The text K/V graph and one graph per step kind (`kinds`: `DIT_KINDS` by default)."""
     cfg = executor.config
+    check_exportable(cfg)
     lo, hi = token_range(shapes, vae_config, cfg.patch_size)
     batch = _dim("batch", shapes.batch[0], shapes.batch[1])
     tokens = _dim("tokens", max(lo, 2), max(hi, 2))
@@ -148,6 +156,10 @@ def export_onnx(pipe, component: str, out_dir: str | Path, shapes: ShapeRange | 
     from ..executor import WanExecutor
 
     shapes = ShapeRange() if shapes is None else shapes
+    if component == "dit" and getattr(pipe, "low_noise_dit", None) is not None:
+        raise ValueError("the DiT export holds one DiT; a two-expert model (Wan2.2 A14B) is not exportable yet")
+    if component == "dit":
+        check_exportable(pipe.config.dit)  # before the folder is made
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     if component == "dit":

@@ -138,12 +138,17 @@ def infer_dit_config(sd: Mapping, config_json: dict | None = None) -> DiTConfig:
     if head_out % math.prod(patch_size):
         raise ValueError(f"head.head.weight rows ({head_out}) not divisible by the patch volume {patch_size}")
     model_type = "flf2v" if "img_emb.emb_pos" in sd else "i2v" if "img_emb.proj.1.weight" in sd else "t2v"
+    out_dim = head_out // math.prod(patch_size)
+    # Conditioning channels without an image projection: Wan2.2's I2V-A14B (y alone, no CLIP).
+    latents_only_i2v = model_type == "t2v" and in_dim > out_dim
+    if latents_only_i2v:
+        model_type = "i2v"
     inferred = {
         "model_type": model_type,
         "patch_size": patch_size,
         "dim": dim,
         "in_dim": in_dim,
-        "out_dim": head_out // math.prod(patch_size),
+        "out_dim": out_dim,
         "text_dim": _shape(sd, "text_embedding.0.weight")[1],
         "freq_dim": _shape(sd, "time_embedding.0.weight")[1],
         "ffn_dim": _shape(sd, "blocks.0.ffn.0.weight")[0],
@@ -151,7 +156,9 @@ def infer_dit_config(sd: Mapping, config_json: dict | None = None) -> DiTConfig:
         "qk_norm": "blocks.0.self_attn.norm_q.weight" in sd,
         "cross_attn_norm": "blocks.0.norm3.weight" in sd,
     }
-    if model_type != "t2v":
+    if latents_only_i2v:
+        inferred["clip"] = False
+    elif model_type != "t2v":
         # The CLIP width from the projection's input LayerNorm; the rows per image from flf2v's
         # position table (an i2v checkpoint does not fix them: the official 257 of ViT-H/14).
         inferred["image_dim"] = _shape(sd, "img_emb.proj.0.weight")[0]

@@ -28,7 +28,10 @@ def describe_model(path: str | Path) -> str:
         boundary = layout.boundary if layout.boundary is not None else "the preset's (0.875 for T2V-A14B)"
         lines.append(f"{'experts':>13}: two experts (Wan2.2 A14B), each with the parameters above; the high-noise "
                      f"one runs the steps at or above boundary {boundary} x 1000")
-    if cfg.model_type != "t2v":
+    if cfg.model_type != "t2v" and not cfg.uses_clip:
+        lines.append(f"{'conditioning':>13}: the first frame (--image); {cfg.in_dim - cfg.out_dim} mask/latent "
+                     f"channels, no CLIP features (Wan2.2)")
+    elif cfg.model_type != "t2v":
         frames = "the first frame (--image)" if cfg.model_type == "i2v" else \
             "the first and last frames (--image, --last-image)"
         rows = (2 if cfg.model_type == "flf2v" else 1) * cfg.image_tokens

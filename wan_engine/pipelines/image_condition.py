@@ -226,17 +226,19 @@ def image_prompt(image, last_image, max_area: int, model_type: str,
 
 @torch.no_grad()
 def condition_inputs(prompt: ImagePrompt, num_frames: int, vae, image_encoder, device: torch.device,
-                     dtype: torch.dtype, encode=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clip_fea [1, T (flf2v 2T), D] in `dtype`, y [1, 4 + z_dim, f, lat_h, lat_w] fp32) on `device`.
+                     dtype: torch.dtype, encode=None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(clip_fea [1, T (flf2v 2T), D] in `dtype`, y [1, 4 + z_dim, f, lat_h, lat_w] fp32) on `device`;
+    clip_fea None without an image encoder (Wan2.2 I2V-A14B: conditioned by y alone).
 
     The VAE encode runs in fp32 as the official one does (`encode`: `vae.encode` unless an exported
     encoder stands in); the image encoder in its own dtype."""
     cfg = vae.config
     lat_h, lat_w = prompt.height // cfg.spatial_stride, prompt.width // cfg.spatial_stride
     images = [prompt.first] + ([prompt.last] if prompt.last is not None else [])
-    clip_fea = torch.cat([image_encoder.encode(image.pixels[None].to(device)) for image in images], dim=1)
+    clip_fea = None if image_encoder is None else torch.cat(
+        [image_encoder.encode(image.pixels[None].to(device)) for image in images], dim=1)
     video = conditioning_video(prompt.first, prompt.last, num_frames, prompt.width, prompt.height)
     latents = (vae.encode if encode is None else encode)(video.to(device=device, dtype=torch.float32))
     mask = frame_mask(num_frames, lat_h, lat_w, prompt.last is not None, cfg.temporal_stride).to(device)
     y = torch.cat([mask[None], latents.float()], dim=1)
-    return clip_fea.to(dtype), y
+    return None if clip_fea is None else clip_fea.to(dtype), y

@@ -122,10 +122,10 @@ class WanPipeline:
         self.text_encoder = text_encoder
         self.dit = dit
         self.vae = vae
-        if (config.dit.model_type != "t2v") != (image_encoder is not None):
-            raise ValueError(f"image_encoder: a {config.dit.model_type} model "
-                             f"{'needs one' if image_encoder is None else 'takes none'}")
-        self.image_encoder = image_encoder  # the CLIP visual tower of i2v/flf2v models (None for t2v)
+        if config.dit.uses_clip != (image_encoder is not None):
+            kind = config.dit.model_type + ("" if config.dit.clip else " model without CLIP (Wan2.2), a")
+            raise ValueError(f"image_encoder: a {kind} model {'needs one' if image_encoder is None else 'takes none'}")
+        self.image_encoder = image_encoder  # the CLIP tower of Wan2.1 i2v/flf2v models (else None)
         if (config.experts is None) != (low_noise_dit is None):
             raise ValueError(f"low_noise_dit: model {config.name!r} "
                              f"{'is a two-expert model and needs one' if low_noise_dit is None else 'has one DiT'}")
@@ -310,7 +310,7 @@ class WanPipeline:
         clip_fea, y = condition_inputs(req.image, req.num_frames, self.vae, self.image_encoder, self.device,
                                        self.dtype, encode=encode)
         if self.is_parallel:
-            clip_fea, y = (broadcast_from_rank0(t.contiguous(), self.mesh) for t in (clip_fea, y))
+            clip_fea, y = (None if t is None else broadcast_from_rank0(t.contiguous(), self.mesh) for t in (clip_fea, y))
         return ImageInputs(clip_fea, y)
 
     def initial_noise(self, req: Request) -> torch.Tensor:

@@ -247,7 +247,7 @@ class DiTBlock(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         self.eps = cfg.eps
-        image = cfg.model_type != "t2v"
+        image = cfg.uses_clip
         self.self_attn = SelfAttention(cfg.dim, cfg.num_heads, cfg.qk_norm, cfg.eps)
         self.norm3 = nn.LayerNorm(cfg.dim, eps=cfg.eps) if cfg.cross_attn_norm else None
         self.cross_attn = CrossAttention(cfg.dim, cfg.num_heads, cfg.qk_norm, cfg.eps, image, cfg.text_len)
@@ -287,9 +287,10 @@ def image_features(clip_fea: torch.Tensor | None, cfg: DiTConfig, batch: int) ->
     """clip_fea as [B, T, image_dim] (T = image_tokens; flf2v 2 x image_tokens, the first frame's
     rows then the last's), or a clear error; None for t2v. flf2v also takes the official
     [2B, image_tokens, image_dim] pairs (first, last frame of each sample)."""
-    if cfg.model_type == "t2v":
+    if not cfg.uses_clip:
         if clip_fea is not None:
-            raise ValueError("clip_fea is only accepted by i2v/flf2v models; this model_type is 't2v'")
+            kind = "an i2v model without CLIP (Wan2.2)" if cfg.model_type != "t2v" else "model_type 't2v'"
+            raise ValueError(f"clip_fea is only accepted by i2v/flf2v models with CLIP; this is {kind}")
         return None
     tokens = (2 if cfg.model_type == "flf2v" else 1) * cfg.image_tokens
     dim = cfg.image_dim
@@ -346,7 +347,7 @@ class WanDiT(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.num_layers))
         self.head = DiTHead(cfg)
-        if cfg.model_type != "t2v":
+        if cfg.uses_clip:
             self.img_emb = ImageEmbedding(cfg)
         self._rope_tables: dict[tuple, torch.Tensor] = {}
 
