@@ -211,7 +211,8 @@ def test_half_a_pair_and_mismatched_experts_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("options, match", [
-    (dict(cache=CacheConfig.parse("fbcache:0.05")), "cache: step caching"),
+    (dict(cache=CacheConfig.parse("teacache:0.2")), "cache: teacache schedules come from one DiT's calibration"),
+    (dict(cache=CacheConfig.parse("magcache:0.1")), "cache: magcache schedules come from one DiT's calibration"),
     (dict(engine="onnx:/nonexistent"), "an exported engine holds one DiT"),
 ])
 def test_one_dit_options_are_refused_before_the_load(options, match):
@@ -275,8 +276,8 @@ def test_expert_loras_are_checked_before_either_expert_changes(tmp_path, executo
     with pytest.raises(CheckpointError, match="LoRA file not found"):
         wan_engine.WanPipeline.from_pretrained("tiny-a14b", device="cpu", loras={"low_noise": ["/no/such.safetensors"]})
     executor.set_loras(None)
-    with pytest.raises(ValueError, match="cache: step caching"):
-        executor.generate("p", cache=CacheConfig.parse("fbcache:0.05"), **KW)
+    with pytest.raises(ValueError, match="use fbcache"):
+        executor.generate("p", cache=CacheConfig.parse("teacache:0.2"), **KW)
 
 
 def test_cli_expert_loras(tmp_path, capsys):
@@ -539,3 +540,22 @@ def test_cli_i2v_a14b(tmp_path, capsys):
     assert main(["generate", "--model", str(root), "--prompt", "a cat", "--image", str(png), "--output", str(video),
                  "--size", "32x32", "--frames", "5", "--steps", "2", "--seed", "1"]) == 0
     assert video.is_file()
+
+
+def test_fbcache_keeps_each_experts_residuals_apart(executor):
+    """FBCache on two experts: threshold 0 is the uncached run bit for bit; with a threshold that
+    reuses every step it can, each expert still computes its own first step (the low-noise expert
+    never adds the high-noise one's residual)."""
+    base = executor.run("a boat", **KW)
+    lossless = executor.run("a boat", cache=CacheConfig.parse("fbcache:0"), **KW)
+    assert np.array_equal(lossless.frames, base.frames) and all(all(b) for b in lossless.cache.computed)
+    timesteps = make_solver("unipc", KW["steps"], executor.config.sample.shift).timesteps
+    switch = executor.config.experts.first_low_noise_step(timesteps)
+    assert 0 < switch < KW["steps"]
+    greedy = executor.run("a boat", cache=CacheConfig.parse("fbcache:100"), **KW)
+    want = tuple(i in (0, switch) for i in range(KW["steps"]))
+    assert greedy.cache.computed == (want, want)
+    from wan_engine.pipelines.calibrate import calibrate_pipeline
+
+    with pytest.raises(ValueError, match="would need one per expert"):
+        calibrate_pipeline(executor)

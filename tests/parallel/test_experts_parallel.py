@@ -16,22 +16,28 @@ import pytest
 import torch
 
 from sp_harness import run_ranks_ok
+from wan_engine.cache import CacheConfig
 from wan_engine.parallel import ParallelConfig, ParallelMesh
 from wan_engine.pipelines.t2v import WanPipeline
 
 MODEL = "tiny-a14b"
+FBCACHE = "fbcache:0.5"  # reuses some steps of each expert on these weights
 REQUEST = dict(size=(48, 48), num_frames=9, steps=6, seed=3)  # 27 tokens: Ulysses 2 pads and masks
 
 
-def _latents(pipe: WanPipeline) -> torch.Tensor:
+def _latents(pipe: WanPipeline, cache: str | None = None):
+    """The final latents of the request (with `cache`: and the cache's decisions)."""
     image = None
     if pipe.config.dit.model_type == "i2v":  # Wan2.2 I2V-A14B: no CLIP, the image latents only
         image = (np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8)
-    req = pipe.make_request("a red kite above a grey sea", image=image, **REQUEST)
+    req = pipe.make_request("a red kite above a grey sea", image=image, **REQUEST,
+                            cache=None if cache is None else CacheConfig.parse(cache))
     with torch.inference_mode():
         context, context_null = pipe.encode_prompts(req.prompt, req.negative_prompt)
         condition = None if image is None else pipe.encode_image(req)
-        return pipe.denoise(req, context, context_null, image=condition)
+        step_cache = pipe.make_step_cache(req, None)
+        latents = pipe.denoise(req, context, context_null, step_cache=step_cache, image=condition)
+    return latents if cache is None else (latents, step_cache.decisions)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -54,6 +60,9 @@ def experts_worker(rank: int, world_size: int) -> dict:
     cfg = ParallelConfig(cfg=2)
     branches = WanPipeline.from_pretrained(MODEL, parallel=cfg, mesh=ParallelMesh.build(cfg))
     out["cfg_equal"] = bool(torch.equal(_latents(branches), separate))
+    (cached, decided), (alone, decided_alone) = _latents(whole, FBCACHE), _latents(
+        WanPipeline.from_pretrained(MODEL), FBCACHE)
+    out["fbcache_rel"], out["fbcache_decisions"] = _rel(cached, alone), (decided, decided_alone)
     i2v = WanPipeline.from_pretrained("tiny-i2v-a14b", parallel=ulysses, mesh=mesh)
     out["i2v_rel"] = _rel(_latents(i2v), _latents(WanPipeline.from_pretrained("tiny-i2v-a14b")))
     return out
@@ -82,6 +91,15 @@ def test_ulysses_runs_the_i2v_experts(results):
     for r in results:
         print(f"i2v-a14b: ulysses 2 vs one process, rel L2 {r['i2v_rel']:.2e}")
         assert r["i2v_rel"] <= 1e-5, r
+
+
+def test_fbcache_decides_alike_under_ulysses(results):
+    """FBCache over both experts on 2 ranks: the decisions of one process (reduced over the group,
+    each expert's residuals kept apart) and its latents within the Ulysses bound."""
+    for r in results:
+        decided, alone = r["fbcache_decisions"]
+        assert decided == alone and any(not d for branch in decided for d in branch), r
+        assert r["fbcache_rel"] <= 1e-5, r
 
 
 def test_cfg_parallel_equals_the_separate_branches(results):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..cache import check_cache_for_experts
 from ..configs import PRESETS, DiTConfig, ExpertSplit, ModelConfig, get_preset
 from ..loading.checkpoint import load_into
 from ..loading.errors import CheckpointError
@@ -36,9 +37,7 @@ def check_expert_options(path_or_preset, *, cache, exported) -> None:
     """Refuse, before any load, the options that hold for one DiT only."""
     if not has_experts(path_or_preset):
         return
-    if cache is not None:
-        raise ValueError("cache: step caching keeps one DiT's residuals between steps, and a two-expert model "
-                         "(Wan2.2 A14B) switches DiTs mid-run; not supported yet, drop --cache")
+    check_cache_for_experts(cache)
     if exported is not None:
         raise ValueError("engine: an exported engine holds one DiT, and a two-expert model (Wan2.2 A14B) needs two; "
                          "use engine='executor'")
@@ -70,3 +69,4 @@ def expert_split(layout: ModelLayout, preset: ModelConfig | None) -> ExpertSplit
     if preset is not None and preset.experts is not None:
         return preset.experts
     return get_preset("t2v-A14B").experts
+

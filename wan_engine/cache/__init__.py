@@ -6,8 +6,11 @@ the executor only exposes its forward in stages. Every policy is lossy and off b
 """
 from .calibration import Calibration, published, resolve_calibration
 from .config import POLICIES, CacheConfig
-from .plan import CacheReport, build_step_cache, cache_report, check_cache_runs_on, timestep_signal
+from .plan import (
+    CacheReport, build_step_cache, cache_report, check_cache_for_experts, check_cache_runs_on, timestep_signal,
+)
 from .step_cache import StepCache
 
 __all__ = ["POLICIES", "CacheConfig", "CacheReport", "Calibration", "StepCache", "build_step_cache",
-           "cache_report", "check_cache_runs_on", "published", "resolve_calibration", "timestep_signal"]
+           "cache_report", "check_cache_for_experts", "check_cache_runs_on", "published", "resolve_calibration",
+           "timestep_signal"]

@@ -31,6 +31,15 @@ def check_cache_runs_on(config: CacheConfig, dit) -> None:
                          "them; export it again (or use teacache or magcache)")
 
 
+def check_cache_for_experts(cache: CacheConfig | None) -> None:
+    """A two-expert model caches with FBCache only: TeaCache and MagCache schedules come from one
+    DiT's calibration, and there is none per expert yet. (The cache keeps each DiT's residuals
+    apart, so the low-noise expert computes its first step.)"""
+    if cache is not None and cache.policy != "fbcache":
+        raise ValueError(f"cache: {cache.policy} schedules come from one DiT's calibration, and a two-expert model "
+                         f"(Wan2.2 A14B) has none per expert yet; use fbcache (its decisions need no calibration)")
+
+
 def build_step_cache(config: CacheConfig, calibration: Calibration | None, dit, timesteps: torch.Tensor,
                      sp_group=None, graphs=None) -> StepCache:
     """The request's cache: TeaCache and MagCache get their whole schedule here, before step 0."""

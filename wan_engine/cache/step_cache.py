@@ -45,8 +45,10 @@ class StepCache:
         self.graphs = graphs if graphs is not None and graphs.active and not record else None
         # decisions[branch][step]: True computed, False reused, None not run on this rank.
         self.decisions: list[list[bool | None]] = [[None] * steps for _ in range(BRANCHES)]
-        self._residual: dict[int, torch.Tensor] = {}
-        self._first: dict[int, torch.Tensor] = {}  # FBCache: first block's residual at the last computed step
+        # Keyed by (DiT, branch): a residual belongs to the DiT that computed it, so a two-expert
+        # model's low-noise expert computes its first step and never reuses the high-noise one's.
+        self._residual: dict[tuple[int, int], torch.Tensor] = {}
+        self._first: dict[tuple[int, int], torch.Tensor] = {}  # FBCache: block 0's residual at the last computed step
         self.signals: dict[int, dict[str, list[float]]] = {b: {"residual_ratio": [], "output_rel_l1": []}
                                                           for b in range(BRANCHES)}
         self._last_output: dict[int, torch.Tensor] = {}
@@ -92,11 +94,11 @@ class StepCache:
                                      *lead, sub_t, rope.cos, rope.sin, *kv)
                 for k, j in enumerate(group):
                     if self.record:
-                        self._record_residual(branches[j], residual[k * rows:(k + 1) * rows])
-                    self._residual[branches[j]] = residual[k * rows:(k + 1) * rows]
+                        self._record_residual(dit, branches[j], residual[k * rows:(k + 1) * rows])
+                    self._residual[(id(dit), branches[j])] = residual[k * rows:(k + 1) * rows]
             else:
                 lead = tuple(tensor[part] for tensor in reuse_lead)
-                stored = torch.cat([self._stored(branches[j], step) for j in group])
+                stored = torch.cat([self._stored(dit, branches[j], step) for j in group])
                 out = call(fns.key(reuse[0], lead[0], sub_text), reuse[1], *lead, sub_t, rope.cos, rope.sin,
                            stored, *kv)
             outs.append(out)
@@ -124,7 +126,7 @@ class StepCache:
         decisions = []
         for j, branch in enumerate(branches):
             current = first[j * rows:(j + 1) * rows][:, valid]
-            previous = self._first.get(branch)
+            previous = self._first.get((id(dit), branch))
             if previous is None:
                 compute = True
             else:
@@ -134,21 +136,21 @@ class StepCache:
                 change = float(sums[0] / sums[1]) if float(sums[1]) > 0 else float("inf")
                 compute = not first_block_reuses(change, self.threshold)
             if compute:
-                self._first[branch] = current
+                self._first[(id(dit), branch)] = current
             decisions.append(compute)
         return decisions
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _stored(self, branch: int, step: int) -> torch.Tensor:
-        residual = self._residual.get(branch)
+    def _stored(self, dit, branch: int, step: int) -> torch.Tensor:
+        residual = self._residual.get((id(dit), branch))
         if residual is None:
             raise ValueError(f"step {step} of branch {branch} reuses the cache, but no earlier step computed it "
                              f"(a schedule must compute each branch's first step)")
         return residual
 
-    def _record_residual(self, branch: int, residual: torch.Tensor) -> None:
-        previous = self._residual.get(branch)
+    def _record_residual(self, dit, branch: int, residual: torch.Tensor) -> None:
+        previous = self._residual.get((id(dit), branch))
         if previous is not None:  # MagCache's signal: mean over tokens of |r_t| / |r_t-1|
             ratio = (residual.norm(dim=-1) / previous.norm(dim=-1)).mean()
             self.signals[branch]["residual_ratio"].append(float(ratio))

@@ -33,6 +33,9 @@ def calibrate_pipeline(pipe: WanPipeline, prompts: Sequence[str] | None = None, 
         raise ValueError("calibration records the executor's block stack: build the pipeline with engine='executor'")
     if pipe.is_parallel:
         raise ValueError("calibrate in one process: the recorded norms are per token over the whole sequence")
+    if pipe.low_noise_dit is not None:
+        raise ValueError("calibration fits one DiT's signals; a two-expert model (Wan2.2 A14B) would need one per "
+                         "expert, which is not supported yet (FBCache needs no calibration)")
     if policies not in ("teacache", "magcache", "all"):
         raise ValueError(f"policies must be teacache, magcache or all; got {policies!r}")
     prompts = list(DEFAULT_PROMPTS if prompts is None else prompts)

@@ -30,7 +30,8 @@ import torch
 from .. import validation
 from ..configs import ModelConfig
 from ..cache import (
-    CacheConfig, CacheReport, Calibration, StepCache, build_step_cache, cache_report, check_cache_runs_on,
+    CacheConfig, CacheReport, Calibration, StepCache, build_step_cache, cache_report, check_cache_for_experts,
+    check_cache_runs_on,
     resolve_calibration,
 )
 from ..device import synchronize
@@ -412,9 +413,8 @@ class WanPipeline:
         return default if guidance is None else validation.check_guidance(guidance)
 
     def _calibration(self, cache: CacheConfig | None) -> Calibration | None:
-        if cache is not None and self.low_noise_dit is not None:
-            raise ValueError("cache: step caching keeps one DiT's residuals between steps, and a two-expert model "
-                             "(Wan2.2 A14B) switches DiTs mid-run; not supported yet")
+        if self.low_noise_dit is not None:
+            check_cache_for_experts(cache)
         if cache is not None:
             check_cache_runs_on(cache, self.dit)  # before any compute
         if cache is None or not cache.needs_calibration:
