@@ -400,6 +400,9 @@ def test_distill_4step_a14b_switches_experts_where_lightx2v_does(reference):
     from wan_engine.sampling import make_sampling_solver
 
     solver = make_sampling_solver(req.solver, req.steps, req.shift, req.seed)
+    # LightX2V's I2V-A14B setting (configs/wan22/wan_moe_i2v_distill.json) has the same timesteps and
+    # boundary_step_index 2, which is where I2V's boundary 0.900 falls too.
+    assert get_preset("i2v-A14B").experts.first_low_noise_step(solver.timesteps) == 2
     x = pipe.initial_noise(req)
     with torch.inference_mode():
         for i, t in enumerate(solver.timesteps):
