@@ -80,7 +80,8 @@ def timed_runs(ctx: BenchContext, generate, repeats: int, warmup: int):
 
 
 def diffusers_generate(pipe, ctx: BenchContext, steps: int):
-    """diffusers' WanPipeline over `pipe`'s DiT and VAE weights -> () -> uint8 frames [F, H, W, 3]."""
+    """diffusers' WanPipeline over `pipe`'s DiT and VAE weights -> () -> uint8 frames [F, H, W, 3]; a
+    two-expert model's low-noise DiT as its `transformer_2`, with `boundary_ratio` and `guidance_scale_2`."""
     from diffusers import UniPCMultistepScheduler
     from diffusers import WanPipeline as DiffusersWanPipeline
 
@@ -93,6 +94,10 @@ def diffusers_generate(pipe, ctx: BenchContext, steps: int):
     req = pipe.make_request(PROMPT, size=(ctx.width, ctx.height), num_frames=ctx.frames, steps=steps,
                             seed=ctx.seed)
     transformer = diffusers_transformer(cfg.dit, pipe.dit.state_dict(), pipe.dtype, pipe.device)
+    experts = {}
+    if pipe.low_noise_dit is not None:
+        experts = dict(transformer_2=diffusers_transformer(cfg.dit, pipe.low_noise_dit.state_dict(), pipe.dtype,
+                                                           pipe.device), boundary_ratio=cfg.experts.boundary)
     vae = diffusers_vae(cfg.vae, pipe.vae.state_dict(), pipe.device)
     class OfficialGridUniPC(UniPCMultistepScheduler):
         # WanPipeline calls set_timesteps(N) itself; supply the official base grid (diffusers shifts it).
@@ -104,7 +109,8 @@ def diffusers_generate(pipe, ctx: BenchContext, steps: int):
     scheduler = OfficialGridUniPC(prediction_type="flow_prediction", use_flow_sigmas=True,
                                   num_train_timesteps=1000, flow_shift=req.shift)
     peer = DiffusersWanPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler,
-                                transformer=transformer)
+                                transformer=transformer, **experts)
+    guidance_2 = {} if pipe.low_noise_dit is None else dict(guidance_scale_2=req.low_noise_guidance)
     peer.set_progress_bar_config(disable=True)
     with torch.inference_mode():
         context, context_null = pipe.encode_prompts(req.prompt, req.negative_prompt)
@@ -113,7 +119,7 @@ def diffusers_generate(pipe, ctx: BenchContext, steps: int):
     def generate():
         video = peer(prompt_embeds=context, negative_prompt_embeds=context_null, height=req.height,
                      width=req.width, num_frames=req.num_frames, num_inference_steps=steps,
-                     guidance_scale=req.guidance, latents=noise, output_type="np").frames[0]
+                     guidance_scale=req.guidance, latents=noise, output_type="np", **guidance_2).frames[0]
         return (np.asarray(video) * 255).astype(np.uint8)  # truncation, as frames_to_uint8 does
 
     return generate
