@@ -126,6 +126,10 @@ def run(ctx: BenchContext) -> SuiteResult:
                 ctx, SUITE, case, impl, summarize([seconds], 0), shape=shape, dtype=dtype_name(dtype), cost=cost,
                 peak_mem_mib=added, weights_mib=weights_mib, attention=attention,
                 note=f"weights {weights_mib:.1f} MiB; peak: {method}"))
+            if case == "dit forward" and ctx.model.experts is not None and impl == "executor":
+                result.notes.append(f"memory: {ctx.preset} has two experts of this DiT: {2 * weights_mib:.1f} MiB of "
+                                    f"DiT weights resident by default, one expert's ({weights_mib:.1f} MiB) with "
+                                    f"--offload; the forward's peak is one expert's either way")
             module = call = None  # free this stage's model before the next is built
             release_memory(ctx.device)
     return result
