@@ -31,8 +31,7 @@ from .. import validation
 from ..configs import ModelConfig
 from ..cache import (
     CacheConfig, CacheReport, Calibration, StepCache, build_step_cache, cache_report, check_cache_for_experts,
-    check_cache_runs_on,
-    resolve_calibration,
+    check_cache_runs_on, resolve_calibration,
 )
 from ..device import synchronize
 from ..graphs import GraphReplayer
@@ -124,8 +123,9 @@ class WanPipeline:
         self.dit = dit
         self.vae = vae
         if config.dit.uses_clip != (image_encoder is not None):
-            kind = config.dit.model_type + ("" if config.dit.clip else " model without CLIP (Wan2.2), a")
-            raise ValueError(f"image_encoder: a {kind} model {'needs one' if image_encoder is None else 'takes none'}")
+            what = (f"a {config.dit.model_type} model" if config.dit.clip
+                    else "an i2v model without CLIP (Wan2.2 I2V-A14B)")
+            raise ValueError(f"image_encoder: {what} {'needs one' if image_encoder is None else 'takes none'}")
         self.image_encoder = image_encoder  # the CLIP tower of Wan2.1 i2v/flf2v models (else None)
         if (config.experts is None) != (low_noise_dit is None):
             raise ValueError(f"low_noise_dit: model {config.name!r} "
