@@ -32,7 +32,7 @@ from ..loading.errors import CheckpointError
 from ..loading.layout import DIT_STEM, detect_layout
 from ..loading.random_init import random_state_dict
 from ..loading.t5_format import infer_t5_config
-from ..lora import ExpertLoraMergers, LoraMerger, LoraSpec, parse_expert_loras, parse_loras
+from ..lora import ExpertLoraMergers, LoraMerger, parse_expert_loras, parse_loras
 from ..parallel.apply import apply_parallel
 from ..parallel.weight_shard import shard_block_weights
 from ..parallel.config import ParallelConfig
