@@ -562,3 +562,17 @@ def test_fbcache_keeps_each_experts_residuals_apart(executor):
 
     with pytest.raises(ValueError, match="would need one per expert"):
         calibrate_pipeline(executor)
+
+
+def test_cli_export_refuses_two_experts_and_no_clip_dits_before_the_load(tmp_path, capsys, monkeypatch):
+    from wan_engine.cli import main
+    from wan_engine.pipelines.t2v import WanPipeline
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the refusal")
+
+    monkeypatch.setattr(WanPipeline, "from_pretrained", no_load)
+    for model, message in (("tiny-a14b", "a two-expert model (Wan2.2 A14B) is not exportable yet"),
+                           ("tiny-i2v-a14b", "a two-expert model")):
+        assert main(["export", "--model", model, "--component", "dit", "--out", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -378,6 +378,15 @@ def cmd_export(args) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--out {out} is not empty: give a new directory (an export is never written over another)")
+    if args.component == "dit":  # refused from the headers, before the (possibly long) load
+        from .assembly.experts import has_experts
+        from .assembly.pipeline import peek_dit_config
+        from .export.onnx_export import check_exportable
+
+        if has_experts(args.model):
+            raise ValueError(f"--model {args.model}: a two-expert model (Wan2.2 A14B) is not exportable yet "
+                             f"(the DiT export holds one DiT)")
+        check_exportable(peek_dit_config(args.model))
     pipe = WanPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype, cuda_graphs=False)
     start = time.perf_counter()
     onnx_dir = out if args.format == "onnx" else out / "onnx"
