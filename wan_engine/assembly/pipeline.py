@@ -29,7 +29,7 @@ from ..executor.fp8 import check_fp8_support
 from ..loading.checkpoint import load_into, read_safetensors_shapes
 from ..loading.dit_format import infer_dit_config
 from ..loading.errors import CheckpointError
-from ..loading.layout import DIT_STEM, detect_layout
+from ..loading.layout import DIT_STEM, ORIGINAL_VAE, WAN22_VAE, detect_layout
 from ..loading.random_init import random_state_dict
 from ..loading.t5_format import infer_t5_config
 from ..lora import ExpertLoraMergers, LoraMerger, parse_expert_loras, parse_loras
@@ -253,6 +253,10 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
             sample=(preset or _fallback_preset(dit.config.model_type, layout.has_experts)).sample,
             experts=expert_split(layout, preset) if layout.has_experts else None,
         )
+        if layout.vae is None and (path / WAN22_VAE).is_file():
+            raise CheckpointError(f"{path}: {WAN22_VAE} is the Wan2.2 VAE of TI2V-5B (48 latent channels, 16x "
+                                  f"spatial compression), which this engine does not support yet; the A14B models "
+                                  f"use {ORIGINAL_VAE}")
         if layout.vae is None:
             raise CheckpointError(f"{path}: no VAE in this {layout.kind} directory")
         vae = load_vae(layout.vae, device=device)

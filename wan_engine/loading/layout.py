@@ -24,6 +24,7 @@ from .errors import CheckpointError
 
 DIT_STEM = "diffusion_pytorch_model"
 ORIGINAL_VAE = "Wan2.1_VAE.pth"
+WAN22_VAE = "Wan2.2_VAE.pth"  # TI2V-5B's VAE (not supported; named so that a refusal can say so)
 ORIGINAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
 ORIGINAL_TOKENIZER = Path("google") / "umt5-xxl"
 ORIGINAL_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"

@@ -223,6 +223,10 @@ def infer_vae_config(
             raise KeyError(f"not a Wan2.1 VAE state dict: missing {required!r}")
     base_dim = sd["encoder.conv1.weight"].shape[0]
     z_dim = sd["conv2.weight"].shape[0]
+    if sd["encoder.conv1.weight"].shape[1] != 3:  # Wan2.2's VAE patchifies 2x2 pixels: 12 input channels
+        raise KeyError(f"not a Wan2.1 VAE: its first convolution takes {sd['encoder.conv1.weight'].shape[1]} "
+                       f"channels (the Wan2.2 VAE of TI2V-5B takes 12, with {z_dim} latent channels), "
+                       f"which this engine does not support yet")
 
     # Split the encoder's flat list into stages at its Resample entries.
     stages: list[dict] = [{"res": [], "attn": False}]
