@@ -272,6 +272,7 @@ PRESETS: dict[str, ModelConfig] = {
         experts=_T2V_A14B_SPLIT,
     ),
     "i2v-A14B": ModelConfig("i2v-A14B", _I2V_A14B_DIT, sample=_I2V_A14B, experts=_I2V_A14B_SPLIT),
+    # Its low-noise guidance (2.5, not I2V-A14B's 3.5) lets tests tell the two experts' guidances apart.
     "tiny-i2v-a14b": ModelConfig(
         "tiny-i2v-a14b", dataclasses.replace(TINY_DIT, model_type="i2v", in_dim=36, clip=False), TINY_VAE, TINY_T5,
         SampleDefaults(steps=8, guidance=3.5, low_noise_guidance=2.5, size=(64, 64), num_frames=9),
