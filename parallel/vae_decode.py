@@ -41,6 +41,9 @@ def parallel_vae_decode(
     spatial strides) on every rank with output="all", or on group rank 0 only (None elsewhere)
     with output="rank0". group=None decodes on this process alone.
     """
+    if vae.config.residual:
+        raise ValueError("the row-parallel decode does not cut the Wan2.2 VAE's stage shortcuts yet; decode it on "
+                         "one process, or tiled (parallel_tiled_decode)")
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     z_dim = vae.config.z_dim

@@ -29,6 +29,9 @@ def parallel_vae_encode(vae: WanVAE, video: torch.Tensor, group: dist.ProcessGro
     row). Returns the normalized latents `[B, z_dim, n+1, H/stride, W/stride]` on every rank.
     group=None encodes on this process alone.
     """
+    if vae.config.residual:
+        raise ValueError("the row-parallel encode does not cut the Wan2.2 VAE's stage shortcuts yet; encode it on "
+                         "one process")
     vae._check_video(video)
     stride = vae.config.spatial_stride
     rows, world = video.shape[3] // stride, group_size(group)

@@ -56,7 +56,7 @@ def write_original(root: Path, config: ModelConfig, seed: int = 0, shards: int =
     dit_sd, vae_sd, text = random_weights(config, seed)
     _save_shards(dit_sd, root, "diffusion_pytorch_model", shards)
     (root / "config.json").write_text(json.dumps(official_dit_config_json(config)))
-    torch.save(vae_sd, root / "Wan2.1_VAE.pth")
+    torch.save(vae_sd, root / ("Wan2.2_VAE.pth" if config.vae.residual else "Wan2.1_VAE.pth"))
     wan_t5 = hf_to_wan_t5(text.model.state_dict())
     torch.save({k: v.clone() for k, v in wan_t5.items()}, root / "models_t5_umt5-xxl-enc-bf16.pth")
     text.tokenizer.hf.save_pretrained(root / "google" / "umt5-xxl")

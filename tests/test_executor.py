@@ -280,8 +280,11 @@ def test_bad_inputs_are_refused():
     ex = build_executor(ref, EngineConfig(ops="torch"))
     args = inputs(SMALL, 2, (2, 2, 4), text_tokens=4)
     text = ex.prepare_text(args["context"])
-    with pytest.raises(ValueError, match=r"t must have shape \[B\] = \[2\]"):
+    with pytest.raises(ValueError, match=r"t must have shape \[B\] or \[B, 2\] \(latent frame 0, the rest\) "
+                                         r"with B = 2; got \(1,\)"):
         ex.predict(args["x"], args["t"][:1], text)
+    with pytest.raises(ValueError, match=r"t must have shape .* got \(2, 3\)"):
+        ex.predict(args["x"], args["t"][:, None].expand(2, 3), text)
     with pytest.raises(ValueError, match="text K/V were prepared for batch 2, latents have batch 1"):
         ex.predict(args["x"][:1], args["t"][:1], text)
     with pytest.raises(ValueError, match="must be divisible by patch size 2"):

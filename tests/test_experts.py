@@ -456,19 +456,3 @@ def test_cli_export_refuses_two_experts_and_no_clip_dits_before_the_load(tmp_pat
                            ("tiny-i2v-a14b", "a two-expert model")):
         assert main(["export", "--model", model, "--component", "dit", "--out", str(tmp_path / "x")]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "x").exists()
-
-
-def test_wan22_ti2v_5b_vae_is_refused_by_name(tmp_path):
-    """TI2V-5B's Wan2.2 VAE (2x2-patchified 12-channel input, 48 latent channels) is not supported:
-    its file, and a state dict of its shape, are refused naming it."""
-    from wan_engine.loading.state_dicts import vae_config_of
-
-    root = write_original(tmp_path / "m", get_preset("tiny"))
-    (root / "Wan2.1_VAE.pth").rename(root / "Wan2.2_VAE.pth")
-    with pytest.raises(CheckpointError, match="Wan2.2_VAE.pth is the Wan2.2 VAE of TI2V-5B"):
-        wan_engine.WanPipeline.from_pretrained(str(root), device="cpu")
-    sd = {"encoder.conv1.weight": torch.empty(8, 12, 3, 3, 3, device="meta"),
-          "conv2.weight": torch.empty(48, 48, 1, 1, 1, device="meta"),
-          "decoder.conv1.weight": torch.empty(8, 48, 3, 3, 3, device="meta")}
-    with pytest.raises(CheckpointError, match="the Wan2.2 VAE of TI2V-5B takes 12, with 48 latent channels"):
-        vae_config_of(sd, "vae.pth")

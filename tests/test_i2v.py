@@ -16,9 +16,8 @@ import torch
 
 from gpu_image import without_prompt_cleaning
 from wan_engine.cache import CacheConfig
-from wan_engine.pipelines.image_condition import (
-    ConditionImage, crop_to_aspect, frame_mask, image_prompt, output_size, read_image,
-)
+from wan_engine.pipelines.image_condition import ConditionImage, crop_to_aspect, frame_mask, output_size, read_image
+from wan_engine.pipelines.image_prompt import image_prompt
 from wan_engine.pipelines.t2v import WanPipeline
 
 RTOL = 1e-5

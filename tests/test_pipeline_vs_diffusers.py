@@ -17,6 +17,8 @@ where the benchmark's ~31 dB against diffusers comes from.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -276,3 +278,80 @@ def test_two_expert_generation_matches_diffusers_wan22_pipeline(engine):
     latent_err = rel_l2(latents, final["latents"])
     assert latent_err <= LATENT_RTOL, f"two-expert latents differ from diffusers by {latent_err:.2e} rel-L2"
     print(f"{engine}: two-expert latents vs diffusers {latent_err:.2e} rel-L2")
+
+
+def wan22_peer(pipeline_cls, ref, shift: float):
+    """A diffusers Wan2.2 TI2V pipeline (`expand_timesteps=True`) holding `ref`'s weights."""
+    cfg = ref.config
+    peer = pipeline_cls(tokenizer=ref.text_encoder.tokenizer.hf, text_encoder=ref.text_encoder.model,
+                        vae=diffusers_vae(cfg.vae, ref.vae.state_dict(), ref.device),
+                        scheduler=flow_unipc(OfficialGridUniPC, shift),
+                        transformer=diffusers_transformer(cfg.dit, ref.dit.state_dict(), torch.float32, ref.device),
+                        expand_timesteps=True)
+    peer.set_progress_bar_config(disable=True)
+    return peer
+
+
+@pytest.mark.parametrize("engine", ["reference", "executor"])
+def test_ti2v_text_to_video_matches_diffusers_wan22_pipeline(engine):
+    """Wan2.2 TI2V-5B's text-to-video (`tiny-ti2v`: the tiny DiT on the Wan2.2 VAE's 48 channels)
+    against diffusers' `WanPipeline(expand_timesteps=True)`, which hands the DiT one timestep per
+    token (all equal without an image, as the official `t2v` of textimage2video.py): the same
+    function as our per-sample timestep, so the same tolerances hold. The decode compares the
+    Wan2.2 VAE paths on the same latents."""
+    pipe = wan_engine.WanPipeline.from_pretrained("tiny-ti2v", device="cpu", engine=engine)
+    ref = pipe if engine == "reference" else wan_engine.WanPipeline.from_pretrained("tiny-ti2v", device="cpu",
+                                                                                   engine="reference")
+    req = pipe.make_request("a corgi surfing a wave at sunset", seed=41, size=(96, 64), num_frames=9, steps=6)
+    context, context_null, noise, latents, video = our_latents_and_video(pipe, req)
+    assert noise.shape == (1, 48, 3, 4, 6)
+    peer = wan22_peer(DiffusersWanPipeline, ref, req.shift)
+    peer_latents, _ = run_diffusers(peer, req, context, context_null, noise)
+    latent_err = rel_l2(latents, peer_latents)
+    print(f"{engine}: TI2V text-to-video latents vs diffusers {latent_err:.2e} rel-L2")
+    assert latent_err <= LATENT_RTOL, f"TI2V latents differ from diffusers by {latent_err:.2e} rel-L2"
+    with torch.inference_mode():
+        peer_video = diffusers_decode(peer, latents)
+    assert video.shape == peer_video.shape == (1, 3, 9, 64, 96)
+    assert rel_l2(video, peer_video) <= VIDEO_RTOL
+
+
+@pytest.mark.parametrize("engine", ["reference", "executor"])
+def test_ti2v_image_to_video_matches_diffusers_wan22_pipeline(engine):
+    """TI2V-5B's image-to-video against diffusers' `WanImageToVideoPipeline(expand_timesteps=True)`:
+    the first frame's VAE latents stand in for latent frame 0, whose tokens run at timestep 0
+    (one timestep per token in diffusers, our two-timestep form here). diffusers steps its solver
+    on the unreplaced latents and replaces frame 0 in the model input and at the end; the official
+    replaces it after every step: frames 1.. are the same either way (the solver is elementwise),
+    and frame 0 ends as the image's latents in both. The image has the output size, so both
+    preprocessings (official cover-and-crop, diffusers' resize) leave its pixels as they are."""
+    from diffusers import WanImageToVideoPipeline
+
+    pipe = wan_engine.WanPipeline.from_pretrained("tiny-ti2v", device="cpu", engine=engine)
+    ref = pipe if engine == "reference" else wan_engine.WanPipeline.from_pretrained("tiny-ti2v", device="cpu",
+                                                                                   engine="reference")
+    image = (np.random.default_rng(5).random((64, 96, 3)) * 255).astype(np.uint8)
+    req = pipe.make_request("a corgi surfing a wave at sunset", seed=43, size=(96, 64), num_frames=9, steps=6,
+                            image=image)
+    assert (req.width, req.height) == (96, 64)
+    with torch.inference_mode():
+        context, context_null = pipe.encode_prompts(req.prompt, req.negative_prompt)
+        first = pipe.encode_image(req)
+        noise = pipe.initial_noise(req)
+        latents = pipe.denoise(req, context, context_null, image=first)
+    peer = wan22_peer(WanImageToVideoPipeline, ref, req.shift)
+    from PIL import Image
+    with torch.inference_mode():
+        peer_latents = peer(image=Image.fromarray(image), prompt_embeds=context, negative_prompt_embeds=context_null,
+                            height=req.height, width=req.width, num_frames=req.num_frames,
+                            num_inference_steps=req.steps, guidance_scale=req.guidance, latents=noise.clone(),
+                            output_type="latent").frames
+    assert torch.equal(latents[:, :, :1], first.latents)
+    # The conditioning latents: the same VAE encode of the same pixels (diffusers maps to [-1, 1] as 2x - 1).
+    assert rel_l2(latents[:, :, :1], peer_latents[:, :, :1]) <= VIDEO_RTOL
+    latent_err = rel_l2(latents[:, :, 1:], peer_latents[:, :, 1:])
+    print(f"{engine}: TI2V image-to-video latents vs diffusers {latent_err:.2e} rel-L2")
+    assert latent_err <= LATENT_RTOL, f"TI2V i2v latents differ from diffusers by {latent_err:.2e} rel-L2"
+    # Without the image the run differs: the test sees the conditioning.
+    assert rel_l2(latents[:, :, 1:], pipe.denoise(dataclasses.replace(req, image=None), context,
+                                                  context_null)[:, :, 1:]) > 100 * LATENT_RTOL

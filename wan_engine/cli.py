@@ -212,7 +212,7 @@ def _check_model_options(args) -> None:
     from the preset or the checkpoint's headers): --low-noise-guidance, and --image/--last-image
     read and sized against the model's type, stating any conversion."""
     from .assembly import peek_model
-    from .pipelines.image_condition import image_prompt
+    from .pipelines.image_prompt import IMAGE_OPTIONAL, image_prompt
 
     dit, sample = peek_model(args.model)
     two_experts = sample.low_noise_guidance is not None
@@ -224,10 +224,10 @@ def _check_model_options(args) -> None:
     if not two_experts and (args.high_noise_lora or args.low_noise_lora):
         raise ValueError(f"--high-noise-lora / --low-noise-lora apply to two-expert models; {args.model} has one "
                          f"DiT, use --lora")
-    if dit.model_type == "t2v" and args.image is None and args.last_image is None:
+    if dit.task in IMAGE_OPTIONAL and args.image is None and args.last_image is None:
         return
     width, height = sample.size if args.size is None else args.size
-    prompt = image_prompt(args.image, args.last_image, width * height, dit.model_type,
+    prompt = image_prompt(args.image, args.last_image, width * height, dit.task,
                           names=("--image", "--last-image"))
     for note in prompt.conversions():
         print(f"converted {note}")

@@ -19,6 +19,26 @@ WAN21_LATENT_STD = (
     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
 )
 
+# The same for the Wan2.2 VAE's 48 channels (`Wan2_2_VAE` in the official wan/modules/vae2_2.py).
+WAN22_LATENT_MEAN = (
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557,
+    -0.1382, 0.0542, 0.2813, 0.0891, 0.1570, -0.0098, 0.0375, -0.1825,
+    -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+    -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230,
+    -0.0313, -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748,
+    0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667,
+)
+WAN22_LATENT_STD = (
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013,
+    0.8158, 1.0344, 0.5894, 1.0901, 0.6885, 0.6165, 0.8454, 0.4978,
+    0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093,
+    0.5709, 0.6065, 0.6415, 0.4944, 0.5726, 1.2042, 0.5458, 1.6887,
+    0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
+)
+
+WAN22_VAE_CHANNELS = len(WAN22_LATENT_MEAN)  # 48
+
 NUM_TRAIN_TIMESTEPS = 1000  # the flow schedule's training timesteps (official num_train_timesteps)
 
 # The official default negative prompt (Wan2.1 shared_config.sample_neg_prompt).
@@ -70,6 +90,15 @@ class DiTConfig:
         return self.dim // self.num_heads
 
     @property
+    def task(self) -> str:
+        """What a request conditions on: "t2v" (text), "i2v" / "flf2v" (a first / a first and a
+        last frame), or "ti2v" (text, and optionally a first frame): a t2v DiT on the Wan2.2 VAE's
+        48 latent channels (TI2V-5B), whose latent frame 0 an image's latents replace."""
+        if self.model_type == "t2v" and self.out_dim == WAN22_VAE_CHANNELS:
+            return "ti2v"
+        return self.model_type
+
+    @property
     def uses_clip(self) -> bool:
         """The model takes CLIP features of its image(s) (Wan2.1 i2v/flf2v): `img_emb` and image K/V."""
         return self.model_type != "t2v" and self.clip
@@ -77,7 +106,13 @@ class DiTConfig:
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """The Wan2.1 3D causal VAE (`WanVAE_`)."""
+    """The Wan 3D causal VAE: Wan2.1's `WanVAE_` by default, Wan2.2's (TI2V-5B) with `residual`.
+
+    Wan2.2's VAE (`WAN22_VAE`) folds 2x2 pixels into channels first (`patch_size` 2), adds a
+    parameter-free shortcut around every encoder and decoder stage (`residual`: average-pooling
+    down, channel duplication up), keeps the width through its upsamples, and has a wider decoder
+    (`decoder_base_dim`) than encoder.
+    """
 
     base_dim: int = 96
     z_dim: int = 16
@@ -87,12 +122,23 @@ class VAEConfig:
     temporal_downsample: tuple[bool, ...] = (False, True, True)
     latent_mean: tuple[float, ...] = WAN21_LATENT_MEAN
     latent_std: tuple[float, ...] = WAN21_LATENT_STD
+    decoder_base_dim: int | None = None  # None: base_dim (Wan2.1)
+    patch_size: int = 1  # pixels folded into channels per side before the encoder (Wan2.2: 2)
+    residual: bool = False  # Wan2.2's stage shortcuts
 
     def __post_init__(self):
         if len(self.latent_mean) != self.z_dim or len(self.latent_std) != self.z_dim:
             raise ValueError(f"latent_mean/latent_std need z_dim={self.z_dim} entries")
         if len(self.temporal_downsample) != len(self.dim_mult) - 1:
             raise ValueError("temporal_downsample needs len(dim_mult) - 1 entries")
+        if self.patch_size not in (1, 2):
+            raise ValueError(f"patch_size must be 1 or 2; got {self.patch_size!r}")
+        if self.residual and self.attn_scales:
+            raise ValueError("the residual (Wan2.2) VAE has no attention inside its stages; attn_scales must be empty")
+
+    @property
+    def decoder_dim(self) -> int:
+        return self.base_dim if self.decoder_base_dim is None else self.decoder_base_dim
 
     @property
     def temporal_stride(self) -> int:
@@ -100,7 +146,13 @@ class VAEConfig:
 
     @property
     def spatial_stride(self) -> int:
-        return 2 ** (len(self.dim_mult) - 1)
+        """Pixels per latent cell per side: the stages' downsampling times the patch."""
+        return 2 ** (len(self.dim_mult) - 1) * self.patch_size
+
+
+# The Wan2.2 VAE of TI2V-5B (`Wan2.2_VAE.pth`): 48 latent channels, 4x16x16 compression.
+WAN22_VAE = VAEConfig(base_dim=160, z_dim=48, latent_mean=WAN22_LATENT_MEAN, latent_std=WAN22_LATENT_STD,
+                      decoder_base_dim=256, patch_size=2, residual=True)
 
 
 @dataclass(frozen=True)
@@ -205,6 +257,9 @@ class ModelConfig:
     experts: ExpertSplit | None = None
 
     def __post_init__(self):
+        if self.dit.out_dim != self.vae.z_dim:
+            raise ValueError(f"model {self.name!r}: the DiT predicts {self.dit.out_dim} latent channels, the VAE "
+                             f"has {self.vae.z_dim}")
         if (self.experts is None) != (self.sample.low_noise_guidance is None):
             raise ValueError(f"model {self.name!r}: a two-expert model needs sample.low_noise_guidance, "
                              f"a one-DiT model takes none")
@@ -238,11 +293,18 @@ _I2V_A14B_DIT = dataclasses.replace(_I2V_14B, clip=False)
 _I2V_A14B = SampleDefaults(steps=40, shift=5.0, guidance=3.5, low_noise_guidance=3.5, size=(1280, 720))
 _I2V_A14B_SPLIT = ExpertSplit(boundary=0.900)
 
+# Wan2.2 TI2V-5B (wan/configs/wan_ti2v_5B.py): a t2v-shaped DiT on the Wan2.2 VAE's 48 latent
+# channels (4x16x16 compression); 50 steps, shift 5, guidance 5, 121 frames at 1280x704, 24 fps.
+_TI2V_5B_DIT = DiTConfig(dim=3072, ffn_dim=14336, num_heads=24, num_layers=30, in_dim=48, out_dim=48)
+_TI2V_5B = SampleDefaults(steps=50, shift=5.0, guidance=5.0, size=(1280, 704), num_frames=121)
+
 # Toy-sized but architecturally complete: every code path of the real model runs.
 # head_dim 16 keeps the attention backends that need a multiple of 8 usable.
 TINY_T5 = T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
 TINY_DIT = DiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=32, freq_dim=256)
 TINY_VAE = VAEConfig(base_dim=8)
+# The Wan2.2 VAE's architecture (48 latent channels, 2x2 patch, stage shortcuts) at toy width.
+TINY_VAE22 = dataclasses.replace(WAN22_VAE, base_dim=8, decoder_base_dim=12)
 # A toy CLIP tower (17 rows per image) and the tiny DiT conditioned on it. head_dim 80 as ViT-H/14's,
 # so that the head count of an official-layout file (which carries no config) is inferable.
 TINY_IMAGE_ENCODER = ImageEncoderConfig(image_size=56, patch_size=14, dim=160, mlp_dim=320, num_heads=2, num_layers=3)
@@ -278,6 +340,12 @@ PRESETS: dict[str, ModelConfig] = {
         SampleDefaults(steps=8, guidance=3.5, low_noise_guidance=2.5, size=(64, 64), num_frames=9),
         experts=_I2V_A14B_SPLIT,
     ),
+    "ti2v-5B": ModelConfig("ti2v-5B", _TI2V_5B_DIT, WAN22_VAE, sample=_TI2V_5B),
+    # The tiny DiT on the Wan2.2 VAE's latents (64x64 pixels are 4x4 latent cells, 2x2 tokens).
+    "tiny-ti2v": ModelConfig(
+        "tiny-ti2v", dataclasses.replace(TINY_DIT, in_dim=48, out_dim=48), TINY_VAE22, TINY_T5,
+        SampleDefaults(steps=8, size=(64, 64), num_frames=9),
+    ),
     "i2v-14B-480p": ModelConfig("i2v-14B-480p", _I2V_14B, sample=_I2V_480P, image_encoder=ImageEncoderConfig()),
     "i2v-14B-720p": ModelConfig("i2v-14B-720p", _I2V_14B, sample=_I2V_720P, image_encoder=ImageEncoderConfig()),
     "flf2v-14B": ModelConfig("flf2v-14B", _FLF2V_14B, sample=_FLF2V, image_encoder=ImageEncoderConfig()),
@@ -305,12 +373,13 @@ def get_preset(name: str) -> ModelConfig:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
-def preset_for(dit_dim: int, model_type: str, folder_name: str = "", experts: bool = False) -> ModelConfig | None:
-    """The published preset whose DiT matches, for sampling defaults and display names; `experts`:
+def preset_for(dit_dim: int, task: str, folder_name: str = "", experts: bool = False) -> ModelConfig | None:
+    """The published preset whose DiT matches (width and `DiTConfig.task`), for sampling defaults
+    and display names; `experts`:
     a two-expert (Wan2.2 A14B) model. The I2V 480p and 720p checkpoints share one architecture:
     the folder's name picks (as the official Wan2.1-I2V-14B-720P), else the first (480p)."""
     matches = [p for p in PRESETS.values()
-               if p.dit.dim == dit_dim and p.dit.model_type == model_type and (p.experts is not None) == experts]
+               if p.dit.dim == dit_dim and p.dit.task == task and (p.experts is not None) == experts]
     for preset in matches:
         resolution = preset.name.rsplit("-", 1)[-1]
         if resolution in ("480p", "720p") and resolution in folder_name.lower():

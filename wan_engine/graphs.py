@@ -62,6 +62,8 @@ class GraphReplayer:
     def call(self, key: Hashable, fn: Callable, *inputs: torch.Tensor, borrow: bool = False):
         if not self.active:
             return fn(*inputs)
+        # A graph replays on its captured shapes: inputs of other shapes or dtypes get their own.
+        key = (key, tuple((tuple(t.shape), t.dtype) for t in inputs))
         captured = self._graphs.get(key)
         if captured is not None:
             return self._replay(captured, inputs, borrow)

@@ -43,6 +43,26 @@ class ImageInputs:
         return ImageInputs(clip, torch.cat([self.y, self.y]))
 
 
+@dataclass(frozen=True)
+class FirstFrame:
+    """Wan2.2 TI2V's image-to-video conditioning of one request: the image's normalized latents
+    [B, C, 1, h, w] stand in for latent frame 0 before the first step and after every step, and
+    frame 0's tokens run at timestep 0 while the rest run at the step's (the official
+    `textimage2video.py` i2v: `(1 - mask) * z + mask * latent`, per-token `mask * t`)."""
+
+    latents: torch.Tensor
+
+    def applied(self, latents: torch.Tensor) -> torch.Tensor:
+        """`latents` with frame 0 replaced (a new tensor: the solver may keep the old one)."""
+        return torch.cat([self.latents.to(latents.dtype).expand(latents.shape[0], -1, -1, -1, -1),
+                          latents[:, :, 1:]], dim=2)
+
+    @staticmethod
+    def timesteps(t: torch.Tensor) -> torch.Tensor:
+        """t [B] -> [B, 2]: (frame 0's tokens at 0, the rest at t), the DiTs' two-timestep form."""
+        return torch.stack([torch.zeros_like(t), t], dim=1)
+
+
 def _guide(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float) -> torch.Tensor:
     # Formed exactly as the official code does, so guidance 1 still mixes both branches.
     return v_uncond + guidance * (v_cond - v_uncond)
@@ -186,7 +206,7 @@ def cfg_denoise(dit, latents: torch.Tensor, context: torch.Tensor, context_null:
                 mesh: ParallelMesh | None = None, step_cache: StepCache | None = None,
                 graphs: GraphReplayer | None = None, *,
                 on_step: Callable[[int, int], None] | None = None, cfg: bool = True,
-                image: ImageInputs | None = None, steps: range | None = None) -> torch.Tensor:
+                image: ImageInputs | FirstFrame | None = None, steps: range | None = None) -> torch.Tensor:
     """Run every solver step on `latents [B, C, F, H, W]`; returns the final fp32 latents.
 
     The text K/V preparation (executor) happens once here, before the first step. With a
@@ -194,12 +214,16 @@ def cfg_denoise(dit, latents: torch.Tensor, context: torch.Tensor, context_null:
     `step_cache` (built for this request's steps) decides which steps run the block stack.
     `on_step(done, total)` runs after each step (progress; it may raise to stop between steps).
     Under a parallel mesh it runs on every rank, so a callback that stops must stop every rank alike.
-    `image`: the i2v/flf2v conditioning (`ImageInputs`), None for t2v.
+    `image`: the i2v/flf2v conditioning (`ImageInputs`), a TI2V first frame (`FirstFrame`), or None.
     `steps`: the solver steps to run (default all of them): a two-expert model runs its experts on
     two consecutive ranges of one solver, which carries its multistep history across the switch.
     """
     if step_cache is not None and step_cache.steps != solver.num_steps:
         raise ValueError(f"the step cache was built for {step_cache.steps} steps, the solver has {solver.num_steps}")
+    first = image if isinstance(image, FirstFrame) else None
+    if first is not None:
+        image = None
+        latents = first.applied(latents)
     velocity = make_guided_velocity(dit, context, context_null, guidance, cfg_batch, mesh, step_cache, graphs, cfg,
                                     image)
     # One host-to-device copy for the whole schedule: a pageable copy per step would make the
@@ -211,7 +235,11 @@ def cfg_denoise(dit, latents: torch.Tensor, context: torch.Tensor, context_null:
         raise ValueError(f"steps must be a consecutive range within the solver's {solver.num_steps} steps, got {steps}")
     for i in tqdm(steps, desc="denoising", disable=not progress, leave=False):
         timestep = timesteps[i].reshape(1).expand(latents.shape[0])
+        if first is not None:
+            timestep = first.timesteps(timestep)
         latents = solver.step(velocity(latents, timestep, i), i, latents)
+        if first is not None:
+            latents = first.applied(latents)
         if on_step is not None:
             on_step(i + 1, solver.num_steps)
     return latents

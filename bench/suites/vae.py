@@ -58,10 +58,14 @@ def diffusers_vae(cfg, state_dict: dict, device: torch.device):
 
     from wan_engine.loading.vae_format import official_to_diffusers_vae
 
+    # Wan2.2's VAE: the residual stages, the 2x2 patch (12 pixel channels) and its wider decoder.
+    wan22 = dict(is_residual=True, decoder_base_dim=cfg.decoder_dim, patch_size=cfg.patch_size,
+                 in_channels=3 * cfg.patch_size ** 2, out_channels=3 * cfg.patch_size ** 2,
+                 scale_factor_spatial=cfg.spatial_stride) if cfg.residual else {}
     model = AutoencoderKLWan(base_dim=cfg.base_dim, z_dim=cfg.z_dim, dim_mult=list(cfg.dim_mult),
                              num_res_blocks=cfg.num_res_blocks, attn_scales=list(cfg.attn_scales),
                              temperal_downsample=list(cfg.temporal_downsample),
-                             latents_mean=list(cfg.latent_mean), latents_std=list(cfg.latent_std))
+                             latents_mean=list(cfg.latent_mean), latents_std=list(cfg.latent_std), **wan22)
     model.load_state_dict(official_to_diffusers_vae(state_dict), strict=True)
     return model.to(device).eval().requires_grad_(False)
 

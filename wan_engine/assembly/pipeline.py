@@ -19,7 +19,8 @@ import torch
 from ..cache import CacheConfig, Calibration, published
 from ..cache.calibration import FILE_NAME as CALIBRATION_FILE
 from ..configs import (
-    PRESETS, DiTConfig, ImageEncoderConfig, ModelConfig, SampleDefaults, T5Config, get_preset, preset_for,
+    PRESETS, DiTConfig, ImageEncoderConfig, ModelConfig, SampleDefaults, T5Config, VAEConfig, get_preset,
+    preset_for,
 )
 from ..device import resolve_device, resolve_dtype
 from ..engine_config import ENGINES, EngineConfig
@@ -29,7 +30,7 @@ from ..executor.fp8 import check_fp8_support
 from ..loading.checkpoint import load_into, read_safetensors_shapes
 from ..loading.dit_format import infer_dit_config
 from ..loading.errors import CheckpointError
-from ..loading.layout import DIT_STEM, ORIGINAL_VAE, WAN22_VAE, detect_layout
+from ..loading.layout import DIT_STEM, detect_layout
 from ..loading.random_init import random_state_dict
 from ..loading.t5_format import infer_t5_config
 from ..lora import ExpertLoraMergers, LoraMerger, parse_expert_loras, parse_loras
@@ -99,15 +100,15 @@ def peek_model(path_or_preset: str) -> tuple[DiTConfig, SampleDefaults]:
         return preset.dit, preset.sample
     dit = peek_dit_config(path_or_preset)
     experts = has_experts(path_or_preset)
-    preset = preset_for(dit.dim, dit.model_type, Path(str(path_or_preset)).expanduser().resolve().name, experts)
-    return dit, (preset or _fallback_preset(dit.model_type, experts)).sample
+    preset = preset_for(dit.dim, dit.task, Path(str(path_or_preset)).expanduser().resolve().name, experts)
+    return dit, (preset or _fallback_preset(dit.task, experts)).sample
 
 
-def _fallback_preset(model_type: str, experts: bool = False) -> ModelConfig:
-    """The published preset whose sampling defaults a custom model of `model_type` takes."""
+def _fallback_preset(task: str, experts: bool = False) -> ModelConfig:
+    """The published preset whose sampling defaults a custom model of `task` takes."""
     if experts:
-        return get_preset("i2v-A14B" if model_type == "i2v" else "t2v-A14B")
-    return get_preset({"t2v": "t2v-14B", "i2v": "i2v-14B-480p", "flf2v": "flf2v-14B"}[model_type])
+        return get_preset("i2v-A14B" if task == "i2v" else "t2v-A14B")
+    return get_preset({"t2v": "t2v-14B", "i2v": "i2v-14B-480p", "flf2v": "flf2v-14B", "ti2v": "ti2v-5B"}[task])
 
 
 def _not_a_model(path_or_preset) -> ValueError:
@@ -246,22 +247,21 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         if layout.has_experts:
             low_noise = load_low_noise_dit(layout, dit.config, dtype, home.low_noise_dit)
         preset = (get_preset(str(path_or_preset)) if embedded
-                  else preset_for(dit.config.dim, dit.config.model_type, path.resolve().name, layout.has_experts))
-        config = ModelConfig(
-            name=preset.name if embedded else f"{preset.name if preset else 'custom'} ({path.name})",
-            dit=dit.config,
-            sample=(preset or _fallback_preset(dit.config.model_type, layout.has_experts)).sample,
-            experts=expert_split(layout, preset) if layout.has_experts else None,
-        )
-        if layout.vae is None and (path / WAN22_VAE).is_file():
-            raise CheckpointError(f"{path}: {WAN22_VAE} is the Wan2.2 VAE of TI2V-5B (48 latent channels, 16x "
-                                  f"spatial compression), which this engine does not support yet; the A14B models "
-                                  f"use {ORIGINAL_VAE}")
+                  else preset_for(dit.config.dim, dit.config.task, path.resolve().name, layout.has_experts))
+        experts = expert_split(layout, preset) if layout.has_experts else None
         if layout.vae is None:
             raise CheckpointError(f"{path}: no VAE in this {layout.kind} directory")
         vae = load_vae(layout.vae, device=device)
+        check_latent_channels(dit.config, vae.config, path)
+        config = ModelConfig(
+            name=preset.name if embedded else f"{preset.name if preset else 'custom'} ({path.name})",
+            dit=dit.config,
+            vae=vae.config,
+            sample=(preset or _fallback_preset(dit.config.task, layout.has_experts)).sample,
+            experts=experts,
+        )
         text = load_text_encoder(layout.root, dtype=text_dtype, device=text_home, text_len=dit.config.text_len)
-        config = dataclasses.replace(config, vae=vae.config, t5=text_config(text),
+        config = dataclasses.replace(config, t5=text_config(text),
                                      weights=preset.weights if embedded else None,
                                      image_encoder=None if image_encoder is None else image_encoder.cfg)
     elif str(path_or_preset) in PRESETS:
@@ -313,6 +313,14 @@ def finish_dit(dit, engine: str, mesh: ParallelMesh, quant: str | None, shard_we
         if shard_weights:
             dit = shard_block_weights(dit, mesh.sp_group, device)
     return dit
+
+
+def check_latent_channels(dit: DiTConfig, vae: VAEConfig, root: Path) -> None:
+    """The DiT denoises the VAE's latents: its channels are the VAE's (16: Wan2.1's VAE, which the
+    A14B models share; 48: Wan2.2's, TI2V-5B's)."""
+    if dit.out_dim != vae.z_dim:
+        raise CheckpointError(f"{root}: the DiT predicts {dit.out_dim} latent channels but the VAE has {vae.z_dim}; "
+                              f"a Wan2.1/A14B DiT takes Wan2.1_VAE.pth (16), TI2V-5B's Wan2.2_VAE.pth (48)")
 
 
 def image_conditioned(dit: DiTConfig, encoder: ImageEncoderConfig, root: Path) -> DiTConfig:

@@ -84,8 +84,8 @@ class Engine:
 
     @property
     def model_type(self) -> str:
-        """"t2v", "i2v" or "flf2v": which images a request must carry."""
-        return self.pipeline.config.dit.model_type
+        """"t2v", "i2v", "flf2v" or "ti2v" (`DiTConfig.task`): which images a request must or may carry."""
+        return self.pipeline.config.dit.task
 
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
         """The request with every field checked (RequestError names the bad one) and every default

@@ -23,6 +23,29 @@ from ..ops import OpSet
 from .weights import BlockWeights
 
 
+class FirstRows(NamedTuple):
+    """The first `rows` tokens of this rank's slice at another timestep than the rest: Wan2.2
+    TI2V's conditioning frame (latent frame 0, at t = 0). Every modulated op runs on all rows
+    with the bulk modulation, then again on these rows with theirs, which replace those rows: each
+    row sees exactly its own timestep's modulation, as the official per-token modulation, for
+    the price of re-running the cheap row-wise ops on one frame's rows.
+
+    mod [6, B, dim] fp32: this block's modulation of those rows; next_shift / next_scale [B, dim]:
+    the next block's (or the head's), for the block's last op."""
+
+    rows: int
+    mod: torch.Tensor
+    next_shift: torch.Tensor
+    next_scale: torch.Tensor
+
+    def rows_of(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(t[:, :self.rows] for t in tensors)
+
+    def override(self, outs: tuple[torch.Tensor, ...], first_outs: tuple[torch.Tensor, ...]) -> None:
+        for out, part in zip(outs, first_outs):
+            out[:, :self.rows] = part
+
+
 class BlockSpec(NamedTuple):
     num_heads: int
     head_dim: int
@@ -47,6 +70,7 @@ def make_block_fn(ops: OpSet, spec: BlockSpec, out_dtype: torch.dtype,
       -> (x [B,S,dim] fp32, normed [B,S,dim] out_dtype)
     kv_len: the number of real (unpadded) tokens; later keys are padding and are not attended.
     Under sequence parallelism S is this rank's slice and kv_len counts the whole sequence.
+    first: `FirstRows` when the slice's first rows have their own timestep (TI2V), else None.
     """
     heads, head_dim, eps, cd, image = spec
     attend_self = ops.attention if self_attention is None else self_attention
@@ -74,12 +98,24 @@ def make_block_fn(ops: OpSet, spec: BlockSpec, out_dtype: torch.dtype,
         return linear(out.flatten(2), w.cross_o_weight, w.cross_o_bias, w.cross_o_scale)
 
     def block(x, normed, w: BlockWeights, mod, next_shift, next_scale, text_k, text_v, img_k, img_v,
-              cos, sin, kv_len: int):
+              cos, sin, kv_len: int, first: FirstRows | None = None):
         y = self_attention(normed, w, cos, sin, kv_len)
-        x, normed = ops.gated_residual_norm(x, y, mod[2], weight=w.norm3_weight, bias=w.norm3_bias, eps=eps,
-                                            out_dtype=cd)
+
+        def attended(x, y, mod):
+            return ops.gated_residual_norm(x, y, mod[2], weight=w.norm3_weight, bias=w.norm3_bias, eps=eps,
+                                           out_dtype=cd)
+        x_new, normed = attended(x, y, mod)
+        if first is not None:
+            first.override((x_new, normed), attended(*first.rows_of(x, y), first.mod))
+        x = x_new
         y = cross_attention(normed, w, text_k, text_v, img_k, img_v)
-        x, normed = ops.gated_residual_norm(x, y, None, shift=mod[3], scale=mod[4], eps=eps, out_dtype=cd)
+
+        def crossed(x, y, mod):
+            return ops.gated_residual_norm(x, y, None, shift=mod[3], scale=mod[4], eps=eps, out_dtype=cd)
+        x_new, normed = crossed(x, y, mod)
+        if first is not None:
+            first.override((x_new, normed), crossed(*first.rows_of(x, y), first.mod))
+        x = x_new
         # GELU inside the first GEMM (its epilogue on CUDA): the [B, S, ffn_dim] activation is
         # written once instead of written, read and rewritten.
         if quantized:
@@ -87,7 +123,12 @@ def make_block_fn(ops: OpSet, spec: BlockSpec, out_dtype: torch.dtype,
         else:
             hidden = ops.linear_gelu(normed, w.ffn1_weight, w.ffn1_bias)
         y = linear(hidden, w.ffn2_weight, w.ffn2_bias, w.ffn2_scale)
-        return ops.gated_residual_norm(x, y, mod[5], shift=next_shift, scale=next_scale, eps=eps,
-                                       out_dtype=out_dtype)
+
+        def fed(x, y, gate, shift, scale):
+            return ops.gated_residual_norm(x, y, gate, shift=shift, scale=scale, eps=eps, out_dtype=out_dtype)
+        out = fed(x, y, mod[5], next_shift, next_scale)
+        if first is not None:
+            first.override(out, fed(*first.rows_of(x, y), first.mod[5], first.next_shift, first.next_scale))
+        return out
 
     return block

@@ -25,10 +25,10 @@ from ..configs import DiTConfig
 from ..engine_config import EngineConfig
 from ..ops import OpSet, resolve_ops
 from ..reference.dit import sinusoidal_embedding_1d
-from .block import BlockSpec, make_block_fn
+from .block import BlockSpec, FirstRows, make_block_fn
 from .rope_cache import RopeCache, RopeTable
 from .sharding import TokenShardPlan, WeightShards
-from .stream import TokenStream
+from .stream import FirstFrameMods, TokenStream
 from .token_io import TokenIO
 from .text_cache import TextKV, prepare_context_kv
 from .weights import BlockWeights, ContextWeights, build_stores, official_slots
@@ -197,8 +197,26 @@ class WanExecutor(nn.Module, TokenIO):
         cos, sin = rope.cos, rope.sin
         if self.shard_plan is not None:
             cos, sin = self.shard_plan.shard(cos, dim=0), self.shard_plan.shard(sin, dim=0)
-        mods, head_shift, head_scale = self._modulation(t, self._globals())
-        return TokenStream(x, normed, mods, head_shift, head_scale, cos, sin, rope, block)
+        if t.ndim == 1:
+            mods, head_shift, head_scale = self._modulation(t, self._globals())
+            return TokenStream(x, normed, mods, head_shift, head_scale, cos, sin, rope, block)
+        # t [B, 2]: latent frame 0's tokens (the first grid h*w) at t[:, 0], the rest at t[:, 1].
+        mods, head_shift, head_scale = self._modulation(t.reshape(-1), self._globals())
+        first_mods, mods = mods.unflatten(2, (-1, 2)).unbind(3)
+        (first_shift, head_shift), (first_scale, head_scale) = (v.unflatten(0, (-1, 2)).unbind(1)
+                                                                for v in (head_shift, head_scale))
+        frame0 = FirstFrameMods(self._first_frame_rows(rope, x.shape[1]), first_mods, first_shift, first_scale)
+        return TokenStream(x, normed, mods, head_shift, head_scale, cos, sin, rope, block, frame0)
+
+    def _first_frame_rows(self, rope: RopeTable, local_len: int) -> int:
+        """How many of this rank's `local_len` token rows belong to latent frame 0 (its rows are
+        the slice's first ones): all of frame 0's on one process; under a shard plan the part of
+        it in this rank's slice, from the plan's slice of the row indices (host-side, static)."""
+        frame0 = rope.grid[1] * rope.grid[2]
+        if self.shard_plan is None:
+            return min(frame0, local_len)
+        local = self.shard_plan.shard(torch.arange(rope.seq_len)[None], dim=1)
+        return int((local < frame0).sum())
 
     def run_blocks(self, stream: TokenStream, text: TextKV, stop: int | None = None) -> TokenStream:
         """Run blocks `stream.next_block` .. `stop - 1` (default: to the last) with `text` (batch B)."""
@@ -207,14 +225,16 @@ class WanExecutor(nn.Module, TokenIO):
             raise ValueError(f"text K/V were prepared for batch {text.batch}, latents have batch {stream.batch}")
         x, normed, mods = stream.x, stream.normed, stream.mods
         last = len(self.blocks) - 1
+        frame0 = stream.first if stream.first is not None and stream.first.rows > 0 else None
         for i in range(stream.next_block, stop):
-            if i < last:
-                block, next_shift, next_scale = self._block, mods[i + 1, 0], mods[i + 1, 1]
-            else:
-                block, next_shift, next_scale = self._last_block, stream.head_shift, stream.head_scale
+            block = self._block if i < last else self._last_block
+            next_shift, next_scale = _next_modulation(stream, i, last)
+            first = None
+            if frame0 is not None:
+                first = FirstRows(frame0.rows, frame0.mods[i], *_next_modulation(frame0, i, last))
             weights = self._block_weights(i, i + 1 if i + 1 < stop else None)
             x, normed = block(x, normed, weights, mods[i], next_shift, next_scale,
-                              *text.layer(i), stream.cos, stream.sin, stream.rope.real_len)
+                              *text.layer(i), stream.cos, stream.sin, stream.rope.real_len, first)
         return stream.advanced(x, normed, stop)
 
     def skip_blocks(self, stream: TokenStream, residual: torch.Tensor, stop: int | None = None) -> TokenStream:
@@ -255,11 +275,16 @@ class WanExecutor(nn.Module, TokenIO):
         """The stream with `normed` formed from `x` for its next block (LN1 + modulation in the
         compute dtype) or for the head (fp32), as the blocks' fused epilogues form it."""
         i = stream.next_block
-        if i < len(self.blocks):
-            normed = self.ops.layer_norm_modulate(stream.x, stream.mods[i, 0], stream.mods[i, 1], self.config.eps,
-                                                  self.compute_dtype)
-        else:
-            normed = self.ops.layer_norm_modulate(stream.x, stream.head_shift, stream.head_scale, self.config.eps, FP32)
+
+        def modulated(x, mods):
+            if i < len(self.blocks):
+                return self.ops.layer_norm_modulate(x, mods.mods[i, 0], mods.mods[i, 1], self.config.eps,
+                                                    self.compute_dtype)
+            return self.ops.layer_norm_modulate(x, mods.head_shift, mods.head_scale, self.config.eps, FP32)
+        normed = modulated(stream.x, stream)
+        frame0 = stream.first
+        if frame0 is not None and frame0.rows > 0:
+            normed[:, :frame0.rows] = modulated(stream.x[:, :frame0.rows], frame0)
         return stream.advanced(stream.x, normed, i)
 
     def _globals(self) -> dict[str, torch.Tensor]:
@@ -285,6 +310,14 @@ class WanExecutor(nn.Module, TokenIO):
         mods = g["modulation"][:, :, None, :] + e0.transpose(0, 1)[None]
         head = g["head_modulation"][:, None, :] + e[None]
         return mods, head[0], head[1]
+
+
+def _next_modulation(mods, i: int, last: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shift and scale that block i's last op forms the next input with (a TokenStream's or a
+    FirstFrameMods' `mods`, `head_shift`, `head_scale`): block i+1's first, or the head's after the last."""
+    if i < last:
+        return mods.mods[i + 1, 0], mods.mods[i + 1, 1]
+    return mods.head_shift, mods.head_scale
 
 
 class _Gathered(Sequence):

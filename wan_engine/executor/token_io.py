@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..reference.dit import patchify, unpatchify, video_input
+from ..reference.dit import check_timesteps, patchify, unpatchify, video_input
 from .rope_cache import RopeTable
 
 
@@ -20,8 +20,7 @@ class TokenIO:
         cfg = self.config
         x = video_input(cfg, x, y)
         batch = x.shape[0]
-        if t.shape != (batch,):
-            raise ValueError(f"t must have shape [B] = [{batch}], got {tuple(t.shape)}")
+        check_timesteps(t, batch)
         patches, grid = patchify(x, cfg.patch_size)
         real_len = patches.shape[1]
         seq_len = real_len if seq_len is None else seq_len

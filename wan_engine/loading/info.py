@@ -18,7 +18,7 @@ def describe_model(path: str | Path) -> str:
     if is_diffusers_dit(shapes):
         shapes = diffusers_to_official_dit(shapes)
     cfg = infer_dit_config(shapes, layout.dit_config)
-    preset = preset_for(cfg.dim, cfg.model_type, Path(path).expanduser().resolve().name, layout.has_experts)
+    preset = preset_for(cfg.dim, cfg.task, Path(path).expanduser().resolve().name, layout.has_experts)
     params = sum(t.numel() for t in shapes.values())
     lines = [layout.describe(),
              f"{'model':>13}: {cfg.model_type} ({preset.name if preset else 'custom size'}), "

@@ -24,7 +24,7 @@ from .errors import CheckpointError
 
 DIT_STEM = "diffusion_pytorch_model"
 ORIGINAL_VAE = "Wan2.1_VAE.pth"
-WAN22_VAE = "Wan2.2_VAE.pth"  # TI2V-5B's VAE (not supported; named so that a refusal can say so)
+WAN22_VAE = "Wan2.2_VAE.pth"  # TI2V-5B's VAE (48 latent channels); the A14B models use Wan2.1's
 ORIGINAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
 ORIGINAL_TOKENIZER = Path("google") / "umt5-xxl"
 ORIGINAL_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
@@ -84,6 +84,11 @@ def _existing(path: Path) -> Path | None:
     return path if path.exists() else None
 
 
+def original_vae(root: Path) -> Path | None:
+    """The VAE file of an original-layout folder: Wan2.1's, else Wan2.2's (TI2V-5B)."""
+    return _existing(root / ORIGINAL_VAE) or _existing(root / WAN22_VAE)
+
+
 def detect_layout(path: str | Path) -> ModelLayout:
     """The layout of a model directory; a clear error if it is in neither layout."""
     root = Path(path).expanduser()
@@ -114,7 +119,7 @@ def detect_layout(path: str | Path) -> ModelLayout:
             root=root,
             dit_dir=high,
             dit_config=_dit_config(high),
-            vae=_existing(root / ORIGINAL_VAE),
+            vae=original_vae(root),
             text_encoder=_existing(root / ORIGINAL_T5),
             tokenizer=_existing(root / ORIGINAL_TOKENIZER),
             image_encoder=_existing(root / ORIGINAL_CLIP),
@@ -130,7 +135,7 @@ def detect_layout(path: str | Path) -> ModelLayout:
             root=root,
             dit_dir=root,
             dit_config=config,
-            vae=_existing(root / ORIGINAL_VAE),
+            vae=original_vae(root),
             text_encoder=_existing(root / ORIGINAL_T5),
             tokenizer=_existing(root / ORIGINAL_TOKENIZER),
             image_encoder=_existing(root / ORIGINAL_CLIP),

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..configs import DiTConfig, VAEConfig
 from .checkpoint import read_sharded, read_weights
 from .errors import CheckpointError
-from .layout import DIT_STEM, ORIGINAL_VAE, detect_layout
+from .layout import DIT_STEM, ORIGINAL_VAE, WAN22_VAE, detect_layout, original_vae
 
 
 def _rename(convert, sd: dict, source) -> dict:
@@ -56,14 +56,14 @@ def read_vae_state_dict(path: str | Path) -> dict:
     if not path.exists():
         raise CheckpointError(f"VAE checkpoint not found: {path}")
     if path.is_dir():
-        if (path / ORIGINAL_VAE).is_file():
-            path = path / ORIGINAL_VAE
+        if original_vae(path) is not None and original_vae(path).is_file():
+            path = original_vae(path)
         elif any(path.glob(f"{DIT_STEM}*.safetensors")):
             pass  # a diffusers vae/ folder
         else:
             vae = detect_layout(path).vae
             if vae is None:
-                raise CheckpointError(f"{path}: no VAE found (expected {ORIGINAL_VAE} or a vae/ folder)")
+                raise CheckpointError(f"{path}: no VAE found (expected {ORIGINAL_VAE}, {WAN22_VAE} or a vae/ folder)")
             path = vae
     sd = read_sharded(path, DIT_STEM) if path.is_dir() else read_weights(path)
     if any(k.startswith(("encoder.conv_in", "decoder.conv_in", "quant_conv", "post_quant_conv")) for k in sd):

@@ -1,19 +1,14 @@
-"""Wan2.1 VAE checkpoint formats: official (`Wan2.1_VAE.pth`) <-> diffusers `AutoencoderKLWan`.
+"""Wan VAE checkpoint formats: official (`Wan2.1_VAE.pth`) <-> diffusers `AutoencoderKLWan`.
+The Wan2.2 VAE (`Wan2.2_VAE.pth`) is recognised here and mapped by `vae_residual_format`.
 
-Name facts (from diffusers' Wan VAE conversion and `autoencoder_kl_wan.py`):
+Name facts (from diffusers' Wan VAE conversion and `autoencoder_kl_wan.py`); the names outside
+the stages are in `vae_names`:
 
 official                                  diffusers
-conv1 / conv2                             quant_conv / post_quant_conv
-{enc,dec}oder.conv1                       {enc,dec}oder.conv_in
-{enc,dec}oder.head.0.gamma / head.2.*     {enc,dec}oder.norm_out.gamma / conv_out.*
-{enc,dec}oder.middle.0 / .1 / .2          {enc,dec}oder.mid_block.resnets.0 / attentions.0 / resnets.1
 encoder.downsamples.N                     encoder.down_blocks.N (the same flat list)
 decoder.upsamples.N (flat: per stage       decoder.up_blocks.S.resnets.J and
   num_res_blocks+1 residual blocks,          decoder.up_blocks.S.upsamplers.0
   then one Resample except the last)
-residual.0.gamma / residual.2.* /         norm1.gamma / conv1.* / norm2.gamma / conv2.* /
-  residual.3.gamma / residual.6.* / shortcut.*   conv_shortcut.*
-attention (norm, to_qkv, proj) and resample (resample.1, time_conv) leaves keep their names.
 
 The decoder's flat <-> nested indices are worked out from the key set itself (where the Resample
 entries sit, or how many resnets each up block has), so any num_res_blocks and stage count map.
@@ -28,43 +23,27 @@ import torch
 
 from wan_engine.configs import WAN21_LATENT_MEAN, WAN21_LATENT_STD, VAEConfig
 
-_RESNET_LEAVES = {
-    "residual.0.gamma": "norm1.gamma",
-    "residual.2.weight": "conv1.weight",
-    "residual.2.bias": "conv1.bias",
-    "residual.3.gamma": "norm2.gamma",
-    "residual.6.weight": "conv2.weight",
-    "residual.6.bias": "conv2.bias",
-    "shortcut.weight": "conv_shortcut.weight",
-    "shortcut.bias": "conv_shortcut.bias",
-}
-_RESNET_LEAVES_INV = {v: k for k, v in _RESNET_LEAVES.items()}
-_ATTENTION_LEAVES = frozenset({"norm.gamma", "to_qkv.weight", "to_qkv.bias", "proj.weight", "proj.bias"})
-_RESAMPLE_LEAVES = frozenset({"resample.1.weight", "resample.1.bias", "time_conv.weight", "time_conv.bias"})
+from .vae_names import (
+    ATTENTION_LEAVES as _ATTENTION_LEAVES,
+    RESAMPLE_LEAVES as _RESAMPLE_LEAVES,
+    RESNET_LEAVES as _RESNET_LEAVES,
+    RESNET_LEAVES_INV as _RESNET_LEAVES_INV,
+    shared_to_diffusers,
+    latent_stats,
+    shared_to_official,
+    unknown as _unknown,
+)
+from .vae_residual_format import (
+    diffusers_to_official_residual,
+    infer_residual_vae_config,
+    is_residual_layout,
+    official_to_diffusers_residual,
+)
 
-_FIXED = {
-    "conv1.weight": "quant_conv.weight",
-    "conv1.bias": "quant_conv.bias",
-    "conv2.weight": "post_quant_conv.weight",
-    "conv2.bias": "post_quant_conv.bias",
-}
-for _part in ("encoder", "decoder"):
-    for _leaf in ("weight", "bias"):
-        _FIXED[f"{_part}.conv1.{_leaf}"] = f"{_part}.conv_in.{_leaf}"
-        _FIXED[f"{_part}.head.2.{_leaf}"] = f"{_part}.conv_out.{_leaf}"
-    _FIXED[f"{_part}.head.0.gamma"] = f"{_part}.norm_out.gamma"
-_FIXED_INV = {v: k for k, v in _FIXED.items()}
-
-_OFFICIAL_MIDDLE = re.compile(r"(encoder|decoder)\.middle\.(\d+)\.(.+)")
 _OFFICIAL_DOWN = re.compile(r"encoder\.downsamples\.(\d+)\.(.+)")
 _OFFICIAL_UP = re.compile(r"decoder\.upsamples\.(\d+)\.(.+)")
-_DIFFUSERS_MID = re.compile(r"(encoder|decoder)\.mid_block\.(resnets|attentions)\.(\d+)\.(.+)")
 _DIFFUSERS_DOWN = re.compile(r"encoder\.down_blocks\.(\d+)\.(.+)")
 _DIFFUSERS_UP = re.compile(r"decoder\.up_blocks\.(\d+)\.(resnets\.(\d+)|upsamplers\.0)\.(.+)")
-
-
-def _unknown(key: str, fmt: str, why: str = "") -> KeyError:
-    return KeyError(f"unknown {fmt} Wan VAE key {key!r}{': ' + why if why else ''}")
 
 
 def _flat_leaf_to_diffusers(key: str, leaf: str) -> str:
@@ -100,19 +79,13 @@ def official_to_diffusers_vae(sd: Mapping[str, torch.Tensor]) -> dict[str, torch
     Raises KeyError naming any key that is not part of the official layout, and for attention
     blocks inside decoder stages, which diffusers' Wan2.1 decoder does not have.
     """
+    if is_residual_layout(sd):
+        return official_to_diffusers_residual(sd)
     resamples = _resample_positions(sd)
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        if key in _FIXED:
-            new = _FIXED[key]
-        elif m := _OFFICIAL_MIDDLE.fullmatch(key):
-            part, idx, leaf = m.group(1), int(m.group(2)), m.group(3)
-            if idx in (0, 2) and leaf in _RESNET_LEAVES:
-                new = f"{part}.mid_block.resnets.{idx // 2}.{_RESNET_LEAVES[leaf]}"
-            elif idx == 1 and leaf in _ATTENTION_LEAVES:
-                new = f"{part}.mid_block.attentions.0.{leaf}"
-            else:
-                raise _unknown(key, "official")
+        if (new := shared_to_diffusers(key)) is not None:
+            pass
         elif m := _OFFICIAL_DOWN.fullmatch(key):
             new = f"encoder.down_blocks.{m.group(1)}.{_flat_leaf_to_diffusers(key, m.group(2))}"
         elif m := _OFFICIAL_UP.fullmatch(key):
@@ -138,8 +111,10 @@ def official_to_diffusers_vae(sd: Mapping[str, torch.Tensor]) -> dict[str, torch
 def diffusers_to_official_vae(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a diffusers `AutoencoderKLWan` (Wan2.1 layout) state dict to official names.
 
-    Raises KeyError naming any key outside that layout (e.g. Wan2.2 residual up/down blocks).
+    Raises KeyError naming any key outside that layout.
     """
+    if is_residual_layout(sd):
+        return diffusers_to_official_residual(sd)
     resnets_per_stage: dict[int, int] = {}
     has_upsampler: set[int] = set()
     for key in sd:
@@ -156,16 +131,8 @@ def diffusers_to_official_vae(sd: Mapping[str, torch.Tensor]) -> dict[str, torch
 
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        if key in _FIXED_INV:
-            new = _FIXED_INV[key]
-        elif m := _DIFFUSERS_MID.fullmatch(key):
-            part, kind, idx, leaf = m.group(1), m.group(2), int(m.group(3)), m.group(4)
-            if kind == "resnets" and idx in (0, 1) and leaf in _RESNET_LEAVES_INV:
-                new = f"{part}.middle.{2 * idx}.{_RESNET_LEAVES_INV[leaf]}"
-            elif kind == "attentions" and idx == 0 and leaf in _ATTENTION_LEAVES:
-                new = f"{part}.middle.1.{leaf}"
-            else:
-                raise _unknown(key, "diffusers")
+        if (new := shared_to_official(key)) is not None:
+            pass
         elif m := _DIFFUSERS_DOWN.fullmatch(key):
             new = f"encoder.downsamples.{m.group(1)}.{_flat_leaf_to_official(key, m.group(2))}"
         elif m := _DIFFUSERS_UP.fullmatch(key):
@@ -218,15 +185,16 @@ def infer_vae_config(
     """
     if "encoder.conv_in.weight" in sd:
         sd = diffusers_to_official_vae(sd)
+    if is_residual_layout(sd):
+        return infer_residual_vae_config(sd, latent_mean=latent_mean, latent_std=latent_std)
     for required in ("encoder.conv1.weight", "conv2.weight", "decoder.conv1.weight"):
         if required not in sd:
             raise KeyError(f"not a Wan2.1 VAE state dict: missing {required!r}")
     base_dim = sd["encoder.conv1.weight"].shape[0]
     z_dim = sd["conv2.weight"].shape[0]
-    if sd["encoder.conv1.weight"].shape[1] != 3:  # Wan2.2's VAE patchifies 2x2 pixels: 12 input channels
+    if sd["encoder.conv1.weight"].shape[1] != 3:
         raise KeyError(f"not a Wan2.1 VAE: its first convolution takes {sd['encoder.conv1.weight'].shape[1]} "
-                       f"channels (the Wan2.2 VAE of TI2V-5B takes 12, with {z_dim} latent channels), "
-                       f"which this engine does not support yet")
+                       f"channels, not 3 (and its stages are not Wan2.2's residual ones)")
 
     # Split the encoder's flat list into stages at its Resample entries.
     stages: list[dict] = [{"res": [], "attn": False}]
@@ -262,13 +230,7 @@ def infer_vae_config(
         raise ValueError(f"decoder has {decoder_time_convs} temporal upsamples but the encoder has "
                          f"{sum(temporal)} temporal downsamples")
 
-    if (latent_mean is None) != (latent_std is None):
-        raise ValueError("pass both latent_mean and latent_std, or neither")
-    if latent_mean is None:
-        if z_dim != len(WAN21_LATENT_MEAN):
-            raise ValueError(f"z_dim is {z_dim}: pass latent_mean and latent_std ({z_dim} values each); "
-                             f"the checkpoint does not store them")
-        latent_mean, latent_std = WAN21_LATENT_MEAN, WAN21_LATENT_STD
+    latent_mean, latent_std = latent_stats(z_dim, latent_mean, latent_std, (WAN21_LATENT_MEAN, WAN21_LATENT_STD))
     return VAEConfig(
         base_dim=base_dim, z_dim=z_dim, dim_mult=tuple(dim_mult), num_res_blocks=counts.pop(),
         attn_scales=attn_scales, temporal_downsample=tuple(temporal),

@@ -195,35 +195,6 @@ class ImagePrompt:
         return [f"{name} ({image.source}): {image.conversion}" for name, image in images if image.conversion]
 
 
-def image_prompt(image, last_image, max_area: int, model_type: str,
-                 names: tuple[str, str] = ("image", "last_image")) -> ImagePrompt:
-    """Read and check a request's images for a `model_type` model (t2v, i2v, flf2v); every
-    error names the option (`names`: how the caller spells the two, e.g. the CLI's flags).
-    Nothing is loaded onto a device."""
-    first_name, last_name = names
-    if model_type == "t2v":
-        given = first_name if image is not None else last_name
-        raise ValueError(f"{given}: this is a text-to-video model; {first_name} and {last_name} need an i2v or "
-                         f"flf2v model")
-    if image is None:
-        if last_image is not None:
-            raise ValueError(f"{last_name} needs {first_name} (the first frame) as well")
-        raise ValueError(f"{first_name} is required: a {model_type} model generates from a first frame")
-    if model_type == "i2v" and last_image is not None:
-        raise ValueError(f"{last_name}: an i2v model takes the first frame only; first-last-frame needs an "
-                         f"flf2v model")
-    if model_type == "flf2v" and last_image is None:
-        raise ValueError(f"{last_name} is required: an flf2v model generates between a first and a last frame")
-    first = read_image(image, first_name)
-    width, height = output_size(first, max_area)
-    check_image_fits(first, width, height, first_name)
-    last = None
-    if last_image is not None:
-        last = crop_to_aspect(read_image(last_image, last_name), first)
-        check_image_fits(last, width, height, last_name)
-    return ImagePrompt(first, last, width, height, names)
-
-
 @torch.no_grad()
 def condition_inputs(prompt: ImagePrompt, num_frames: int, vae, image_encoder, device: torch.device,
                      dtype: torch.dtype, encode=None) -> tuple[torch.Tensor | None, torch.Tensor]:

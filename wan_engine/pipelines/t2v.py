@@ -44,8 +44,10 @@ from ..parallel.vae_decode import parallel_vae_decode
 from ..parallel.vae_encode import parallel_vae_encode
 from ..parallel.vae_tiles import agree_on_plan, parallel_tiled_decode
 from ..sampling import get_sampling_preset, make_sampling_solver
-from ..runner import ImageInputs, cfg_denoise, takes_prepared_text
-from .image_condition import ImagePrompt, condition_inputs, image_prompt
+from ..runner import FirstFrame, ImageInputs, cfg_denoise, takes_prepared_text
+from .first_frame import first_frame_latents
+from .image_condition import ImagePrompt, condition_inputs
+from .image_prompt import IMAGE_OPTIONAL, image_prompt
 from ..placement import place, stage_placement
 
 log = logging.getLogger(__name__)
@@ -221,10 +223,10 @@ class WanPipeline:
             raise ValueError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
         width, height = validation.check_size(d.size if size is None else size)
         condition = None
-        model_type = self.config.dit.model_type
-        if model_type != "t2v" or image is not None or last_image is not None:
+        task = self.config.dit.task
+        if task not in IMAGE_OPTIONAL or image is not None or last_image is not None:
             # The requested size is the area; the video takes the first image's aspect ratio.
-            condition = image_prompt(image, last_image, width * height, model_type)
+            condition = image_prompt(image, last_image, width * height, task)
             width, height = condition.width, condition.height
             for note in condition.conversions():
                 log.warning("converted %s", note)
@@ -299,15 +301,22 @@ class WanPipeline:
             row[: emb.shape[0]] = emb.to(device=self.device, dtype=self.dtype)
         return padded[:1], padded[1:]
 
-    def encode_image(self, req: Request) -> ImageInputs:
+    def encode_image(self, req: Request) -> ImageInputs | FirstFrame:
         """The request's CLIP features and DiT conditioning `y` (mask + VAE latents of the given
-        frames). Under several ranks the VAE encode is split over the rows of the decode group (or
-        the sequence-parallel group), and rank 0's values are broadcast, so every rank conditions alike."""
+        frames), or for a TI2V model its first frame's latents. Under several ranks the VAE encode
+        is split over the rows of the decode group (or the sequence-parallel group), and rank 0's
+        values are broadcast, so every rank conditions alike."""
         encode = self.vae_encoder
         group = self._row_group(req.height // self.config.vae.spatial_stride)
         if encode is None and group is not None:
             def encode(video):
                 return parallel_vae_encode(self.vae, video, group)
+        if self.config.dit.task == "ti2v":
+            if not isinstance(self.dit, torch.nn.Module):
+                raise ValueError("image-to-video on a TI2V model runs frame 0 at its own timestep, which an exported "
+                                 "DiT (one timestep per sample) does not take; use the executor engine")
+            z = first_frame_latents(req.image, self.vae, self.device, encode)
+            return FirstFrame(broadcast_from_rank0(z.contiguous(), self.mesh) if self.is_parallel else z)
         clip_fea, y = condition_inputs(req.image, req.num_frames, self.vae, self.image_encoder, self.device,
                                        self.dtype, encode=encode)
         if self.is_parallel:
@@ -379,6 +388,8 @@ class WanPipeline:
         if plan.tile is not None:
             video = parallel_tiled_decode(decoder.vae, latents, plan, tiles_group, parts=decoder.parts(),
                                           output="rank0")
+        elif decoder.vae.config.residual:  # no row split for the Wan2.2 VAE yet: rank 0 decodes whole
+            video = decoder(latents, self.graphs) if self.mesh.rank == 0 else None
         else:
             video = parallel_vae_decode(decoder.vae, latents, self._row_group(latents.shape[3]), output="rank0")
         return video.float() if self.mesh.rank == 0 else None
@@ -387,7 +398,10 @@ class WanPipeline:
 
     def _row_group(self, latent_rows: int):
         """The group a row-parallel VAE decode or encode splits `latent_rows` over: the decode group,
-        else the sequence-parallel group, if it has no more ranks than rows (None: this rank alone)."""
+        else the sequence-parallel group, if it has no more ranks than rows (None: this rank alone,
+        and always for the Wan2.2 VAE, whose stage shortcuts the row split does not cut yet)."""
+        if self.config.vae.residual:
+            return None
         return next((g for g in (self.decode_group, self.mesh.sp_group)
                      if g is not None and group_size(g) <= latent_rows), None)
 

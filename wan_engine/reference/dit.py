@@ -75,14 +75,43 @@ def time_conditioning(t: torch.Tensor, time_embedding: nn.Sequential, time_proje
     return e, e0.unflatten(1, (6, e.shape[1]))
 
 
+def check_timesteps(t: torch.Tensor, batch: int) -> None:
+    """t: [B] (one timestep for every token), or [B, 2] (latent frame 0's tokens, then every later
+    token): Wan2.2 TI2V's image-to-video keeps its conditioning frame at t = 0."""
+    if t.shape not in ((batch,), (batch, 2)):
+        raise ValueError(f"t must have shape [B] or [B, 2] (latent frame 0, the rest) with B = {batch}; "
+                         f"got {tuple(t.shape)}")
+
+
+def token_timesteps(t: torch.Tensor, frame0_tokens: int, seq_len: int) -> torch.Tensor:
+    """The official Wan2.2 per-token form of t [B, 2]: [B, seq_len], frame 0's tokens at t[:, 0],
+    every later token (padding included, as the official pads with the timestep) at t[:, 1]."""
+    out = t[:, 1:].expand(-1, seq_len).clone()
+    out[:, :frame0_tokens] = t[:, :1]
+    return out
+
+
+def time_conditioning_per_token(t: torch.Tensor, time_embedding: nn.Sequential, time_projection: nn.Sequential,
+                                freq_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token timesteps t [B, S] -> (e [B, S, dim], e0 [B, S, 6, dim]): the official Wan2.2
+    `WanModel.forward`, which embeds every token's timestep (flattened) in fp32."""
+    e, e0 = time_conditioning(t.flatten(), time_embedding, time_projection, freq_dim)
+    return e.unflatten(0, t.shape), e0.unflatten(0, t.shape)
+
+
 def block_modulation(modulation: torch.Tensor, e0: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Block table [1, 6, dim] + e0 [B, 6, dim] in fp32 -> six [B, 1, dim] tensors:
-    (shift, scale, gate) for self-attention, then (shift, scale, gate) for the FFN."""
+    """Block table [1, 6, dim] + e0 [B, 6, dim] (or per token [B, S, 6, dim]) in fp32 -> six
+    [B, 1, dim] (or [B, S, dim]) tensors: (shift, scale, gate) for self-attention, then for the FFN."""
+    if e0.ndim == 4:
+        return tuple(m.squeeze(2) for m in (modulation.float()[None] + e0.float()).chunk(6, dim=2))
     return (modulation.float() + e0.float()).chunk(6, dim=1)
 
 
 def head_modulation(modulation: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Head table [1, 2, dim] + e [B, dim] (the time embedding, not e0) -> (shift, scale) [B, 1, dim]."""
+    """Head table [1, 2, dim] + e [B, dim] (the time embedding, not e0) -> (shift, scale) [B, 1, dim];
+    per token, e [B, S, dim] -> [B, S, dim] each."""
+    if e.ndim == 3:
+        return tuple(m.squeeze(2) for m in (modulation.float()[None] + e.float().unsqueeze(2)).chunk(2, dim=2))
     shift, scale = (modulation.float() + e.float().unsqueeze(1)).chunk(2, dim=1)
     return shift, scale
 
@@ -372,7 +401,8 @@ class WanDiT(nn.Module):
         """Predict the flow velocity.
 
         x: noisy latents [B, C, F, H, W]; y: i2v/flf2v conditioning [B, in_dim - C, F, H, W],
-        concatenated after x on channels. t: timesteps [B] (the official passes 0..999 values).
+        concatenated after x on channels. t: timesteps [B] (the official passes 0..999 values), or
+        [B, 2] (latent frame 0's tokens, the rest: Wan2.2 TI2V), run per token as the official.
         context: text embeddings [B, L, text_dim], L <= text_len (zero-padded to text_len here).
         seq_len: token count to pad the video sequence to (>= f*h*w); padded keys are masked.
         clip_fea: CLIP features [B, 257, 1280] for i2v; for flf2v [B, 514, 1280] (first frame's
@@ -382,8 +412,7 @@ class WanDiT(nn.Module):
         cfg, cd = self.config, self.compute_dtype
         x = video_input(cfg, x, y)
         batch = x.shape[0]
-        if t.shape != (batch,):
-            raise ValueError(f"t must have shape [B] = [{batch}], got {tuple(t.shape)}")
+        check_timesteps(t, batch)
         if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != cfg.text_dim:
             raise ValueError(f"context must be [B={batch}, L, text_dim={cfg.text_dim}], got {tuple(context.shape)}")
 
@@ -397,7 +426,11 @@ class WanDiT(nn.Module):
             raise ValueError(f"seq_len must be >= the {real_len} video tokens, got {seq_len}")
         tokens = F.pad(tokens, (0, 0, 0, seq_len - real_len))
 
-        e, e0 = time_conditioning(t, self.time_embedding, self.time_projection, cfg.freq_dim)
+        if t.ndim == 1:
+            e, e0 = time_conditioning(t, self.time_embedding, self.time_projection, cfg.freq_dim)
+        else:
+            e, e0 = time_conditioning_per_token(token_timesteps(t, grid[1] * grid[2], seq_len),
+                                                self.time_embedding, self.time_projection, cfg.freq_dim)
         text = pad_context(context, cfg.text_len)
         text = linear(F.gelu(linear(text, self.text_embedding[0], cd), approximate="tanh"), self.text_embedding[2], cd)
         image = image_features(clip_fea, cfg, batch)

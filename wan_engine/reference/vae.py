@@ -1,7 +1,8 @@
-"""The Wan2.1 3D causal VAE (official `WanVAE_`), eager reference.
+"""The Wan 3D causal VAE (official `WanVAE_`), eager reference: Wan2.1's, and Wan2.2's (TI2V-5B)
+when `config.residual` (see `vae_stages`).
 
 `WanVAE(config).state_dict()` has the names and shapes of `Wan2.1_VAE.pth` (encoder.*, conv1,
-conv2, decoder.*), so the official checkpoint loads directly. Official math: video [-1, 1] ->
+conv2, decoder.*), or of `Wan2.2_VAE.pth` for `WAN22_VAE`, so the official checkpoints load directly. Official math: video [-1, 1] ->
 encoder (2*z_dim channels) -> conv1 -> the mean half -> (mu - latent_mean) / latent_std; decode
 undoes the normalization, conv2 -> decoder -> clamp to [-1, 1].
 
@@ -28,6 +29,7 @@ from wan_engine.reference.vae_blocks import (
     RMSNorm,
     apply_layers,
 )
+from wan_engine.reference.vae_stages import DownStage, UpStage, patchify, unpatchify
 
 ENCODE_CHUNK_FRAMES = 4  # after the lone frame 0; one latent frame per chunk at temporal stride 4
 
@@ -39,10 +41,15 @@ class Encoder3d(nn.Module):
         super().__init__()
         dims = [config.base_dim * m for m in (1, *config.dim_mult)]
         last_stage = len(config.dim_mult) - 1
-        self.conv1 = CausalConv3d(3, dims[0], 3, padding=1)
+        self.patch = config.patch_size
+        self.conv1 = CausalConv3d(3 * self.patch ** 2, dims[0], 3, padding=1)
         layers: list[nn.Module] = []
         scale = 1.0
         for stage, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+            if config.residual:  # Wan2.2: one module per stage, with its shortcut
+                temporal = stage != last_stage and config.temporal_downsample[stage]
+                layers.append(DownStage(in_dim, out_dim, config.num_res_blocks, temporal, stage != last_stage))
+                continue
             for _ in range(config.num_res_blocks):
                 layers.append(ResidualBlock(in_dim, out_dim))
                 if scale in config.attn_scales:
@@ -59,7 +66,7 @@ class Encoder3d(nn.Module):
                                   CausalConv3d(dims[-1], out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, cache: FeatureCache | None = None) -> torch.Tensor:
-        x = self.conv1(x, cache)
+        x = self.conv1(patchify(x, self.patch), cache)
         x = apply_layers(self.downsamples, x, cache)
         x = apply_layers(self.middle, x, cache)
         return apply_layers(self.head, x, cache)
@@ -71,15 +78,20 @@ class Decoder3d(nn.Module):
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         mult = config.dim_mult
-        dims = [config.base_dim * m for m in (mult[-1], *mult[::-1])]
+        dims = [config.decoder_dim * m for m in (mult[-1], *mult[::-1])]
         temporal_upsample = config.temporal_downsample[::-1]
         last_stage = len(mult) - 1
+        self.patch = config.patch_size
         self.conv1 = CausalConv3d(config.z_dim, dims[0], 3, padding=1)
         self.middle = nn.Sequential(ResidualBlock(dims[0], dims[0]), AttentionBlock(dims[0]),
                                     ResidualBlock(dims[0], dims[0]))
         layers: list[nn.Module] = []
         scale = 1.0 / 2 ** (len(mult) - 2)
         for stage, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+            if config.residual:  # Wan2.2: one module per stage, with its shortcut; no halving
+                temporal = stage != last_stage and temporal_upsample[stage]
+                layers.append(UpStage(in_dim, out_dim, config.num_res_blocks + 1, temporal, stage != last_stage))
+                continue
             if stage > 0:  # the previous stage's Resample halved the channels
                 in_dim //= 2
             # One more residual block per stage than the encoder, as official.
@@ -93,13 +105,19 @@ class Decoder3d(nn.Module):
                 scale *= 2.0
         self.upsamples = nn.Sequential(*layers)
         self.head = nn.Sequential(RMSNorm(dims[-1], images=False), nn.SiLU(),
-                                  CausalConv3d(dims[-1], 3, 3, padding=1))
+                                  CausalConv3d(dims[-1], 3 * self.patch ** 2, 3, padding=1))
+
+    def trunk(self, x: torch.Tensor, cache: FeatureCache | None = None) -> torch.Tensor:
+        """conv1 and the middle block: at latent resolution, attention over the whole frame."""
+        return apply_layers(self.middle, self.conv1(x, cache), cache)
+
+    def tail(self, x: torch.Tensor, cache: FeatureCache | None = None) -> torch.Tensor:
+        """The upsampling stages and the head (local convolutions only), then the pixel patch undone."""
+        x = apply_layers(self.head, apply_layers(self.upsamples, x, cache), cache)
+        return unpatchify(x, self.patch)
 
     def forward(self, x: torch.Tensor, cache: FeatureCache | None = None) -> torch.Tensor:
-        x = self.conv1(x, cache)
-        x = apply_layers(self.middle, x, cache)
-        x = apply_layers(self.upsamples, x, cache)
-        return apply_layers(self.head, x, cache)
+        return self.tail(self.trunk(x, cache), cache)
 
 
 def encode_chunks(video: torch.Tensor) -> Iterator[torch.Tensor]:

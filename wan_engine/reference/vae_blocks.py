@@ -55,6 +55,8 @@ class CausalConv3d(nn.Conv3d):
     kernel-3 convs; kernel-1 convs keep no history).
     """
 
+    streaming = True  # takes the cache (see apply_layers)
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         pad_t, pad_h, pad_w = self.padding
@@ -93,14 +95,17 @@ class RMSNorm(nn.Module):
 
 
 def apply_layers(layers: nn.Sequential, x: torch.Tensor, cache: FeatureCache | None) -> torch.Tensor:
-    """Run `layers` in order, handing the cache to the layers that look across frames."""
+    """Run `layers` in order, handing the cache to the layers that look across frames (those whose
+    class sets `streaming`)."""
     for layer in layers:
-        x = layer(x, cache) if isinstance(layer, (CausalConv3d, ResidualBlock, Resample)) else layer(x)
+        x = layer(x, cache) if getattr(layer, "streaming", False) else layer(x)
     return x
 
 
 class ResidualBlock(nn.Module):
     """norm-SiLU-conv3 twice plus a (1x1x1 conv) shortcut. x: [B, in_dim, T, H, W] -> [B, out_dim, T, H, W]."""
+
+    streaming = True
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
@@ -159,7 +164,8 @@ class Resample(nn.Module):
     - downsample2d/3d: ZeroPad2d((0,1,0,1)) then Conv2d(dim, dim, 3, stride 2) per frame; 3d then
       applies `time_conv` (kernel 3, stride 2, no padding) to frames (x0,x1,x2), (x2,x3,x4), ...
       and keeps frame 0 as is: T = 2n+1 frames -> n+1.
-    - upsample2d/3d: per frame nearest-exact 2x upsampling then Conv2d(dim, dim//2, 3); 3d first
+    - upsample2d/3d: per frame nearest-exact 2x upsampling then Conv2d(dim, out_dim, 3) (Wan2.1:
+      out_dim = dim//2, the default; Wan2.2 keeps dim); 3d first
       doubles the frames: frame 0 is kept, frames 1.. pass a causal `time_conv` (dim -> 2*dim,
       kernel 3) whose two channel halves become two consecutive frames: T -> 2T-1.
 
@@ -170,7 +176,9 @@ class Resample(nn.Module):
     it when the first chunk is one frame, as both official schedules make it.
     """
 
-    def __init__(self, dim: int, mode: str) -> None:
+    streaming = True
+
+    def __init__(self, dim: int, mode: str, out_dim: int | None = None) -> None:
         super().__init__()
         if mode not in RESAMPLE_MODES:
             raise ValueError(f"mode must be one of {RESAMPLE_MODES}; got {mode!r}")
@@ -179,7 +187,7 @@ class Resample(nn.Module):
         if mode.startswith("upsample"):
             self.resample = nn.Sequential(
                 NearestUpsample2x(),
-                nn.Conv2d(dim, dim // 2, 3, padding=1),
+                nn.Conv2d(dim, dim // 2 if out_dim is None else out_dim, 3, padding=1),
             )
         elif mode.startswith("downsample"):
             self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=(2, 2)))
@@ -191,7 +199,7 @@ class Resample(nn.Module):
             self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1), padding=(0, 0, 0))
 
     def forward(self, x: torch.Tensor, cache: FeatureCache | None = None) -> torch.Tensor:
-        """x: [B, dim, T, H, W] -> [B, dim or dim//2, T', H*s, W*s] (s = 2 or 1/2)."""
+        """x: [B, dim, T, H, W] -> [B, dim or out_dim, T', H*s, W*s] (s = 2 or 1/2)."""
         if self.mode == "upsample3d":
             x = self._double_frames(x, cache)
         x = batch_to_frames(self.resample(frames_to_batch(x)), x.shape[0])

@@ -24,7 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..engine import EngineClosed, QueueFull, RequestError
-from ..pipelines.image_condition import image_prompt
+from ..pipelines.image_prompt import IMAGE_OPTIONAL, image_prompt
 from .body_limit import BodyLimit
 from .job_recorder import JobRecorder
 from .job_store import JobStore
@@ -93,7 +93,7 @@ def create_app(engine, store: JobStore, options: ServerOptions = ServerOptions()
         """(the request reading the stored uploads, the record's image fields): the images are
         checked as the CLI checks --image/--last-image (model type, format, size, aspect), so a bad
         one is a 422 now rather than a failed job; the video takes the first image's aspect ratio."""
-        if engine.model_type == "t2v" and not files:
+        if engine.model_type in IMAGE_OPTIONAL and not files:
             return req, {}
         paths = {field: store.write_input(job_id, field, data) for field, data in files.items()}
         width, height = req.size

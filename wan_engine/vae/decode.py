@@ -8,6 +8,7 @@ Both are off by default. The speed levers `fused_norm_silu`, `channels_last` and
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -49,8 +50,10 @@ class VAEDecoder:
     """Decodes normalized latents with `options` on `vae` (a bf16 copy is made once if asked)."""
 
     def __init__(self, vae: WanVAE, options: VAEDecodeOptions | None = None):
-        self.options = VAEDecodeOptions() if options is None else options
-        o = self.options
+        options = VAEDecodeOptions() if options is None else options
+        if isinstance(options.tiling, TilePlan):  # a tile given in pixels, for this VAE's stride
+            options = dataclasses.replace(options, tiling=options.tiling.for_stride(vae.config.spatial_stride))
+        self.options = o = options
         self.vae = decode_copy(vae, VAE_DTYPES[o.dtype], o.fused_norm_silu, o.channels_last)
         self._parts = None
         self._chunks = None
@@ -110,7 +113,7 @@ def _probe_bytes_per_latent_pixel(vae: WanVAE, batch: int, device: torch.device)
     PROBE_TILE x PROBE_TILE tile, after its first chunk so the caches are filled)."""
     trunk, tail = decoder_parts(vae)
     dtype = next(vae.parameters()).dtype
-    channels = vae.config.base_dim * vae.config.dim_mult[-1]
+    channels = vae.config.decoder_dim * vae.config.dim_mult[-1]
     x = torch.zeros(batch, channels, 1, PROBE_TILE, PROBE_TILE, dtype=dtype, device=device)
     slots = tail.slots(batch, PROBE_TILE, PROBE_TILE, dtype, device)
     with torch.no_grad():

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..reference.vae import ENCODE_CHUNK_FRAMES, WanVAE
-from ..reference.vae_blocks import CausalConv3d, FeatureCache, Resample, apply_layers
+from ..reference.vae_blocks import CausalConv3d, FeatureCache, Resample
 
 FIRST, STEADY = "first", "steady"
 
@@ -132,7 +132,7 @@ class DecoderTrunk:
         self.decoder = decoder
 
     def __call__(self, x, cache):
-        return apply_layers(self.decoder.middle, self.decoder.conv1(x, cache), cache)
+        return self.decoder.trunk(x, cache)
 
 
 class DecoderTail:
@@ -143,7 +143,7 @@ class DecoderTail:
         self.decoder = decoder
 
     def __call__(self, x, cache):
-        return apply_layers(self.decoder.head, apply_layers(self.decoder.upsamples, x, cache), cache)
+        return self.decoder.tail(x, cache)
 
 
 def _specs(module: nn.Module, probe: torch.Tensor, unit: tuple[int, int]) -> list[SlotSpec]:

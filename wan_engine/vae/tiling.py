@@ -12,7 +12,7 @@ GPU memory and the roofline's activation model; the CPU has no such bound, so `a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +28,9 @@ class TilePlan:
 
     tile: tuple[int, int] | None = None
     overlap: int = DEFAULT_OVERLAP
+    # The tile in pixels when parsed from `HxW` (then `tile` is for a stride of 8, every Wan2.1
+    # VAE's): `for_stride` re-derives it for the VAE that decodes.
+    pixels: tuple[int, int] | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.tile is not None:
@@ -53,7 +56,13 @@ class TilePlan:
         if h <= 0 or w <= 0 or h % spatial_stride or w % spatial_stride:
             raise ValueError(f"--vae-tiling HxW must be positive multiples of {spatial_stride} pixels; got {text!r}")
         tile = (h // spatial_stride, w // spatial_stride)
-        return cls(tile, overlap=min(DEFAULT_OVERLAP, min(tile) - 1))
+        return cls(tile, overlap=min(DEFAULT_OVERLAP, min(tile) - 1), pixels=(h, w))
+
+    def for_stride(self, spatial_stride: int) -> "TilePlan":
+        """This plan for a VAE of `spatial_stride` pixels per latent cell (Wan2.2's: 16)."""
+        if self.pixels is None:
+            return self
+        return TilePlan.parse(f"{self.pixels[0]}x{self.pixels[1]}", spatial_stride)
 
     def spans(self, length: int, axis: int) -> list[tuple[int, int]]:
         """[start, stop) latent ranges covering `length` along `axis` (0 rows, 1 cols)."""
