@@ -240,3 +240,38 @@ def test_engine_reports_the_task():
         assert engine.model_type == "ti2v"
     finally:
         engine.close()
+
+
+@pytest.mark.slow
+def test_onnx_exports_of_a_ti2v_model(tmp_path):
+    """The DiT and the Wan2.2 VAE's static chunks through ONNX (onnxruntime): text-to-video gives
+    the eager video (fp32: a few uint8 levels at most, PSNR >= 60 dB); image-to-video is refused
+    before any compute, since the exported DiT takes one timestep per sample."""
+    pytest.importorskip("onnxruntime")
+    from wan_engine.cli import main
+
+    for component in ("dit", "vae-decoder"):
+        assert main(["export", "--model", "tiny-ti2v", "--component", component, "--out", str(tmp_path / component),
+                     "--frames", "5-9", "--height", "64-96", "--width", "64-96"]) == 0
+    request = dict(size=(96, 64), num_frames=5, steps=3, seed=2)
+    eager = wan_engine.WanPipeline.from_pretrained("tiny-ti2v", device="cpu").generate(PROMPT, **request)
+    onnx = wan_engine.WanPipeline.from_pretrained("tiny-ti2v", device="cpu", engine=f"onnx:{tmp_path}")
+    frames = onnx.generate(PROMPT, **request)
+    mse = np.mean((frames.astype(np.float64) - eager.astype(np.float64)) ** 2)
+    assert mse == 0 or 10 * np.log10(255.0**2 / mse) >= 60.0
+    with pytest.raises(ValueError, match="exported DiT \\(one timestep per sample\\)"):
+        onnx.generate(PROMPT, image=rgb(64, 96), **request)
+
+
+def test_info_and_fps_follow_the_task(tmp_path):
+    """`wan-engine info` names the task and its conditioning; TI2V-5B's videos are 24 fps
+    (official sample_fps): the CLI's default and a server request's `seconds` use it."""
+    from wan_engine.loading.info import describe_model
+    from wan_engine.serve.schema import parse_create
+
+    text = describe_model(write_original(tmp_path / "m", get_preset("tiny-ti2v")))
+    assert "model: ti2v (tiny-ti2v)" in text and "optionally a first frame (--image)" in text
+    assert get_preset("ti2v-5B").sample.fps == 24 and get_preset("t2v-A14B").sample.fps == 16
+    req, _, fps = parse_create({"prompt": "p", "seconds": "5"}, True, get_preset("ti2v-5B").sample.fps)
+    assert (req.num_frames, fps) == (121, 24)
+    assert parse_create({"prompt": "p", "seconds": "5"}, True)[0].num_frames == 81

@@ -43,7 +43,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--shift", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--solver", default=None, help="unipc (default), dpm++ or euler")
-    p.add_argument("--fps", type=int, default=16, help="frame rate of the MP4 (default 16, Wan2.1's)")
+    p.add_argument("--fps", type=int, default=None,
+                   help="frame rate of the MP4 (default: the model's, 16 for Wan2.1 and A14B, 24 for TI2V-5B)")
     p.add_argument("--no-cfg", dest="cfg", action="store_const", const=False, default=None,
                    help="one DiT forward per step, conditional branch only (for CFG-distilled models; "
                         "explicit: --guidance 1 still runs both branches, as the official formula does)")
@@ -200,7 +201,8 @@ def _check_given(args) -> None:
 
         get_sampling_preset(args.sampling)
     _check_dist_timeout(args)
-    validation.check_fps(args.fps)
+    if args.fps is not None:
+        validation.check_fps(args.fps)
     validation.check_output_file(args.output, "--output", ".mp4")
     if args.save_frames is not None:
         validation.check_output_file(args.save_frames, "--save-frames", ".npy")
@@ -256,7 +258,8 @@ def cmd_generate(args) -> int:
     shutdown()
     if result.frames is None:  # ranks other than 0: their share is in rank 0's frames
         return 0
-    _write_outputs(args, result, load_s, options["parallel"], pipe.attention_backend, _run_notes(pipe))
+    _write_outputs(args, result, load_s, options["parallel"], pipe.attention_backend, _run_notes(pipe),
+                   fps=pipe.config.sample.fps)
     return 0
 
 
@@ -278,12 +281,13 @@ def _run_notes(pipe) -> list[str]:
     return notes
 
 
-def _write_outputs(args, result, load_s: float, parallel, attention: str, notes=()) -> None:
+def _write_outputs(args, result, load_s: float, parallel, attention: str, notes=(), fps: int = 16) -> None:
+    """The MP4 at --fps (else the model's `fps`), the frames if asked, and the run's summary."""
     import numpy as np
 
     from .video import save_video
 
-    path = save_video(result.frames, args.output, fps=args.fps)
+    path = save_video(result.frames, args.output, fps=args.fps or fps)
     if args.save_frames is not None:
         frames_path = Path(args.save_frames).expanduser()
         frames_path.parent.mkdir(parents=True, exist_ok=True)

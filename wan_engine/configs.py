@@ -155,6 +155,13 @@ WAN22_VAE = VAEConfig(base_dim=160, z_dim=48, latent_mean=WAN22_LATENT_MEAN, lat
                       decoder_base_dim=256, patch_size=2, residual=True)
 
 
+def latent_strides(z_dim: int) -> tuple[int, int]:
+    """(frames, pixels per side) per latent cell for latents of `z_dim` channels: the Wan2.1 VAE's
+    (4, 8) for 16, the Wan2.2 VAE's (4, 16) for 48 (a DiT's channels name its VAE)."""
+    vae = WAN22_VAE if z_dim == len(WAN22_LATENT_MEAN) else VAEConfig()
+    return vae.temporal_stride, vae.spatial_stride
+
+
 @dataclass(frozen=True)
 class T5Config:
     """The umT5 encoder (maps onto transformers' `UMT5Config`)."""
@@ -212,6 +219,7 @@ class SampleDefaults:
     num_frames: int = 81
     solver: str = "unipc"
     negative_prompt: str = WAN21_NEGATIVE_PROMPT
+    fps: int = 16  # of the written MP4: Wan2.1's and A14B's 16, TI2V-5B's 24 (official sample_fps)
 
 
 @dataclass(frozen=True)
@@ -296,7 +304,7 @@ _I2V_A14B_SPLIT = ExpertSplit(boundary=0.900)
 # Wan2.2 TI2V-5B (wan/configs/wan_ti2v_5B.py): a t2v-shaped DiT on the Wan2.2 VAE's 48 latent
 # channels (4x16x16 compression); 50 steps, shift 5, guidance 5, 121 frames at 1280x704, 24 fps.
 _TI2V_5B_DIT = DiTConfig(dim=3072, ffn_dim=14336, num_heads=24, num_layers=30, in_dim=48, out_dim=48)
-_TI2V_5B = SampleDefaults(steps=50, shift=5.0, guidance=5.0, size=(1280, 704), num_frames=121)
+_TI2V_5B = SampleDefaults(steps=50, shift=5.0, guidance=5.0, size=(1280, 704), num_frames=121, fps=24)
 
 # Toy-sized but architecturally complete: every code path of the real model runs.
 # head_dim 16 keeps the attention backends that need a multiple of 8 usable.
@@ -344,7 +352,7 @@ PRESETS: dict[str, ModelConfig] = {
     # The tiny DiT on the Wan2.2 VAE's latents (64x64 pixels are 4x4 latent cells, 2x2 tokens).
     "tiny-ti2v": ModelConfig(
         "tiny-ti2v", dataclasses.replace(TINY_DIT, in_dim=48, out_dim=48), TINY_VAE22, TINY_T5,
-        SampleDefaults(steps=8, size=(64, 64), num_frames=9),
+        SampleDefaults(steps=8, size=(64, 64), num_frames=9, fps=24),
     ),
     "i2v-14B-480p": ModelConfig("i2v-14B-480p", _I2V_14B, sample=_I2V_480P, image_encoder=ImageEncoderConfig()),
     "i2v-14B-720p": ModelConfig("i2v-14B-720p", _I2V_14B, sample=_I2V_720P, image_encoder=ImageEncoderConfig()),

@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from ..configs import latent_strides
 from ..engine_config import EngineConfig
 from ..executor.rope_cache import RopeCache, RopeTable
 from ..executor.steps import text_tensors
@@ -100,8 +101,12 @@ class ExportedDiT(TokenIO):
     def tokens_in(self, x, t, seq_len=None, y=None):
         if seq_len is not None:
             raise ValueError("the exported DiT runs unpadded token sequences (seq_len must be None)")
+        if t.ndim != 1:
+            raise ValueError("the exported DiT takes one timestep per sample; TI2V image-to-video runs frame 0 at "
+                             "its own (use the executor engine)")
         b, _, f, h, w = x.shape
-        self.manifest.shapes.check(b, 4 * (f - 1) + 1, 8 * h, 8 * w, f"export {self.folder}")
+        ts, s = latent_strides(self.config.out_dim)
+        self.manifest.shapes.check(b, ts * (f - 1) + 1, s * h, s * w, f"export {self.folder}")
         return super().tokens_in(x, t, None, y)
 
     def predict(self, x, t, text: TextKV, seq_len=None, y=None) -> torch.Tensor:
@@ -135,7 +140,8 @@ class ExportedVAEDecoder(_ExportedVAEChunks):
     def __call__(self, latents: torch.Tensor, graphs=None) -> torch.Tensor:
         vae = self.vae
         b, _, f, h, w = latents.shape
-        self.manifest.shapes.check(b, 4 * (f - 1) + 1, 8 * h, 8 * w, f"export {self.folder}")
+        ts, s = vae.config.temporal_stride, vae.config.spatial_stride
+        self.manifest.shapes.check(b, ts * (f - 1) + 1, s * h, s * w, f"export {self.folder}")
         x = vae.conv2(vae.denormalize_latents(latents))
         slots = self.chunks.slots(b, h, w, torch.float32, x.device)
         out, *slots = self.first(x[:, :, :1], *slots)

@@ -21,13 +21,16 @@ def describe_model(path: str | Path) -> str:
     preset = preset_for(cfg.dim, cfg.task, Path(path).expanduser().resolve().name, layout.has_experts)
     params = sum(t.numel() for t in shapes.values())
     lines = [layout.describe(),
-             f"{'model':>13}: {cfg.model_type} ({preset.name if preset else 'custom size'}), "
+             f"{'model':>13}: {cfg.task} ({preset.name if preset else 'custom size'}), "
              f"{_count(params)} DiT parameters",
              f"{'dit config':>13}: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())]
     if layout.has_experts:
         boundary = layout.boundary if layout.boundary is not None else "the preset's (0.875 for T2V-A14B)"
         lines.append(f"{'experts':>13}: two experts (Wan2.2 A14B), each with the parameters above; the high-noise "
                      f"one runs the steps at or above boundary {boundary} x 1000")
+    if cfg.task == "ti2v":
+        lines.append(f"{'conditioning':>13}: text, and optionally a first frame (--image) whose {cfg.out_dim} "
+                     f"latent channels stand in for latent frame 0 (Wan2.2 TI2V; the Wan2.2 VAE)")
     if cfg.model_type != "t2v" and not cfg.uses_clip:
         lines.append(f"{'conditioning':>13}: the first frame (--image); {cfg.in_dim - cfg.out_dim} mask/latent "
                      f"channels, no CLIP features (Wan2.2)")

@@ -227,6 +227,9 @@ class WanPipeline:
         if task not in IMAGE_OPTIONAL or image is not None or last_image is not None:
             # The requested size is the area; the video takes the first image's aspect ratio.
             condition = image_prompt(image, last_image, width * height, task)
+            if task == "ti2v" and not isinstance(self.dit, torch.nn.Module):
+                raise ValueError("image: image-to-video on a TI2V model runs frame 0 at its own timestep, which an "
+                                 "exported DiT (one timestep per sample) does not take; use the executor engine")
             width, height = condition.width, condition.height
             for note in condition.conversions():
                 log.warning("converted %s", note)
@@ -312,9 +315,6 @@ class WanPipeline:
             def encode(video):
                 return parallel_vae_encode(self.vae, video, group)
         if self.config.dit.task == "ti2v":
-            if not isinstance(self.dit, torch.nn.Module):
-                raise ValueError("image-to-video on a TI2V model runs frame 0 at its own timestep, which an exported "
-                                 "DiT (one timestep per sample) does not take; use the executor engine")
             z = first_frame_latents(req.image, self.vae, self.device, encode)
             return FirstFrame(broadcast_from_rank0(z.contiguous(), self.mesh) if self.is_parallel else z)
         clip_fea, y = condition_inputs(req.image, req.num_frames, self.vae, self.image_encoder, self.device,

@@ -82,7 +82,7 @@ def create_app(engine, store: JobStore, options: ServerOptions = ServerOptions()
     async def create_video(request: Request):
         body, from_form, files = await _read_body(request)
         try:
-            req, model, fps = parse_create(body, from_form)
+            req, model, fps = parse_create(body, from_form, engine.pipeline.config.sample.fps)
             req = engine.resolve(req)
         except RequestError as e:
             raise ApiError(422, e.message, e.field) from None

@@ -79,8 +79,9 @@ def frames_for_seconds(seconds: float, fps: int) -> int:
     return int(round(frames)) + 1
 
 
-def parse_create(body, from_form: bool) -> tuple[GenerationRequest, str | None, int]:
-    """(the request, the `model` the client named or None, the fps of the MP4)."""
+def parse_create(body, from_form: bool, default_fps: int = WAN_FPS) -> tuple[GenerationRequest, str | None, int]:
+    """(the request, the `model` the client named or None, the fps of the MP4: `fps`, else the
+    model's `default_fps`)."""
     if not isinstance(body, dict):
         raise RequestError("body", f"the request body must be an object of fields, got {type(body).__name__}")
     unknown = sorted(set(body) - FIELDS)
@@ -105,7 +106,7 @@ def parse_create(body, from_form: bool) -> tuple[GenerationRequest, str | None, 
     model = values.pop("model", None)
     if model is not None and not 0 < len(model) <= MAX_MODEL_CHARS:
         raise RequestError("model", f"model must be 1 to {MAX_MODEL_CHARS} characters")
-    fps = values.pop("fps", WAN_FPS)
+    fps = values.pop("fps", default_fps)
     if not 1 <= fps <= MAX_FPS:
         raise RequestError("fps", f"fps must be in [1, {MAX_FPS}], got {fps}")
     seconds = values.pop("seconds", None)
