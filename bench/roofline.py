@@ -284,10 +284,12 @@ def vae_decode_cost(cfg: VAEConfig, width: int, height: int, frames: int, batch:
     """FLOPs and bytes of decoding latents to a width x height x frames video.
 
     Components: conv_in, mid (res blocks), mid_attn, up{i}_res, up{i}_resample, head (convs and
-    attention GEMMs only), norm_elementwise (norms, SiLU, residual adds, upsampling copies).
+    attention GEMMs only), norm_elementwise (norms, SiLU, residual adds, upsampling copies and,
+    for the Wan2.2 VAE, its stage shortcuts and the pixel unpatchify).
     """
     lf, lh, lw = _vae_check(cfg, width, height, frames, batch, dtype_bytes)
-    dims = [cfg.base_dim * m for m in (cfg.dim_mult[-1],) + tuple(reversed(cfg.dim_mult))]
+    p = cfg.patch_size  # the Wan2.2 VAE's head gives p x p pixels per position (unpatchified)
+    dims = [cfg.decoder_dim * m for m in (cfg.dim_mult[-1],) + tuple(reversed(cfg.dim_mult))]
     temporal_up = tuple(reversed(cfg.temporal_downsample))
     n_stages = len(cfg.dim_mult)
     chunks = lf  # one latent frame per decoder call
@@ -301,7 +303,9 @@ def vae_decode_cost(cfg: VAEConfig, width: int, height: int, frames: int, batch:
     v.residual_block("mid", dims[0], dims[0], t, h, w, chunks)
     scale = 1.0 / 2 ** (n_stages - 2)
     for i in range(n_stages):
-        cin, cout = (dims[i] // 2 if i > 0 else dims[i]), dims[i + 1]  # upsampling halves channels
+        # Wan2.1's upsampling halves the channels; Wan2.2's keeps them.
+        cin, cout = (dims[i] // 2 if i > 0 and not cfg.residual else dims[i]), dims[i + 1]
+        stage_in = cin * t * h * w
         for _ in range(cfg.num_res_blocks + 1):
             v.residual_block(f"up{i}_res", cin, cout, t, h, w, chunks)
             if scale in cfg.attn_scales:
@@ -315,10 +319,15 @@ def vae_decode_cost(cfg: VAEConfig, width: int, height: int, frames: int, batch:
             v.conv(name, cout, 2 * cout, (3, 1, 1), t - 1, h, w, h, w, chunks)
             t = 1 + 2 * (t - 1)
         v.elementwise(cout * t * h * w, 0, 1, 4)  # nearest-exact x2 upsampling copy
-        v.conv(name, cout, cout // 2, (1, 3, 3), t, 2 * h, 2 * w, 2 * h, 2 * w, chunks)
+        v.conv(name, cout, cout if cfg.residual else cout // 2, (1, 3, 3), t, 2 * h, 2 * w, 2 * h, 2 * w, chunks)
         h, w, scale = 2 * h, 2 * w, scale * 2
+        if cfg.residual:  # DupUp3D of the stage input (a read and a copy) added to the stage output
+            v.elementwise(stage_in, 0, 1, cout * t * h * w / stage_in)
+            v.elementwise(cout * t * h * w, 1, 2, 1)
     v.elementwise(dims[-1] * t * h * w, NORM_SILU_FLOPS, 1, 1)
-    v.conv("head", dims[-1], 3, (3, 3, 3), t, h, w, h, w, chunks)
+    v.conv("head", dims[-1], 3 * p * p, (3, 3, 3), t, h, w, h, w, chunks)
+    if p > 1:
+        v.elementwise(3 * p * p * t * h * w, 0, 1, 1)  # unpatchify: one copy
     return v.cost(f"VAE decode: base {cfg.base_dim}, {width}x{height}x{frames}, batch {batch}, "
                   f"latent {lf}x{lh}x{lw}, {dtype_bytes}-byte activations")
 
@@ -335,12 +344,18 @@ def vae_encode_cost(cfg: VAEConfig, width: int, height: int, frames: int, batch:
     n_stages = len(cfg.dim_mult)
     chunks = 1 + (frames - 1) // ENCODE_CHUNK_FRAMES
     v = _VAETally(batch, dtype_bytes)
-    t, h, w = frames, height, width
+    p = cfg.patch_size
+    t, h, w = frames, height // p, width // p
+    if p > 1:
+        v.elementwise(3 * frames * height * width, 0, 1, 1)  # patchify: one copy
 
-    v.conv("conv_in", 3, dims[0], (3, 3, 3), t, h, w, h, w, chunks)
+    v.conv("conv_in", 3 * p * p, dims[0], (3, 3, 3), t, h, w, h, w, chunks)
     scale = 1.0
     for i in range(n_stages):
         cin, cout = dims[i], dims[i + 1]
+        if cfg.residual:  # AvgDown3D of the stage input: read it once, write the stage's output size
+            down = (2 if i < n_stages - 1 else 1) ** 2 * (2 if i < n_stages - 1 and cfg.temporal_downsample[i] else 1)
+            v.elementwise(cin * t * h * w, 1, 1, cout / (cin * down))
         for _ in range(cfg.num_res_blocks):
             v.residual_block(f"down{i}_res", cin, cout, t, h, w, chunks)
             if scale in cfg.attn_scales:

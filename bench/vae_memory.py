@@ -39,7 +39,7 @@ class DecodeMemoryModel:
     def probe(cls, vae: WanVAE) -> "DecodeMemoryModel":
         trunk, tail = decoder_parts(vae)
         param = next(vae.parameters())
-        channels = vae.config.base_dim * vae.config.dim_mult[-1]
+        channels = vae.config.decoder_dim * vae.config.dim_mult[-1]
         x = torch.zeros(1, channels, 1, PROBE, PROBE, dtype=param.dtype, device=param.device)
         slots = tail.slots(1, PROBE, PROBE, param.dtype, param.device)
         _, slots = tail.run(x, slots, first=True)

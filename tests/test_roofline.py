@@ -21,7 +21,7 @@ from wan_engine.bench.roofline import (
     vae_decode_cost,
     vae_encode_cost,
 )
-from wan_engine.configs import TINY_DIT, TINY_VAE, VAEConfig, get_preset
+from wan_engine.configs import TINY_DIT, TINY_VAE, TINY_VAE22, VAEConfig, get_preset
 
 DIT_1_3B = get_preset("t2v-1.3B").dit
 DIT_14B = get_preset("t2v-14B").dit
@@ -145,21 +145,23 @@ def test_vae_decode_last_stage_hand_count():
     assert rel(enc["conv_in"].flops, 2 * 3 * 96 * 27 * f * h * w) < 1e-9
 
 
+@pytest.mark.parametrize("cfg", [TINY_VAE, TINY_VAE22], ids=["wan2.1", "wan2.2"])
 @pytest.mark.parametrize("direction", ["encode", "decode"])
-def test_vae_flops_match_torch_flop_counter_on_reference_vae(direction):
+def test_vae_flops_match_torch_flop_counter_on_reference_vae(direction, cfg):
     """The chunked reference VAE (frame 0, then 4-frame chunks / one latent frame at a time)
-    counted by torch equals the modelled conv + attention FLOPs."""
+    counted by torch equals the modelled conv + attention FLOPs; for the Wan2.2 VAE too (its
+    2x2 patch, wider decoder and width-keeping upsamples)."""
     from wan_engine.reference.vae import WanVAE
 
-    cfg = TINY_VAE
     vae = WanVAE(cfg).eval()
     b, frames, height, width = 1, 9, 32, 48
+    s = cfg.spatial_stride
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         if direction == "encode":
             vae.encode(torch.randn(b, 3, frames, height, width).clamp(-1, 1))
         else:
-            vae.decode(torch.randn(b, cfg.z_dim, (frames - 1) // 4 + 1, height // 8, width // 8))
+            vae.decode(torch.randn(b, cfg.z_dim, (frames - 1) // 4 + 1, height // s, width // s))
     counted = counter.get_total_flops()
     fn = vae_encode_cost if direction == "encode" else vae_decode_cost
     cost = fn(cfg, width, height, frames, batch=b)

@@ -8,13 +8,15 @@ working memory scales with its pixel count, the trunk features and the output vi
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from wan_engine.assembly import load_vae
 from wan_engine.assembly.pipeline import embedded_weights
 from wan_engine.bench.live_memory import LiveBytes
-from wan_engine.configs import VAEConfig, get_preset
+from wan_engine.configs import TINY_VAE22, VAEConfig, get_preset
 from wan_engine.loading.random_init import random_state_dict
 from wan_engine.reference.vae import WanVAE
 from wan_engine.shapes.world import random_clips
@@ -22,8 +24,9 @@ from wan_engine.vae.static import decoder_chunks, encoder_chunks, static_decode,
 from wan_engine.vae.tiling import TilePlan, tiled_decode
 
 
-def _random_vae(**config) -> WanVAE:
-    vae = WanVAE(VAEConfig(**config)).eval()
+def _random_vae(wan22: bool = False, **config) -> WanVAE:
+    """A seeded VAE of `config`; `wan22`: Wan2.2's architecture (TINY_VAE22's) with those changes."""
+    vae = WanVAE(dataclasses.replace(TINY_VAE22, **config) if wan22 else VAEConfig(**config)).eval()
     vae.load_state_dict(random_state_dict(vae, seed=1))
     return vae
 
@@ -96,16 +99,17 @@ def test_one_tile_is_the_untiled_decode_and_the_blend_is_exact_on_consistent_til
     assert plan.spans(10, 0) == [(0, 6), (3, 9), (4, 10)] and plan.spans(14, 1) == [(0, 8), (5, 13), (6, 14)]
 
 
-def test_tiled_peak_memory_drops_by_the_predicted_factor():
+@pytest.mark.parametrize("wan22", [False, True], ids=["wan2.1", "wan2.2"])
+def test_tiled_peak_memory_drops_by_the_predicted_factor(wan22):
     """The memory model (bench.vae_memory: the video, blend weights and trunk features stay whole;
     each tile adds its cache slots, exact from the architecture, and one chunk's transients, probed
     once per latent pixel on a 6x6 tile) predicts the measured peak of the untiled and the tiled
-    decodes at another size, and so the factor tiling saves."""
+    decodes at another size, and so the factor tiling saves; for the Wan2.2 VAE too."""
     from wan_engine.bench.vae_memory import DecodeMemoryModel
 
-    vae = _random_vae(base_dim=16)
+    vae = _random_vae(base_dim=16, wan22=wan22)
     model = DecodeMemoryModel.probe(vae)
-    latents = torch.randn(1, 16, 3, 24, 24, generator=torch.Generator().manual_seed(4))
+    latents = torch.randn(1, vae.config.z_dim, 3, 24, 24, generator=torch.Generator().manual_seed(4))
     b, _, f, h, w = latents.shape
     with torch.no_grad(), LiveBytes() as untiled:
         static_decode(vae, latents)
