@@ -112,6 +112,8 @@ def test_first_frame_is_covered_with_lanczos_and_centre_cropped():
 def test_image_prompts_of_a_ti2v_model():
     prompt = image_prompt(rgb(64, 96), None, 96 * 64, "ti2v")
     assert (prompt.width, prompt.height, prompt.last) == (96, 64, None)
+    wide = image_prompt(rgb(90, 200), None, 96 * 64, "ti2v")  # kept as read; cropped when encoded
+    assert (wide.width, wide.height, wide.first.width, wide.first.height) == (96, 64, 200, 90)
     with pytest.raises(ValueError, match="last_image: a TI2V model .* takes a first frame only"):
         image_prompt(rgb(64, 96), rgb(64, 96), 96 * 64, "ti2v")
     with pytest.raises(ValueError, match="image: 20x20 is too small"):
@@ -153,7 +155,8 @@ def test_image_to_video_keeps_the_first_frame_latents(pipe):
         latents = pipe.denoise(req, context, context_null, image=first)
         text_only = pipe.denoise(dataclasses.replace(req, image=None), context, context_null)
     assert isinstance(first, FirstFrame) and first.latents.shape == (1, 48, 1, 4, 6)
-    assert torch.equal(first.latents, pipe.vae.encode(req.image.first.pixels[None, :, None]))
+    frame = cover_and_crop(req.image.first, req.width, req.height)
+    assert torch.equal(first.latents, pipe.vae.encode(frame.pixels[None, :, None]))
     assert torch.equal(latents[:, :, :1], first.latents)
     assert rel_l2(latents[:, :, 1:], text_only[:, :, 1:]) > 1e-2
     assert torch.equal(FirstFrame.timesteps(torch.tensor([7.0, 3.0])), torch.tensor([[0.0, 7.0], [0.0, 3.0]]))
@@ -275,3 +278,71 @@ def test_info_and_fps_follow_the_task(tmp_path):
     req, _, fps = parse_create({"prompt": "p", "seconds": "5"}, True, get_preset("ti2v-5B").sample.fps)
     assert (req.num_frames, fps) == (121, 24)
     assert parse_create({"prompt": "p", "seconds": "5"}, True)[0].num_frames == 81
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cache", [None, CacheConfig("fbcache", 1.0)], ids=["uncached", "fbcache"])
+def test_image_to_video_graph_replay_equals_eager_on_the_gpu(cache):
+    """The two-timestep steps (frame 0's rows re-run inside the captured step) replayed as CUDA
+    graphs give the eager video bit for bit: same kernels, same inputs."""
+    from gpu_image import without_prompt_cleaning
+
+    def build(graphs):
+        return without_prompt_cleaning(wan_engine.WanPipeline.from_pretrained(
+            "tiny-ti2v", device="cuda", dtype="bf16", cuda_graphs=graphs))
+
+    graphed, eager = build(True), build(False)
+    request = dict(image=rgb(64, 96), **REQUEST)
+    a, b = graphed.run(PROMPT, **request, cache=cache), eager.run(PROMPT, **request, cache=cache)
+    assert graphed.graphs.active and graphed.graphs.replays > 0, graphed.graphs.disabled_reason
+    assert np.array_equal(a.frames, b.frames)
+
+
+@pytest.mark.gpu
+def test_executor_two_timestep_form_on_the_gpu():
+    """The Triton kernels on hardware, bf16, frame 0 at t = 0: the executor's error against the fp32
+    reference is within twice the reference's own bf16 error (the bound of test_executor.py)."""
+    from wan_engine.reference.dit import WanDiT
+
+    ref = wan_engine.WanPipeline.from_pretrained("tiny-ti2v", device="cpu", engine="reference").dit.cuda()
+    ref_bf16 = WanDiT(ref.config, compute_dtype=torch.bfloat16).cuda()
+    ref_bf16.load_state_dict(ref.state_dict())
+    ex = build_executor(ref, EngineConfig(dtype="bf16"), "cuda")
+    x = torch.randn(2, 48, 3, 4, 6, generator=torch.Generator().manual_seed(0)).cuda()
+    t = torch.tensor([[0.0, 700.0], [0.0, 301.5]]).cuda()
+    context = torch.randn(2, 7, ref.config.text_dim, generator=torch.Generator().manual_seed(1)).cuda()
+    with torch.no_grad():
+        expected = ref(x, t, context)
+        ex_err, ref_err = rel_l2(ex(x, t, context), expected), rel_l2(ref_bf16(x, t, context), expected)
+    print(f"bf16, frame 0 at t = 0: executor {ex_err:.2e}, reference in bf16 {ref_err:.2e} rel L2")
+    assert ex_err <= 2 * ref_err
+
+
+def test_a_ti2v_server_takes_text_alone_or_a_first_frame(tmp_path):
+    """The image is optional on a ti2v server: a text request and one with `input_reference` both
+    complete; the second takes the image's aspect ratio; `seconds` counts 24 fps; a last frame is a
+    422 naming the field."""
+    import io
+
+    import httpx
+    from PIL import Image
+
+    from serve_harness import ServerProcess, wait_for_status
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb(64, 96, seed=4)).save(buffer, format="PNG")
+    form = {"prompt": PROMPT, "size": "96x64", "num_inference_steps": "2"}
+    with ServerProcess(tmp_path, "--model", "tiny-ti2v", "--no-warmup") as server, \
+            httpx.Client(base_url=server.url, timeout=60) as client:
+        text = client.post("/v1/videos", data={**form, "num_frames": "5"})
+        image = client.post("/v1/videos", data={**form, "seconds": "0.5", "size": "64x64"},
+                            files={"input_reference": ("f.png", buffer.getvalue(), "image/png")})
+        last = client.post("/v1/videos", data={**form, "num_frames": "5"},
+                           files={"input_reference": ("f.png", buffer.getvalue(), "image/png"),
+                                  "last_reference": ("l.png", buffer.getvalue(), "image/png")})
+        assert text.status_code == image.status_code == 200, (text.text, image.text)
+        assert last.status_code == 422 and "takes a first frame only" in last.text
+        job = image.json()
+        assert job["input_reference"] == "96x64" and job["num_frames"] == 13 and job["fps"] == 24
+        for created in (text, image):
+            assert wait_for_status(client, created.json()["id"])["status"] == "completed"

@@ -3,8 +3,8 @@ builds it.
 
 - The video size comes from the image's aspect ratio and the requested area (`best_output_size`,
   multiples of 32 pixels: the DiT's 2x2 patch of the VAE's 16-pixel latent cells).
-- The image is scaled (Lanczos, PIL) to cover that size and centre-cropped to it, then mapped to
-  [-1, 1]; its VAE latents [1, 48, 1, h, w] replace latent frame 0 of the noise and, after every
+- At encode time the image is scaled (Lanczos, PIL) to cover that size and centre-cropped to it,
+  then mapped to [-1, 1]; its VAE latents [1, 48, 1, h, w] replace latent frame 0 of the noise and, after every
   solver step, of the latents; frame 0's tokens run at timestep 0 (`runner.FirstFrame`).
 
 No CLIP features and no `y` channels: the DiT is the text-to-video one.
@@ -63,15 +63,17 @@ def cover_and_crop(image: ConditionImage, width: int, height: int) -> ConditionI
 
 
 def first_frame_prompt(first: ConditionImage, max_area: int, names: tuple[str, str]) -> ImagePrompt:
-    """The checked and sized first frame of a TI2V request (`first` as read)."""
+    """The checked and sized first frame of a TI2V request (`first` as read, kept so: it is
+    scaled and cropped to the video's size when encoded, as Wan2.1's i2v image is resized then)."""
     width, height = best_output_size(first.width, first.height, FRAME_ALIGN, max_area)
     check_image_fits(first, width, height, names[0])
-    return ImagePrompt(cover_and_crop(first, width, height), None, width, height, names)
+    return ImagePrompt(first, None, width, height, names)
 
 
 @torch.no_grad()
 def first_frame_latents(prompt: ImagePrompt, vae, device: torch.device, encode=None) -> torch.Tensor:
     """The first frame's normalized VAE latents [1, z_dim, 1, h, w], fp32 on `device` (the VAE in
     fp32, as the official; `encode`: `vae.encode` unless another encoder stands in)."""
-    video = prompt.first.pixels[None, :, None].to(device=device, dtype=torch.float32)
+    frame = cover_and_crop(prompt.first, prompt.width, prompt.height)
+    video = frame.pixels[None, :, None].to(device=device, dtype=torch.float32)
     return (vae.encode if encode is None else encode)(video).float()

@@ -2,7 +2,9 @@
 
 Image-to-video (i2v) and first-last-frame-to-video (flf2v) models run the same loop with the
 image conditioning of `image_condition` (CLIP features and the masked, VAE-encoded frames) added
-to both CFG branches; `generate(prompt, image=..., last_image=...)`.
+to both CFG branches; `generate(prompt, image=..., last_image=...)`. A Wan2.2 TI2V model takes
+text alone, or text and a first frame, whose latents stand in for latent frame 0 at timestep 0
+(`first_frame`, `runner.FirstFrame`).
 
 A two-expert model (Wan2.2 A14B) denoises with its high-noise DiT on the steps at or above the
 boundary and its low-noise DiT on the rest, each with its own guidance, on one solver (as the
@@ -75,7 +77,7 @@ class Request:
     solver: str
     cache: CacheConfig | None = None
     cfg: bool = True  # False: the conditional branch alone, one forward per step (distilled models)
-    image: ImagePrompt | None = None  # i2v/flf2v: the first (and last) frame; width/height follow from it
+    image: ImagePrompt | None = None  # i2v/flf2v/ti2v: the first (and last) frame; width/height follow from it
     low_noise_guidance: float | None = None  # two-expert models: the low-noise expert's steps (else None)
 
 
