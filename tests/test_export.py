@@ -219,7 +219,8 @@ def test_tensorrt_engines_match_onnxruntime(tiny, exported, tmp_path):
     assert np.abs(a.frames.astype(int) - b.frames.astype(int)).max() <= 1
 
 
-@pytest.mark.parametrize("model", ["tiny-i2v", "tiny-flf2v"])
+# flf2v's export holds i2v's paths (CLIP rows, image K/V, the encoder chunks) and more: i2v runs with -m slow.
+@pytest.mark.parametrize("model", [pytest.param("tiny-i2v", marks=pytest.mark.slow), "tiny-flf2v"])
 def test_an_image_conditioned_generation_through_onnxruntime_is_the_executors(model, tmp_path):
     """The i2v/flf2v DiT exports with the CLIP features as a second text-graph input and the image
     K/V as step inputs (the conditioning channels ride in the patches); the VAE encoder (through the

@@ -111,6 +111,7 @@ def test_sigkill_mid_job_then_restart(tmp_path):
         assert wait_for_status(c, after)["status"] == "completed"
 
 
+@pytest.mark.slow  # a soak test: 50 jobs, ~45 s
 def test_resident_memory_stays_bounded_over_50_sequential_jobs(tmp_path):
     # glibc's heap makes RSS a blurred reading of what the process holds: each allocating thread
     # gets an arena of its own, and freed tensors stay in the heap wherever a later small block
