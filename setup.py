@@ -15,6 +15,7 @@ PACKAGES = {
     "wan_engine.cache": "wan_engine/cache",
     "wan_engine.vae": "wan_engine/vae",
     "wan_engine.export": "wan_engine/export",
+    "wan_engine.cli": "wan_engine/cli",
     "wan_engine.kernels": "kernels",
     "wan_engine.parallel": "parallel",
     "wan_engine.bench": "bench",

@@ -65,7 +65,7 @@ def _add_generate(sub) -> None:
 
 
 def _engine(text: str) -> str:
-    from .engine_config import ENGINES
+    from ..engine_config import ENGINES
 
     kind, sep, folder = text.partition(":")
     if text in ENGINES or (sep and kind in ("onnx", "trt") and folder):
@@ -75,7 +75,7 @@ def _engine(text: str) -> str:
 
 def _add_model_options(p) -> None:
     """How the model is loaded and run: shared by generate and serve."""
-    from .engine_config import ATTENTION_BACKENDS
+    from ..engine_config import ATTENTION_BACKENDS
 
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU)")
@@ -112,8 +112,8 @@ def _add_model_options(p) -> None:
 
 
 def _vae_decode_options(args):
-    from .vae.decode import VAEDecodeOptions
-    from .vae.tiling import TilePlan
+    from ..vae.decode import VAEDecodeOptions
+    from ..vae.tiling import TilePlan
 
     levers = {"fused-norm-silu": "fused_norm_silu", "channels-last": "channels_last",
               "cudnn-benchmark": "cudnn_benchmark"}
@@ -141,7 +141,7 @@ def _add_parallel_options(p) -> None:
 
 
 def _check_dist_timeout(args) -> float:
-    from .parallel import DEFAULT_TIMEOUT_S
+    from ..parallel import DEFAULT_TIMEOUT_S
 
     if args.dist_timeout is not None and not 0 < args.dist_timeout < float("inf"):
         raise ValueError(f"--dist-timeout must be a finite number of seconds > 0, got {args.dist_timeout}")
@@ -150,8 +150,8 @@ def _check_dist_timeout(args) -> float:
 
 def _pipeline_options(args, **extra) -> dict:
     """`WanPipeline.from_pretrained` keyword options from the model and parallel flags."""
-    from .env import LaunchEnv
-    from .parallel import ParallelConfig
+    from ..env import LaunchEnv
+    from ..parallel import ParallelConfig
 
     parallel = ParallelConfig(ulysses=args.ulysses, ring=args.ring, cfg=2 if args.cfg_parallel else 1)
     return dict(device=args.device, dtype=args.dtype, t5_cpu=args.t5_cpu, offload=args.offload,
@@ -163,7 +163,7 @@ def _pipeline_options(args, **extra) -> dict:
 
 def _parse_loras(args):
     """--lora for one DiT, or {expert: specs} from --high-noise-lora / --low-noise-lora."""
-    from .lora import LoraSpec
+    from ..lora import LoraSpec
 
     if not (args.high_noise_lora or args.low_noise_lora):
         return [LoraSpec.parse(text) for text in args.lora]
@@ -175,7 +175,7 @@ def _parse_loras(args):
 
 
 def _parse_cache(args):
-    from .cache import CacheConfig
+    from ..cache import CacheConfig
 
     if args.cache is None:
         if args.cache_calibration is not None:
@@ -185,7 +185,7 @@ def _parse_cache(args):
 
 
 def _check_given(args) -> None:
-    from . import validation
+    from .. import validation
 
     checks = [(args.size, validation.check_size), (args.frames, validation.check_num_frames),
               (args.steps, validation.check_steps), (args.guidance, validation.check_guidance),
@@ -197,7 +197,7 @@ def _check_given(args) -> None:
     if args.seed is not None and not 0 <= args.seed < validation.SEED_BOUND:
         raise ValueError(f"--seed must be in [0, 2**63), got {args.seed}")
     if args.sampling is not None:
-        from .sampling import get_sampling_preset
+        from ..sampling import get_sampling_preset
 
         get_sampling_preset(args.sampling)
     _check_dist_timeout(args)
@@ -213,8 +213,8 @@ def _check_model_options(args) -> None:
     """Check what depends on the model before the load (its type, experts and default size come
     from the preset or the checkpoint's headers): --low-noise-guidance, and --image/--last-image
     read and sized against the model's type, stating any conversion."""
-    from .assembly import peek_model
-    from .pipelines.image_prompt import IMAGE_OPTIONAL, image_prompt
+    from ..assembly import peek_model
+    from ..pipelines.image_prompt import IMAGE_OPTIONAL, image_prompt
 
     dit, sample = peek_model(args.model)
     two_experts = sample.low_noise_guidance is not None
@@ -236,9 +236,9 @@ def _check_model_options(args) -> None:
 
 
 def cmd_generate(args) -> int:
-    from .engine import Engine, GenerationRequest
-    from .parallel import shutdown
-    from .pipelines.t2v import WanPipeline
+    from ..engine import Engine, GenerationRequest
+    from ..parallel import shutdown
+    from ..pipelines.t2v import WanPipeline
 
     _check_given(args)  # refuse bad options before the (possibly long) model load
     cache = _parse_cache(args)
@@ -285,7 +285,7 @@ def _write_outputs(args, result, load_s: float, parallel, attention: str, notes=
     """The MP4 at --fps (else the model's `fps`), the frames if asked, and the run's summary."""
     import numpy as np
 
-    from .video import save_video
+    from ..video import save_video
 
     path = save_video(result.frames, args.output, fps=args.fps or fps)
     if args.save_frames is not None:
@@ -331,7 +331,7 @@ SERVE_PACKAGES = ("fastapi", "starlette", "uvicorn", "multipart", "prometheus_cl
 
 def cmd_serve(args) -> int:
     try:
-        from .serve.server import ServeConfig, run_server
+        from ..serve.server import ServeConfig, run_server
     except ModuleNotFoundError as err:
         missing = (err.name or "").split(".")[0]
         if missing not in SERVE_PACKAGES:
@@ -347,62 +347,6 @@ def cmd_serve(args) -> int:
                          max_queue=args.max_queue, output_dir=args.output_dir, max_body_bytes=args.max_body_bytes,
                          warmup=args.warmup, dist_timeout_s=timeout_s)
     return run_server(config, _pipeline_options(args))
-
-
-def _range(text: str) -> tuple[int, int]:
-    try:
-        lo, _, hi = text.partition("-")
-        return (int(lo), int(hi or lo))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a range must look like 480-720 (or one value); got {text!r}") from None
-
-
-def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="export the DiT or the VAE decoder/encoder chunks to ONNX (or TensorRT engines)")
-    p.add_argument("--model", required=True, help="model directory or preset")
-    p.add_argument("--component", choices=("dit", "vae-decoder", "vae-encoder"), required=True)
-    p.add_argument("--format", choices=("onnx", "trt"), default="onnx",
-                   help="onnx (verified with onnxruntime) or trt (TensorRT engines built from the ONNX; unverified)")
-    p.add_argument("--out", required=True, help="the export directory (a manifest.json is written last)")
-    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="the DiT's compute dtype")
-    p.add_argument("--batch", type=_range, default=(1, 2), help="batch range, within 1-2 (default 1-2)")
-    p.add_argument("--frames", type=_range, default=(5, 81), help="frame range, 4n+1 (default 5-81)")
-    p.add_argument("--height", type=_range, default=(480, 720), help="height range in pixels (default 480-720)")
-    p.add_argument("--width", type=_range, default=(480, 1280), help="width range in pixels (default 480-1280)")
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=cmd_export)
-
-
-def cmd_export(args) -> int:
-    from .export.manifest import ShapeRange
-    from .export.onnx_export import export_onnx
-    from .pipelines.t2v import WanPipeline
-
-    shapes = ShapeRange(batch=args.batch, frames=args.frames, height=args.height, width=args.width)
-    out = Path(args.out).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"--out {out} is not empty: give a new directory (an export is never written over another)")
-    if args.component == "dit":  # refused from the headers, before the (possibly long) load
-        from .assembly.experts import has_experts
-        from .assembly.pipeline import peek_dit_config
-        from .export.onnx_export import check_exportable
-
-        if has_experts(args.model):
-            raise ValueError(f"--model {args.model}: a two-expert model (Wan2.2 A14B) is not exportable yet "
-                             f"(the DiT export holds one DiT)")
-        check_exportable(peek_dit_config(args.model))
-    pipe = WanPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype, cuda_graphs=False)
-    start = time.perf_counter()
-    onnx_dir = out if args.format == "onnx" else out / "onnx"
-    manifest = export_onnx(pipe, args.component, onnx_dir, shapes)
-    if args.format == "trt":
-        from .export.tensorrt import build_engines, profiles_for
-
-        manifest = build_engines(onnx_dir, out, profiles_for(onnx_dir, manifest, pipe.config), fp16=args.dtype == "fp16",
-                                 bf16=args.dtype == "bf16")
-    print(f"exported {args.component} of {manifest.model} to {out} ({manifest.format}, {manifest.dtype}, "
-          f"{len(manifest.files)} graph(s), {time.perf_counter() - start:.1f} s): {', '.join(manifest.files.values())}")
-    return 0
 
 
 def _add_calibrate(sub) -> None:
@@ -422,10 +366,10 @@ def _add_calibrate(sub) -> None:
 
 
 def cmd_calibrate(args) -> int:
-    from . import validation
-    from .cache.fit import read_prompts
-    from .pipelines.calibrate import calibrate_pipeline
-    from .pipelines.t2v import WanPipeline
+    from .. import validation
+    from ..cache.fit import read_prompts
+    from ..pipelines.calibrate import calibrate_pipeline
+    from ..pipelines.t2v import WanPipeline
 
     validation.check_output_file(args.output, "--output", ".json")
     if not 1 <= args.seeds <= 64:
@@ -433,7 +377,7 @@ def cmd_calibrate(args) -> int:
     prompts = read_prompts(args.prompts) if args.prompts else None
     pipe = WanPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     if prompts is None and pipe.config.name == "shapes":
-        from .shapes.world import training_combos
+        from ..shapes.world import training_combos
 
         prompts = [c.caption for c in training_combos()[::27]]  # 8 captions across the world
     calibration = calibrate_pipeline(pipe, prompts, seeds=args.seeds, policies=args.cache, steps=args.steps,
@@ -452,10 +396,10 @@ def _add_info(sub) -> None:
 
 
 def cmd_info(args) -> int:
-    from .export.info import describe_export, is_export_dir
-    from .loading.info import describe_model
-    from .loading.layout import DIT_STEM
-    from .lora import describe_lora
+    from ..export.info import describe_export, is_export_dir
+    from ..loading.info import describe_model
+    from ..loading.layout import DIT_STEM
+    from ..lora import describe_lora
 
     if is_export_dir(args.path):
         print(describe_export(args.path))
@@ -469,22 +413,23 @@ def cmd_info(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wan-engine", description=__doc__)
+    from ..bench.cli import add_bench_parser
+    from .export import add_export_parser
+
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_serve(sub)
     _add_calibrate(sub)
-    _add_export(sub)
+    add_export_parser(sub)
     _add_info(sub)
-    from .bench.cli import add_bench_parser
-
     add_bench_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .attention import AttentionBackendError
-    from .parallel.runtime import PeerFailure
+    from ..attention import AttentionBackendError
+    from ..parallel.runtime import PeerFailure
 
     try:
         return args.func(args)
@@ -498,7 +443,3 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

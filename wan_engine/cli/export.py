@@ -1,0 +1,67 @@
+"""`wan-engine export`: the DiT or the VAE decoder/encoder chunks to ONNX (or TensorRT engines).
+
+Part of the command line (`wan_engine.cli` adds it to its parser); refusals happen before the
+model loads where the checkpoint's headers tell enough.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def _range(text: str) -> tuple[int, int]:
+    try:
+        lo, _, hi = text.partition("-")
+        return (int(lo), int(hi or lo))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a range must look like 480-720 (or one value); got {text!r}") from None
+
+
+def add_export_parser(sub) -> None:
+    """The `export` subcommand on the `wan-engine` parser's subparsers `sub`."""
+    p = sub.add_parser("export", help="export the DiT or the VAE decoder/encoder chunks to ONNX (or TensorRT engines)")
+    p.add_argument("--model", required=True, help="model directory or preset")
+    p.add_argument("--component", choices=("dit", "vae-decoder", "vae-encoder"), required=True)
+    p.add_argument("--format", choices=("onnx", "trt"), default="onnx",
+                   help="onnx (verified with onnxruntime) or trt (TensorRT engines built from the ONNX; unverified)")
+    p.add_argument("--out", required=True, help="the export directory (a manifest.json is written last)")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="the DiT's compute dtype")
+    p.add_argument("--batch", type=_range, default=(1, 2), help="batch range, within 1-2 (default 1-2)")
+    p.add_argument("--frames", type=_range, default=(5, 81), help="frame range, 4n+1 (default 5-81)")
+    p.add_argument("--height", type=_range, default=(480, 720), help="height range in pixels (default 480-720)")
+    p.add_argument("--width", type=_range, default=(480, 1280), help="width range in pixels (default 480-1280)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from ..export.manifest import ShapeRange
+    from ..export.onnx_export import export_onnx
+    from ..pipelines.t2v import WanPipeline
+
+    shapes = ShapeRange(batch=args.batch, frames=args.frames, height=args.height, width=args.width)
+    out = Path(args.out).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out {out} is not empty: give a new directory (an export is never written over another)")
+    if args.component == "dit":  # refused from the headers, before the (possibly long) load
+        from ..assembly.experts import has_experts
+        from ..assembly.pipeline import peek_dit_config
+        from ..export.onnx_export import check_exportable
+
+        if has_experts(args.model):
+            raise ValueError(f"--model {args.model}: a two-expert model (Wan2.2 A14B) is not exportable yet "
+                             f"(the DiT export holds one DiT)")
+        check_exportable(peek_dit_config(args.model))
+    pipe = WanPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype, cuda_graphs=False)
+    start = time.perf_counter()
+    onnx_dir = out if args.format == "onnx" else out / "onnx"
+    manifest = export_onnx(pipe, args.component, onnx_dir, shapes)
+    if args.format == "trt":
+        from ..export.tensorrt import build_engines, profiles_for
+
+        manifest = build_engines(onnx_dir, out, profiles_for(onnx_dir, manifest, pipe.config), fp16=args.dtype == "fp16",
+                                 bf16=args.dtype == "bf16")
+    print(f"exported {args.component} of {manifest.model} to {out} ({manifest.format}, {manifest.dtype}, "
+          f"{len(manifest.files)} graph(s), {time.perf_counter() - start:.1f} s): {', '.join(manifest.files.values())}")
+    return 0
