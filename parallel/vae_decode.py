@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from wan_engine.reference.vae import WanVAE
 from wan_engine.reference.vae_blocks import FeatureCache
+from wan_engine.reference.vae_stages import unpatchify
 
 from .comm import group_size
 from .halo import gather_rows, row_ranges
@@ -41,9 +42,6 @@ def parallel_vae_decode(
     spatial strides) on every rank with output="all", or on group rank 0 only (None elsewhere)
     with output="rank0". group=None decodes on this process alone.
     """
-    if vae.config.residual:
-        raise ValueError("the row-parallel decode does not cut the Wan2.2 VAE's stage shortcuts yet; decode it on "
-                         "one process, or tiled (parallel_tiled_decode)")
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     z_dim = vae.config.z_dim
@@ -66,7 +64,7 @@ def parallel_vae_decode(
     layers = [decoder.conv1, *decoder.middle, *decoder.upsamples, *decoder.head]
     cache, filled = FeatureCache(), 0
     for i in range(x.shape[2]):
-        chunk = run_rows(layers, x[:, :, i:i + 1], cache, split)
+        chunk = unpatchify(run_rows(layers, x[:, :, i:i + 1], cache, split), decoder.patch)
         video[:, :, filled:filled + chunk.shape[2]] = chunk.clamp_(-1.0, 1.0)
         filled += chunk.shape[2]
     if filled != frames:

@@ -2,9 +2,9 @@
 
 I2V/FLF2V encode an 81-frame conditioning video at the request's size once per request. The
 official code runs that encode whole on every rank. Here the latent rows are split over the ranks of
-a group. Each rank runs the official chunked encode on its pixel rows (8 per latent row): frame 0,
-then 4-frame chunks, with the causal `FeatureCache` carried between chunks. It uses the reference
-encoder's own modules and parameters. Then the latent slabs are gathered, so every rank holds the
+a group. Each rank runs the official chunked encode on its pixel rows (8 per latent row, 16 for
+the Wan2.2 VAE): frame 0, then 4-frame chunks, with the causal `FeatureCache` carried between
+chunks. It uses the reference encoder's own modules and parameters. Then the latent slabs are gathered, so every rank holds the
 whole latents. `vae_rows` says why the slabs are the single-process rows.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from wan_engine.reference.vae import WanVAE, encode_chunks
 from wan_engine.reference.vae_blocks import FeatureCache
+from wan_engine.reference.vae_stages import patchify
 
 from .comm import group_size
 from .halo import gather_rows, row_ranges
@@ -29,9 +30,6 @@ def parallel_vae_encode(vae: WanVAE, video: torch.Tensor, group: dist.ProcessGro
     row). Returns the normalized latents `[B, z_dim, n+1, H/stride, W/stride]` on every rank.
     group=None encodes on this process alone.
     """
-    if vae.config.residual:
-        raise ValueError("the row-parallel encode does not cut the Wan2.2 VAE's stage shortcuts yet; encode it on "
-                         "one process")
     vae._check_video(video)
     stride = vae.config.spatial_stride
     rows, world = video.shape[3] // stride, group_size(group)
@@ -45,6 +43,7 @@ def parallel_vae_encode(vae: WanVAE, video: torch.Tensor, group: dist.ProcessGro
     encoder = vae.encoder
     layers = [encoder.conv1, *encoder.downsamples, *encoder.middle, *encoder.head]
     cache = FeatureCache()
-    features = torch.cat([run_rows(layers, chunk, cache, split) for chunk in encode_chunks(slab)], dim=2)
+    features = torch.cat([run_rows(layers, patchify(chunk, encoder.patch), cache, split)
+                          for chunk in encode_chunks(slab)], dim=2)
     mu = vae.conv1(features)[:, : vae.config.z_dim]  # per pixel: no halo
     return gather_rows(vae.normalize_latents(mu), group, [b - a for a, b in ranges])

@@ -15,7 +15,10 @@ rows of the single-process output:
 - a 2x downsample (bottom/right zero pad, 3x3 stride-2 conv) halves an even slab; its last output
   row reads the first row of the rank below;
 - the spatial attention blocks see the whole frame: each rank gathers the block's input rows,
-  computes q/k/v for the frame and attends with its own query rows only.
+  computes q/k/v for the frame and attends with its own query rows only;
+- the Wan2.2 VAE's stage shortcuts and its 2x2 pixel patch act on 2x2 pixel blocks (average down,
+  duplicate up): a slab at latent-row granularity has an even height at every resolution where
+  they act, so they need no halo; their first-chunk marker lives in the same cache.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from wan_engine.reference.vae_blocks import (
     batch_to_frames,
     frames_to_batch,
 )
+from wan_engine.reference.vae_stages import DownStage, UpStage
 from wan_engine.vae.fast import FusedRMSNormSiLU
 
 from .comm import group_rank
@@ -143,6 +147,15 @@ def _downsample(block: Resample, x: torch.Tensor, cache: FeatureCache, split: Ro
     return block._halve_frames(y, cache) if block.mode == "downsample3d" else y  # per pixel in time
 
 
+def _down_stage(stage: DownStage, x: torch.Tensor, cache: FeatureCache, split: RowSplit) -> torch.Tensor:
+    return run_rows(stage.downsamples, x, cache, split) + stage.avg_shortcut(x)  # shortcut: 2x2 blocks
+
+
+def _up_stage(stage: UpStage, x: torch.Tensor, cache: FeatureCache, split: RowSplit) -> torch.Tensor:
+    y = run_rows(stage.upsamples, x, cache, split)
+    return y if stage.avg_shortcut is None else y + stage.avg_shortcut(x, cache)  # per pixel, then 2x2
+
+
 def apply_rows(layer: nn.Module, x: torch.Tensor, cache: FeatureCache, split: RowSplit) -> torch.Tensor:
     if isinstance(layer, CausalConv3d):
         return _causal_conv(layer, x, cache, split)
@@ -150,6 +163,10 @@ def apply_rows(layer: nn.Module, x: torch.Tensor, cache: FeatureCache, split: Ro
         return _residual(layer, x, cache, split)
     if isinstance(layer, AttentionBlock):
         return _attention(layer, x, split)
+    if isinstance(layer, DownStage):
+        return _down_stage(layer, x, cache, split)
+    if isinstance(layer, UpStage):
+        return _up_stage(layer, x, cache, split)
     if isinstance(layer, Resample):
         return (_downsample if layer.mode.startswith("downsample") else _upsample)(layer, x, cache, split)
     if isinstance(layer, (RMSNorm, nn.SiLU, nn.Identity, FusedRMSNormSiLU)):  # per pixel

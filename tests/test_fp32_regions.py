@@ -5,7 +5,6 @@ the time embedding, time projection, modulation, head and norms read their fp32 
 load must therefore round only the GEMM/conv weights. The checks here use random weights, whose
 fp32 values are (almost all) not representable in bf16, so a rounding load cannot pass.
 """
-import math
 import re
 
 import pytest

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import wan_engine
-from wan_engine.runner import cfg_denoise
 from wan_engine.sampling import DistillSolver, make_sampling_solver
 
 

@@ -1,7 +1,6 @@
 """End to end: the tiny preset from prompt to MP4, through the Python API and the CLI."""
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest

@@ -16,12 +16,13 @@ import torch
 
 from sp_harness import run_ranks_ok
 from test_vae_parallel import ATTN_VAE, TOLERANCES, peak_cpu_bytes
-from wan_engine.configs import TINY_VAE
+from wan_engine.configs import TINY_VAE, TINY_VAE22
 from wan_engine.loading.random_init import random_state_dict
 from wan_engine.parallel.vae_encode import parallel_vae_encode
 from wan_engine.reference.vae import WanVAE
 
-CONFIGS = {"tiny": TINY_VAE, "attn": ATTN_VAE}  # attn: attention in a downsampling stage too
+# attn: attention in a downsampling stage too; wan22: the Wan2.2 VAE (2x2 pixel patch, stage shortcuts)
+CONFIGS = {"tiny": TINY_VAE, "attn": ATTN_VAE, "wan22": TINY_VAE22}
 # name: (vae, batch, frames, latent rows, latent cols, dtype). 5 latent rows over 2 ranks are 3+2,
 # over 4 ranks 2+1+1+1: odd slabs at the latent level, even ones at every resolution above it.
 CASES = {
@@ -29,12 +30,14 @@ CASES = {
         ("tiny_h5_w3_f9", "tiny", 1, 9, 5, 3, torch.float32),
         ("attn_b2_h3_w3_f5", "attn", 2, 5, 3, 3, torch.float32),
         ("tiny_h5_w2_f5_fp64", "tiny", 1, 5, 5, 2, torch.float64),
+        ("wan22_h5_w3_f9", "wan22", 1, 9, 5, 3, torch.float32),
     ],
     4: [
         ("tiny_h5_w4_f5", "tiny", 1, 5, 5, 4, torch.float32),
         ("attn_h6_w3_f9", "attn", 1, 9, 6, 3, torch.float32),
         ("tiny_h4_w3_f1", "tiny", 1, 1, 4, 3, torch.float32),
         ("attn_h5_w2_f5_fp64", "attn", 1, 5, 5, 2, torch.float64),
+        ("wan22_h5_w2_f5_fp64", "wan22", 1, 5, 5, 2, torch.float64),
     ],
 }
 MEMORY_CASE = ("tiny", 1, 5, 12, 4)  # 96x32 pixels, 5 frames
@@ -46,9 +49,9 @@ def _vae(name: str) -> WanVAE:
     return vae
 
 
-def _video(batch, frames, rows, cols) -> torch.Tensor:
+def _video(batch, frames, rows, cols, stride=8) -> torch.Tensor:
     gen = torch.Generator().manual_seed(100 * rows + 10 * cols + frames + batch)
-    return torch.rand(batch, 3, frames, 8 * rows, 8 * cols, generator=gen) * 2 - 1
+    return torch.rand(batch, 3, frames, stride * rows, stride * cols, generator=gen) * 2 - 1
 
 
 def encode_worker(rank: int, world_size: int) -> dict:
@@ -59,7 +62,7 @@ def encode_worker(rank: int, world_size: int) -> dict:
     vaes = {name: _vae(name) for name in CONFIGS}
     for name, vae_name, batch, frames, rows, cols, dtype in CASES[world_size]:
         vae = vaes[vae_name].to(dtype)
-        video = _video(batch, frames, rows, cols).to(dtype)
+        video = _video(batch, frames, rows, cols, vae.config.spatial_stride).to(dtype)
         with torch.no_grad():
             ref = vae.encode(video)
         got = parallel_vae_encode(vae, video, world)

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from sp_harness import run_ranks_ok
-from wan_engine.configs import TINY_VAE, VAEConfig
+from wan_engine.configs import TINY_VAE, TINY_VAE22, VAEConfig
 from wan_engine.loading.random_init import random_state_dict
 from wan_engine.parallel import row_ranges
 from wan_engine.parallel.vae_decode import parallel_vae_decode
@@ -29,7 +29,8 @@ from wan_engine.reference.vae import WanVAE
 
 # Attention in an upsampling stage (scale 0.5), plus the mid-block one: both split over rows.
 ATTN_VAE = VAEConfig(base_dim=4, attn_scales=(0.5,))
-CONFIGS = {"tiny": TINY_VAE, "attn": ATTN_VAE}
+# wan22: the Wan2.2 VAE (2x2 pixel patch, stage shortcuts; 16 pixels per latent row).
+CONFIGS = {"tiny": TINY_VAE, "attn": ATTN_VAE, "wan22": TINY_VAE22}
 
 # name: (vae, batch, latent frames, latent h, latent w, output, dtype). Heights not divisible by
 # the rank count: 5 rows over 2 ranks are 3+2, over 4 ranks 2+1+1+1; 4 rows over 4: one each.
@@ -38,12 +39,14 @@ CASES = {
         ("tiny_h5_w6_f3", "tiny", 1, 3, 5, 6, "all", torch.float32),
         ("attn_b2_h3_w3_f2_rank0", "attn", 2, 2, 3, 3, "rank0", torch.float32),
         ("tiny_h5_w3_f2_fp64", "tiny", 1, 2, 5, 3, "all", torch.float64),
+        ("wan22_h5_w3_f3", "wan22", 1, 3, 5, 3, "all", torch.float32),
     ],
     4: [
         ("tiny_h5_w4_f2", "tiny", 1, 2, 5, 4, "all", torch.float32),
         ("attn_h6_w6_f2_rank0", "attn", 1, 2, 6, 6, "rank0", torch.float32),
         ("tiny_h4_w3_f1", "tiny", 1, 1, 4, 3, "all", torch.float32),
         ("attn_h5_w2_f2_fp64", "attn", 1, 2, 5, 2, "all", torch.float64),
+        ("wan22_h5_w2_f2_fp64_rank0", "wan22", 1, 2, 5, 2, "rank0", torch.float64),
     ],
 }
 TOLERANCES = {torch.float32: (1e-5, 1e-4), torch.float64: (1e-12, 1e-12)}  # (rel L2, max abs)
@@ -56,9 +59,9 @@ def _vae(name: str) -> WanVAE:
     return vae
 
 
-def _latents(batch, frames, h, w) -> torch.Tensor:
+def _latents(batch, frames, h, w, channels=16) -> torch.Tensor:
     gen = torch.Generator().manual_seed(100 * h + 10 * w + frames + batch)
-    return torch.randn(batch, 16, frames, h, w, generator=gen)
+    return torch.randn(batch, channels, frames, h, w, generator=gen)
 
 
 def peak_cpu_bytes(fn) -> int:
@@ -93,7 +96,7 @@ def vae_worker(rank: int, world_size: int) -> dict:
     vaes = {name: _vae(name) for name in CONFIGS}
     for name, vae_name, batch, frames, h, w, output, dtype in CASES[world_size]:
         vae = vaes[vae_name].to(dtype)
-        latents = _latents(batch, frames, h, w).to(dtype)
+        latents = _latents(batch, frames, h, w, vae.config.z_dim).to(dtype)
         with torch.no_grad():
             ref = vae.decode(latents)
         got = parallel_vae_decode(vae, latents, world, output=output)

@@ -390,8 +390,6 @@ class WanPipeline:
         if plan.tile is not None:
             video = parallel_tiled_decode(decoder.vae, latents, plan, tiles_group, parts=decoder.parts(),
                                           output="rank0")
-        elif decoder.vae.config.residual:  # no row split for the Wan2.2 VAE yet: rank 0 decodes whole
-            video = decoder(latents, self.graphs) if self.mesh.rank == 0 else None
         else:
             video = parallel_vae_decode(decoder.vae, latents, self._row_group(latents.shape[3]), output="rank0")
         return video.float() if self.mesh.rank == 0 else None
@@ -400,10 +398,7 @@ class WanPipeline:
 
     def _row_group(self, latent_rows: int):
         """The group a row-parallel VAE decode or encode splits `latent_rows` over: the decode group,
-        else the sequence-parallel group, if it has no more ranks than rows (None: this rank alone,
-        and always for the Wan2.2 VAE, whose stage shortcuts the row split does not cut yet)."""
-        if self.config.vae.residual:
-            return None
+        else the sequence-parallel group, if it has no more ranks than rows (None: this rank alone)."""
         return next((g for g in (self.decode_group, self.mesh.sp_group)
                      if g is not None and group_size(g) <= latent_rows), None)
 
