@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from wan_engine.cache.published import MAGCACHE_RATIOS, TEACACHE_COEFFICIENTS
+from wan_engine.cache.published import MAGCACHE_IMAGE_RATIOS, MAGCACHE_RATIOS, TEACACHE_COEFFICIENTS
 from wan_engine.cache.schedules import magcache_schedule, nearest_interp, teacache_schedule
+from wan_engine.configs import get_preset
 from wan_engine.reference.dit import sinusoidal_embedding_1d
 from wan_engine.reference.schedulers import make_solver
 
@@ -69,9 +70,12 @@ class OfficialMagCache:
         self.cnt = 0
         self.accumulated_ratio, self.accumulated_steps, self.accumulated_err = [1.0, 1.0], [0, 0], [0.0, 0.0]
 
+    def _retained(self) -> bool:
+        return self.cnt < int(self.num_steps * self.retention_ratio) or self.cnt < 2
+
     def __call__(self) -> bool:
         skip = False
-        if self.cnt >= int(self.num_steps * self.retention_ratio) and self.cnt >= 2:
+        if not self._retained():
             p = self.cnt % 2
             self.accumulated_ratio[p] = self.accumulated_ratio[p] * self.mag_ratios[self.cnt]
             self.accumulated_steps[p] += 1
@@ -138,17 +142,85 @@ def test_teacache_always_computes_the_first_and_last_steps_in_plain_mode():
     assert [i for i, c in enumerate(ret[0]) if c] == [0, 1, 2, 3, 4]  # first 5, no cutoff with ret_steps
 
 
-@pytest.mark.parametrize("model", sorted(MAGCACHE_RATIOS))
+ONE_DIT = sorted(m for m in MAGCACHE_RATIOS if get_preset(m).experts is None)
+TWO_EXPERTS = sorted(m for m in MAGCACHE_RATIOS if get_preset(m).experts is not None)
+
+
+@pytest.mark.parametrize("ratios", [*ONE_DIT, *(f"{m}/image" for m in MAGCACHE_IMAGE_RATIOS)])
 @pytest.mark.parametrize("threshold, K, retention", [(0.12, 2, 0.2), (0.06, 2, 0.2), (0.24, 3, 0.1), (0.12, 1, 0.5),
                                                      (0.3, 3, 0.0)])
 @pytest.mark.parametrize("steps", [50, 40, 25, 7])
-def test_magcache_schedule_matches_the_official_rule_call_for_call(model, threshold, K, retention, steps):
-    official = OfficialMagCache(steps, threshold, K, retention, _interleaved(model))
+def test_magcache_schedule_matches_the_official_rule_call_for_call(ratios, threshold, K, retention, steps):
+    """One DiT: MagCache4Wan2.1's rule, which MagCache4Wan2.2 keeps for TI2V-5B (both its lists)."""
+    model, _, image = ratios.partition("/")
+    pair = (MAGCACHE_IMAGE_RATIOS if image else MAGCACHE_RATIOS)[model]
+    official = OfficialMagCache(steps, threshold, K, retention, [v for both in zip(*pair) for v in both])
     expected = [[None] * steps, [None] * steps]
     for step in range(steps):
         for branch in (0, 1):
             expected[branch][step] = official()
-    assert magcache_schedule(MAGCACHE_RATIOS[model], steps, threshold, K, retention) == expected
+    assert magcache_schedule(pair, steps, threshold, K, retention) == expected
+
+
+class OfficialMagCache22(OfficialMagCache):
+    """MagCache4Wan2.2's per-call rule for the A14B models (magcache_generate.py, `magcache_forward`
+    with `split_step`): "t2v" mode retains the first int(split * retention) calls and the low-noise
+    calls from split to (calls - split) * retention + split inclusive; "i2v" mode every call before
+    int(split + (calls - split) * retention). The one change, as for Wan2.1: the first call of each
+    expert and branch computes without touching the accumulators (the official would reuse the
+    other expert's residual there, or an empty one at step 0)."""
+
+    def __init__(self, steps, threshold, K, retention_ratio, mag_ratios, switch, mode):
+        super().__init__(steps, threshold, K, retention_ratio, mag_ratios)
+        self.split, self.mode = 2 * switch, mode
+
+    def _retained(self) -> bool:
+        n, s, r, cnt = self.num_steps, self.split, self.retention_ratio, self.cnt
+        if self.mode == "i2v":
+            retained = cnt < int(s + (n - s) * r)
+        else:
+            retained = cnt < int(s * r) or (s <= cnt <= (n - s) * r + s)
+        return retained or cnt < 2 or cnt in (s, s + 1)
+
+
+@pytest.mark.parametrize("model", TWO_EXPERTS)
+@pytest.mark.parametrize("threshold, K, retention", [(0.06, 2, 0.4), (0.06, 2, 0.1), (0.12, 2, 0.2), (0.24, 3, 0.0),
+                                                     (0.3, 3, 0.5), (0.3, 4, 0.05)])
+@pytest.mark.parametrize("steps", [40, 30, 8])
+def test_two_expert_magcache_schedule_matches_the_official_rule_call_for_call(model, threshold, K, retention, steps):
+    preset = get_preset(model)
+    switch = preset.experts.first_low_noise_step(make_solver("unipc", steps, preset.sample.shift).timesteps)
+    assert 0 < switch < steps
+    mode = "i2v" if preset.dit.model_type == "i2v" else "t2v"
+    official = OfficialMagCache22(steps, threshold, K, retention, _interleaved(model), switch, mode)
+    expected = [[None] * steps, [None] * steps]
+    for step in range(steps):
+        for branch in (0, 1):
+            expected[branch][step] = official()
+    ours = magcache_schedule(MAGCACHE_RATIOS[model], steps, threshold, K, retention, switch, mode == "t2v")
+    assert ours == expected
+    assert all(branch[0] and branch[switch] for branch in ours)  # each expert computes its first step
+    if mode == "i2v":
+        assert all(all(branch[:switch]) for branch in ours)  # I2V-A14B: the high-noise expert always computes
+
+
+@pytest.mark.parametrize("model, switch", [("t2v-A14B", 26), ("i2v-A14B", 15)])
+def test_published_a14b_ratios_dip_at_the_expert_switch_of_their_defaults(model, switch):
+    """The published A14B lists span both experts: their one dip is the ratio between the two
+    experts' residuals, which falls where this engine switches at the model's 40 steps and shift."""
+    preset = get_preset(model)
+    assert preset.experts.first_low_noise_step(make_solver("unipc", 40, preset.sample.shift).timesteps) == switch
+    for branch in MAGCACHE_RATIOS[model]:  # the only step 0.05 below both neighbours (the tail falls smoothly)
+        dips = [i for i in range(1, 39) if branch[i] < min(branch[i - 1], branch[i + 1]) - 0.05]
+        assert dips == [switch], dips
+
+
+def test_a14b_magcache_at_the_published_settings_skips_low_noise_steps():
+    """T2V-A14B at MagCache4Wan2.2's command (threshold 0.06, K 2, retention 0.4): lossy, not idle."""
+    schedule = magcache_schedule(MAGCACHE_RATIOS["t2v-A14B"], 40, 0.06, 2, 0.4, 26)
+    assert schedule[0][:10] == [True] * 10 and schedule[0][26:32] == [True] * 6  # retained: int(52 * .4) calls; 14 * .4
+    assert 0 < schedule[0].count(False) < 20, schedule[0]
+    assert magcache_schedule(MAGCACHE_RATIOS["t2v-A14B"], 40, 0.0, 2, 0.4, 26) == [[True] * 40] * 2
 
 
 def test_magcache_defaults_on_t2v_1_3b_at_50_steps_skip_about_half():

@@ -211,8 +211,7 @@ def test_half_a_pair_and_mismatched_experts_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("options, match", [
-    (dict(cache=CacheConfig.parse("teacache:0.2")), "cache: teacache schedules come from one DiT's calibration"),
-    (dict(cache=CacheConfig.parse("magcache:0.1")), "cache: magcache schedules come from one DiT's calibration"),
+    (dict(cache=CacheConfig.parse("teacache:0.2")), "cache: teacache's polynomial belongs to one DiT"),
     (dict(engine="onnx:/nonexistent"), "an exported engine holds one DiT"),
 ])
 def test_one_dit_options_are_refused_before_the_load(options, match):
@@ -276,7 +275,7 @@ def test_expert_loras_are_checked_before_either_expert_changes(tmp_path, executo
     with pytest.raises(CheckpointError, match="LoRA file not found"):
         wan_engine.WanPipeline.from_pretrained("tiny-a14b", device="cpu", loras={"low_noise": ["/no/such.safetensors"]})
     executor.set_loras(None)
-    with pytest.raises(ValueError, match="use fbcache"):
+    with pytest.raises(ValueError, match="use magcache or fbcache"):
         executor.generate("p", cache=CacheConfig.parse("teacache:0.2"), **KW)
 
 
@@ -438,10 +437,35 @@ def test_fbcache_keeps_each_experts_residuals_apart(executor):
     greedy = executor.run("a boat", cache=CacheConfig.parse("fbcache:100"), **KW)
     want = tuple(i in (0, switch) for i in range(KW["steps"]))
     assert greedy.cache.computed == (want, want)
+
+
+def test_magcache_on_two_experts_from_a_calibration_over_both(executor, tmp_path):
+    """`calibrate` records both experts' steps in one run (the switch step's ratio compares the two
+    experts' residuals, as the official calibration does); MagCache then follows MagCache4Wan2.2's
+    two-expert rule: threshold 0 is the uncached video bit for bit, and a threshold that skips all
+    it can still computes each expert's first step."""
+    from wan_engine.cache.schedules import magcache_schedule
     from wan_engine.pipelines.calibrate import calibrate_pipeline
 
-    with pytest.raises(ValueError, match="would need one per expert"):
-        calibrate_pipeline(executor)
+    calibration = calibrate_pipeline(executor, ["a boat", "a lamp"], steps=KW["steps"], size=KW["size"],
+                                     num_frames=KW["num_frames"])
+    assert calibration.teacache == {} and all(len(branch) == KW["steps"] for branch in calibration.magcache)
+    path = str(calibration.save(tmp_path / "a14b.json"))
+    base = executor.run("a boat", **KW)
+    lossless = executor.run("a boat", cache=CacheConfig("magcache", 0.0, calibration=path), **KW)
+    assert np.array_equal(lossless.frames, base.frames) and all(all(b) for b in lossless.cache.computed)
+    switch = executor.config.experts.first_low_noise_step(make_solver("unipc", KW["steps"], executor.config.sample.shift)
+                                                          .timesteps)
+    greedy = executor.run("a boat", cache=CacheConfig("magcache", 100.0, max_skips=2, retention=0.0,
+                                                      calibration=path), **KW)
+    want = magcache_schedule(calibration.magcache, KW["steps"], 100.0, 2, 0.0, switch)
+    assert greedy.cache.computed == tuple(map(tuple, want))
+    assert all(b[0] and b[switch] and not all(b) for b in greedy.cache.computed), greedy.cache.computed
+    assert not np.array_equal(greedy.frames, base.frames)  # lossy: it reused residuals
+    with pytest.raises(ValueError, match="calibrates MagCache only"):
+        calibrate_pipeline(executor, ["a boat"], policies="teacache")
+    with pytest.raises(ValueError, match="teacache's polynomial belongs to one DiT"):
+        executor.run("a boat", cache=CacheConfig("teacache", 0.1, calibration="t2v-1.3B"), **KW)
 
 
 def test_cli_export_refuses_two_experts_and_no_clip_dits_before_the_load(tmp_path, capsys, monkeypatch):

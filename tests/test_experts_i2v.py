@@ -129,3 +129,21 @@ def test_cli_i2v_a14b(tmp_path, capsys):
     assert main(["generate", "--model", str(root), "--prompt", "a cat", "--image", str(png), "--output", str(video),
                  "--size", "32x32", "--frames", "5", "--steps", "2", "--seed", "1"]) == 0
     assert video.is_file()
+
+
+def test_magcache_on_i2v_a14b_caches_only_the_low_noise_steps(tmp_path):
+    """MagCache4Wan2.2's "i2v" rule for I2V-A14B: every high-noise step computes; with ratios of 1
+    (no error accrues) the low-noise steps after the first reuse up to K in a row."""
+    from wan_engine.cache import CacheConfig, Calibration
+
+    pipe = wan_engine.WanPipeline.from_pretrained("tiny-i2v-a14b", device="cpu")
+    kw = dict(size=(32, 32), num_frames=5, steps=8, seed=2, image=_image())
+    ones = (1.0,) * kw["steps"]
+    path = str(Calibration("tiny-i2v-a14b", "test", magcache=(ones, ones)).save(tmp_path / "ones.json"))
+    result = pipe.run("a cat turns", cache=CacheConfig("magcache", 0.5, max_skips=2, retention=0.0,
+                                                       calibration=path), **kw)
+    switch = pipe.config.experts.first_low_noise_step(make_solver("unipc", kw["steps"], pipe.config.sample.shift)
+                                                      .timesteps)
+    assert 0 < switch < kw["steps"] - 3
+    low = [True] + [(i % 3) == 0 for i in range(1, kw["steps"] - switch)]  # C r r C r r ...
+    assert result.cache.computed == (tuple([True] * switch + low),) * 2

@@ -2,6 +2,7 @@
 signals, threshold 0 bit for bit, the cached step's arithmetic, and the calibration fit."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,7 +11,9 @@ import torch
 
 import wan_engine
 from wan_engine.cache import CacheConfig, Calibration, StepCache, published, resolve_calibration
+from wan_engine.cache.calibration import FORMAT
 from wan_engine.cache.fit import fit_calibration
+from wan_engine.cache.published import MAGCACHE_IMAGE_RATIOS, MAGCACHE_RATIOS
 from wan_engine.executor import RopeTable, TextKV, TokenStream
 
 PROMPT = "a red kite above a grey sea"
@@ -58,6 +61,11 @@ def test_published_calibrations_and_their_lookup():
     assert cal.teacache_coefficients(False)[0] == pytest.approx(2.39676752e+03)
     assert len(cal.magcache_ratios()[0]) == 50 and cal.magcache_ratios()[0][0] == 1.0
     assert published("shapes") is None
+    ti2v = published("ti2v-5B")  # MagCache4Wan2.2's two lists: text-to-video, and image-to-video requests
+    assert ti2v.teacache == {} and ti2v.magcache_ratios() == MAGCACHE_RATIOS["ti2v-5B"]
+    assert ti2v.magcache_ratios(image=True) == MAGCACHE_IMAGE_RATIOS["ti2v-5B"] != ti2v.magcache_ratios()
+    assert cal.magcache_ratios(image=True) == cal.magcache_ratios()  # one list serves both kinds of request
+    assert len(published("t2v-A14B").magcache_ratios()[1]) == len(published("i2v-A14B").magcache_ratios()[0]) == 40
     with pytest.raises(ValueError, match="no cache calibration for custom: pass --cache-calibration"):
         resolve_calibration(None, None, "custom")
     assert resolve_calibration("t2v-14B", None, "x").model == "t2v-14B"
@@ -82,13 +90,20 @@ def test_calibration_files_round_trip_and_refuse_what_is_not_one(tmp_path):
     assert (back.teacache, back.magcache, back.fitted, back.thresholds) == (cal.teacache, cal.magcache, cal.fitted,
                                                                               cal.thresholds)
     assert not list(path.parent.glob(".*partial"))
+    image = dataclasses.replace(cal, magcache_image=((1.0, 0.7), (1.0, 0.6)))
+    assert Calibration.load(image.save(tmp_path / "image.json")) == dataclasses.replace(
+        image, source=str(tmp_path / "image.json"))
     with pytest.raises(ValueError, match="has no TeaCache ret_steps coefficients"):
         back.teacache_coefficients(True)
     bad = tmp_path / "bad.json"
     for content, message in [("{", "not valid JSON"), ('{"format": "x"}', "not a cache calibration"),
                              (json.dumps({**cal.to_json(), "magcache": {"cond": [1.0, -2.0], "uncond": [1.0, 1.0]}}),
                               "finite positive numbers"),
-                             (json.dumps({**cal.to_json(), "teacache": {"plain": ["a"]}}), "a list of numbers")]:
+                             (json.dumps({**cal.to_json(), "teacache": {"plain": ["a"]}}), "a list of numbers"),
+                             (json.dumps({**cal.to_json(), "magcache_image": {"cond": [1.0]}}),
+                              "magcache_image must be a JSON object holding exactly"),
+                             (json.dumps({"format": FORMAT, "magcache_image": {"cond": [1.0], "uncond": [1.0]}}),
+                              "magcache_image needs the text-to-video magcache ratios beside it")]:
         bad.write_text(content)
         with pytest.raises(ValueError, match=message):
             Calibration.load(bad)

@@ -191,6 +191,25 @@ def test_graph_replay_and_first_block_cache_with_an_image(pipe):
     assert not all(cached.cache.computed[0])
 
 
+def test_magcache_takes_the_image_ratios_for_image_requests(pipe, tmp_path):
+    """A calibration with `magcache_image` (as MagCache4Wan2.2 publishes for TI2V-5B) gives image
+    requests their own ratios: here ratios of 1 (no error accrues: reuse up to K) for text and a
+    far-off ratio (every step computes) for images; the published TI2V-5B set is the default."""
+    from wan_engine.cache import Calibration
+
+    steps = 6
+    ones, far = (1.0,) * steps, (1.0,) + (3.0,) * (steps - 1)
+    path = str(Calibration("tiny-ti2v", "test", magcache=(ones, ones), magcache_image=(far, far))
+               .save(tmp_path / "ti2v.json"))
+    cache = CacheConfig("magcache", 0.5, max_skips=2, retention=0.0, calibration=path)
+    request = {**REQUEST, "steps": steps}
+    text = pipe.run(PROMPT, cache=cache, **request)
+    image = pipe.run(PROMPT, image=rgb(64, 96), cache=cache, **request)
+    assert text.cache.computed == ((True, False, False, True, False, False),) * 2
+    assert image.cache.computed == ((True,) * steps,) * 2
+    assert get_preset("ti2v-5B").name == "ti2v-5B" and wan_engine.cache.published("ti2v-5B").magcache_image
+
+
 def test_checkpoints_load_in_both_layouts_and_give_one_video(tmp_path):
     """`Wan2.2_VAE.pth` beside the DiT (official layout) or a residual diffusers `vae/` is read as
     the Wan2.2 VAE, and the DiT's 48 channels make it a TI2V model: the same weights written in

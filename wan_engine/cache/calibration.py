@@ -6,10 +6,13 @@ A calibration file (`wan-engine calibrate` writes one; a model folder may hold o
     {"format": "wan_engine.cache_calibration/1", "model": "shapes",
      "teacache": {"plain": [c4, c3, c2, c1, c0], "ret_steps": [...]},
      "magcache": {"cond": [1.0, r1, ...], "uncond": [1.0, r1, ...]},
+     "magcache_image": {"cond": [...], "uncond": [...]},  # optional: image-conditioned requests
      "fitted": {...how it was measured...},
      "thresholds": {"teacache": 0.1, "fbcache": 0.15}}   # optional: this model's recommended thresholds
 
 Either policy's entry may be missing; asking for it then fails with a message naming the fix.
+`magcache_image` is for a model that runs both text- and image-to-video (TI2V-5B), whose residuals
+evolve differently with an image; without it `magcache` serves both kinds of request.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .published import MAGCACHE_RATIOS, TEACACHE_COEFFICIENTS
+from .published import MAGCACHE_IMAGE_RATIOS, MAGCACHE_RATIOS, TEACACHE_COEFFICIENTS
 
 FORMAT = "wan_engine.cache_calibration/1"
 FILE_NAME = "cache_calibration.json"
@@ -31,7 +34,8 @@ MAX_FILE_BYTES = 1 << 20  # a calibration is a few KB; refuse anything that is n
 class Calibration:
     """model: what it calibrates (a published name or a folder); source: where it was read.
     teacache: mode -> polynomial coefficients (highest power first); magcache: per branch
-    (conditional, unconditional) ratios, one per step, index 0 the padding 1.0."""
+    (conditional, unconditional) ratios, one per step, index 0 the padding 1.0; magcache_image:
+    the same for image-conditioned requests, where they were calibrated apart."""
 
     model: str
     source: str
@@ -40,17 +44,22 @@ class Calibration:
     fitted: dict = field(default_factory=dict)
     # Recommended thresholds per policy for this model (what `--cache POLICY` without a threshold uses).
     thresholds: dict[str, float] = field(default_factory=dict)
+    magcache_image: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __post_init__(self):
         for mode, coefficients in self.teacache.items():
             if mode not in TEACACHE_MODES:
                 raise ValueError(f"{self.source}: teacache mode must be one of {', '.join(TEACACHE_MODES)}; got {mode!r}")
             _check_numbers(coefficients, f"{self.source}: teacache.{mode}", positive=False)
-        if self.magcache is not None:
-            if len(self.magcache) != 2 or len(self.magcache[0]) != len(self.magcache[1]):
-                raise ValueError(f"{self.source}: magcache needs cond and uncond ratios of one length")
-            for name, ratios in zip(("cond", "uncond"), self.magcache):
-                _check_numbers(ratios, f"{self.source}: magcache.{name}", positive=True)
+        for key, pair in (("magcache", self.magcache), ("magcache_image", self.magcache_image)):
+            if pair is None:
+                continue
+            if len(pair) != 2 or len(pair[0]) != len(pair[1]):
+                raise ValueError(f"{self.source}: {key} needs cond and uncond ratios of one length")
+            for name, ratios in zip(("cond", "uncond"), pair):
+                _check_numbers(ratios, f"{self.source}: {key}.{name}", positive=True)
+        if self.magcache_image is not None and self.magcache is None:
+            raise ValueError(f"{self.source}: magcache_image needs the text-to-video magcache ratios beside it")
 
     def teacache_coefficients(self, ret_steps: bool) -> tuple[float, ...]:
         mode = "ret_steps" if ret_steps else "plain"
@@ -60,18 +69,21 @@ class Calibration:
                              f"the file with --cache-calibration")
         return self.teacache[mode]
 
-    def magcache_ratios(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    def magcache_ratios(self, image: bool = False) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The ratios for a request with (`image`) or without an image condition."""
         if self.magcache is None:
             raise ValueError(f"the cache calibration of {self.model} ({self.source}) has no MagCache ratios: run "
                              f"`wan-engine calibrate --cache magcache --model ...` and pass the file with "
                              f"--cache-calibration")
-        return self.magcache
+        return self.magcache_image if image and self.magcache_image is not None else self.magcache
 
     def to_json(self) -> dict:
         data = {"format": FORMAT, "model": self.model,
                 "teacache": {mode: list(c) for mode, c in self.teacache.items()}}
         if self.magcache is not None:
             data["magcache"] = {"cond": list(self.magcache[0]), "uncond": list(self.magcache[1])}
+        if self.magcache_image is not None:
+            data["magcache_image"] = {"cond": list(self.magcache_image[0]), "uncond": list(self.magcache_image[1])}
         if self.fitted:
             data["fitted"] = self.fitted
         if self.thresholds:
@@ -92,21 +104,17 @@ class Calibration:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"{source}: not a cache calibration (expected \"format\": \"{FORMAT}\")")
         teacache = data.get("teacache", {})
-        magcache = data.get("magcache")
-        if not isinstance(teacache, dict) or (magcache is not None and not isinstance(magcache, dict)):
-            raise ValueError(f"{source}: teacache and magcache must be JSON objects")
-        ratios = None
-        if magcache is not None:
-            if set(magcache) != {"cond", "uncond"}:
-                raise ValueError(f"{source}: magcache must hold exactly \"cond\" and \"uncond\"")
-            ratios = (_floats(magcache["cond"], source), _floats(magcache["uncond"], source))
+        if not isinstance(teacache, dict):
+            raise ValueError(f"{source}: teacache must be a JSON object")
+        ratios, image_ratios = (_ratio_pair(data.get(key), key, source) for key in ("magcache", "magcache_image"))
         thresholds = data.get("thresholds", {})
         if not isinstance(thresholds, dict) or not all(
                 k in ("teacache", "magcache", "fbcache") and isinstance(v, (int, float)) and not isinstance(v, bool)
                 and math.isfinite(v) and v >= 0 for k, v in thresholds.items()):
             raise ValueError(f"{source}: thresholds must map teacache/magcache/fbcache to finite numbers >= 0")
         return cls(str(data.get("model", "?")), source, {m: _floats(c, source) for m, c in teacache.items()},
-                   ratios, dict(data.get("fitted", {})), {k: float(v) for k, v in thresholds.items()})
+                   ratios, dict(data.get("fitted", {})), {k: float(v) for k, v in thresholds.items()},
+                   image_ratios)
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
@@ -123,11 +131,13 @@ class Calibration:
 
 
 def published(model: str) -> Calibration | None:
-    """The published calibration of an official model name (t2v-1.3B, t2v-14B, i2v-14B-480p,
-    i2v-14B-720p), or None."""
+    """The published calibration of an official model name, or None: TeaCache and MagCache for
+    t2v-1.3B, t2v-14B, i2v-14B-480p and i2v-14B-720p; MagCache alone for t2v-A14B, i2v-A14B and
+    ti2v-5B."""
     if model not in TEACACHE_COEFFICIENTS and model not in MAGCACHE_RATIOS:
         return None
-    return Calibration(model, "published", dict(TEACACHE_COEFFICIENTS.get(model, {})), MAGCACHE_RATIOS.get(model))
+    return Calibration(model, "published", dict(TEACACHE_COEFFICIENTS.get(model, {})), MAGCACHE_RATIOS.get(model),
+                       magcache_image=MAGCACHE_IMAGE_RATIOS.get(model))
 
 
 def resolve_calibration(spec: str | None, model_default: Calibration | None, model_name: str) -> Calibration:
@@ -140,6 +150,14 @@ def resolve_calibration(spec: str | None, model_default: Calibration | None, mod
         raise ValueError(f"no cache calibration for {model_name}: pass --cache-calibration FILE (from "
                          f"`wan-engine calibrate`) or a published model name ({names})")
     return model_default
+
+
+def _ratio_pair(entry, key: str, source: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or set(entry) != {"cond", "uncond"}:
+        raise ValueError(f"{source}: {key} must be a JSON object holding exactly \"cond\" and \"uncond\"")
+    return _floats(entry["cond"], source), _floats(entry["uncond"], source)
 
 
 def _floats(values, source: str) -> tuple[float, ...]:

@@ -32,17 +32,22 @@ def check_cache_runs_on(config: CacheConfig, dit) -> None:
 
 
 def check_cache_for_experts(cache: CacheConfig | None) -> None:
-    """A two-expert model caches with FBCache only: TeaCache and MagCache schedules come from one
-    DiT's calibration, and there is none per expert yet. (The cache keeps each DiT's residuals
-    apart, so the low-noise expert computes its first step.)"""
-    if cache is not None and cache.policy != "fbcache":
-        raise ValueError(f"cache: {cache.policy} schedules come from one DiT's calibration, and a two-expert model "
-                         f"(Wan2.2 A14B) has none per expert yet; use fbcache (its decisions need no calibration)")
+    """A two-expert model caches with MagCache (its published Wan2.2 ratios span both experts) or
+    FBCache; TeaCache's polynomial maps one DiT's input change to its output change, and none is
+    published or fitted per expert. (The cache keeps each DiT's residuals apart, so the low-noise
+    expert computes its first step.)"""
+    if cache is not None and cache.policy == "teacache":
+        raise ValueError("cache: teacache's polynomial belongs to one DiT, and a two-expert model (Wan2.2 A14B) has "
+                         "none per expert; use magcache or fbcache")
 
 
 def build_step_cache(config: CacheConfig, calibration: Calibration | None, dit, timesteps: torch.Tensor,
-                     sp_group=None, graphs=None) -> StepCache:
-    """The request's cache: TeaCache and MagCache get their whole schedule here, before step 0."""
+                     sp_group=None, graphs=None, *, switch: int | None = None, cache_high_noise: bool = True,
+                     image: bool = False) -> StepCache:
+    """The request's cache: TeaCache and MagCache get their whole schedule here, before step 0.
+    switch: a two-expert model's first low-noise step (None: one DiT); cache_high_noise False keeps
+    every high-noise step computed (MagCache's rule for I2V-A14B); image: the request has an image
+    condition (a calibration may hold MagCache ratios for those apart)."""
     config = config.with_default_threshold(calibration.thresholds if calibration is not None else None)
     steps = int(timesteps.numel())
     if config.policy == "fbcache":
@@ -52,8 +57,8 @@ def build_step_cache(config: CacheConfig, calibration: Calibration | None, dit, 
                                      calibration.teacache_coefficients(config.ret_steps), config.threshold,
                                      config.ret_steps)
     else:
-        schedule = magcache_schedule(calibration.magcache_ratios(), steps, config.threshold, config.max_skips,
-                                     config.retention)
+        schedule = magcache_schedule(calibration.magcache_ratios(image), steps, config.threshold, config.max_skips,
+                                     config.retention, switch, cache_high_noise)
     return StepCache(steps, schedule=schedule, sp_group=sp_group, graphs=graphs)
 
 

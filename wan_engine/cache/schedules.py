@@ -64,27 +64,30 @@ def nearest_interp(values: Sequence[float], length: int) -> list[float]:
 
 
 def magcache_schedule(ratios: Sequence[Sequence[float]], steps: int, threshold: float, max_skips: int,
-                      retention: float) -> list[list[bool]]:
-    """MagCache for Wan2.1. ratios: per branch, the calibrated residual-norm ratio of each step to
-    the previous one (any length; resampled to `steps` by `nearest_interp`).
+                      retention: float, switch: int | None = None, cache_high_noise: bool = True) -> list[list[bool]]:
+    """MagCache for Wan2.1 and Wan2.2. ratios: per branch, the calibrated residual-norm ratio of
+    each step to the previous one (any length; resampled to `steps` by `nearest_interp`).
+    switch: a two-expert model's first low-noise step (None: one DiT).
 
-    Calls before int(2*steps*retention) compute. From there each call multiplies the branch's
-    accumulated ratio by its step's ratio, counts one more step and adds |1 - accumulated ratio|
-    to the accumulated error; it reuses the residual while the error is below the threshold and
-    the count is at most `max_skips`, else it computes and resets ratio, count and error.
-    Step 0 always computes, leaving the accumulators alone as the retained steps do: there is no
-    residual to reuse yet (where retention is below one call per branch the official code would
-    reach step 0 with an empty cache).
+    Some calls always compute (`_retained`: the first `retention` of the run, or of each expert's
+    steps). From there each call multiplies the branch's accumulated ratio by its step's ratio,
+    counts one more step and adds |1 - accumulated ratio| to the accumulated error; it reuses the
+    residual while the error is below the threshold and the count is at most `max_skips`, else it
+    computes and resets ratio, count and error. Retained calls leave the accumulators alone, and
+    so do step 0 and the switch step, which always compute: a DiT has no residual of its own to
+    reuse yet (where retention is below one call per branch the official code would reach step 0
+    with an empty cache, or give the low-noise expert the high-noise one's residual).
     """
     if len(ratios) != BRANCHES:
         raise ValueError(f"ratios must hold {BRANCHES} branches (conditional, unconditional); got {len(ratios)}")
+    if switch is not None and not 0 <= switch <= steps:
+        raise ValueError(f"switch must be a step in [0, {steps}]; got {switch}")
     per_step = [nearest_interp(r, steps) if len(r) != steps else [float(v) for v in r] for r in ratios]
-    first = int(2 * steps * retention)
     schedule = [[True] * steps for _ in range(BRANCHES)]
     ratio, count, error = [1.0] * BRANCHES, [0] * BRANCHES, [0.0] * BRANCHES
     for step in range(steps):
         for branch in range(BRANCHES):
-            if 2 * step + branch < first or step == 0:
+            if step in (0, switch) or _retained(2 * step + branch, 2 * steps, retention, switch, cache_high_noise):
                 continue
             ratio[branch] *= per_step[branch][step]
             count[branch] += 1
@@ -94,6 +97,21 @@ def magcache_schedule(ratios: Sequence[Sequence[float]], steps: int, threshold: 
             else:
                 ratio[branch], count[branch], error[branch] = 1.0, 0, 0.0
     return schedule
+
+
+def _retained(call: int, calls: int, retention: float, switch: int | None, cache_high_noise: bool) -> bool:
+    """Whether call `call` of `calls` (two per step, conditional first) always computes, by the
+    official rules: one DiT (MagCache4Wan2.1, and TI2V-5B) retains the first int(calls * retention)
+    calls; two experts (MagCache4Wan2.2) with the switch at call s retain the first int(s *
+    retention) calls and the low-noise ones from s up to (calls - s) * retention + s inclusive, or,
+    for I2V-A14B (`cache_high_noise` False), every high-noise call and the first
+    int((calls - s) * retention) low-noise ones."""
+    if switch is None:
+        return call < int(calls * retention)
+    s = 2 * switch
+    if not cache_high_noise:
+        return call < int(s + (calls - s) * retention)
+    return call < int(s * retention) or s <= call <= (calls - s) * retention + s
 
 
 def first_block_reuses(change: float, threshold: float) -> bool:

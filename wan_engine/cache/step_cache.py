@@ -52,6 +52,7 @@ class StepCache:
         self.signals: dict[int, dict[str, list[float]]] = {b: {"residual_ratio": [], "output_rel_l1": []}
                                                           for b in range(BRANCHES)}
         self._last_output: dict[int, torch.Tensor] = {}
+        self._last_recorded: dict[int, torch.Tensor] = {}  # per branch, whichever DiT computed it
 
     @property
     def dynamic(self) -> bool:
@@ -94,7 +95,7 @@ class StepCache:
                                      *lead, sub_t, rope.cos, rope.sin, *kv)
                 for k, j in enumerate(group):
                     if self.record:
-                        self._record_residual(dit, branches[j], residual[k * rows:(k + 1) * rows])
+                        self._record_residual(branches[j], residual[k * rows:(k + 1) * rows])
                     self._residual[(id(dit), branches[j])] = residual[k * rows:(k + 1) * rows]
             else:
                 lead = tuple(tensor[part] for tensor in reuse_lead)
@@ -149,11 +150,15 @@ class StepCache:
                              f"(a schedule must compute each branch's first step)")
         return residual
 
-    def _record_residual(self, dit, branch: int, residual: torch.Tensor) -> None:
-        previous = self._residual.get((id(dit), branch))
-        if previous is not None:  # MagCache's signal: mean over tokens of |r_t| / |r_t-1|
+    def _record_residual(self, branch: int, residual: torch.Tensor) -> None:
+        """MagCache's signal: mean over tokens of |r_t| / |r_t-1|. Across a two-expert model's
+        switch it compares the two experts' residuals, as the official calibration does (no
+        schedule uses that step's ratio: the low-noise expert computes its first step)."""
+        previous = self._last_recorded.get(branch)
+        if previous is not None:
             ratio = (residual.norm(dim=-1) / previous.norm(dim=-1)).mean()
             self.signals[branch]["residual_ratio"].append(float(ratio))
+        self._last_recorded[branch] = residual
 
     def _record_output(self, branch: int, velocity: torch.Tensor) -> None:
         previous = self._last_output.get(branch)

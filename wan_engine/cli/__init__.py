@@ -57,7 +57,8 @@ def _add_generate(sub) -> None:
                         "magcache:0.12,K=2,retention=0.2 or fbcache:0.05")
     p.add_argument("--cache-calibration", default=None, metavar="FILE_OR_MODEL",
                    help="TeaCache/MagCache calibration: a JSON from `wan-engine calibrate` or a published model "
-                        "name (t2v-1.3B, t2v-14B, i2v-14B-480p, i2v-14B-720p); default: the model's own")
+                        "name (t2v-1.3B, t2v-14B, i2v-14B-480p, i2v-14B-720p; MagCache also t2v-A14B, "
+                        "i2v-A14B, ti2v-5B); default: the model's own")
     p.add_argument("--save-frames", default=None, metavar="FILE.npy",
                    help="also save the exact uint8 frames [F, H, W, 3] (the MP4 is lossy) as a .npy file")
     _add_parallel_options(p)

@@ -28,16 +28,19 @@ def calibrate_pipeline(pipe: WanPipeline, prompts: Sequence[str] | None = None, 
                        policies: str = "all", steps: int | None = None, size=None, num_frames: int | None = None,
                        progress: Callable[[str], None] | None = None) -> Calibration:
     """Run every prompt x seed uncached with the block stack's residual and the output recorded
-    each step, and fit the TeaCache polynomials and MagCache ratios (`cache.fit`). One process."""
+    each step, and fit the TeaCache polynomials and MagCache ratios (`cache.fit`). One process.
+    A two-expert model records both experts' steps in one run and fits MagCache alone."""
     if not isinstance(pipe.dit, WanExecutor):
         raise ValueError("calibration records the executor's block stack: build the pipeline with engine='executor'")
     if pipe.is_parallel:
         raise ValueError("calibrate in one process: the recorded norms are per token over the whole sequence")
-    if pipe.low_noise_dit is not None:
-        raise ValueError("calibration fits one DiT's signals; a two-expert model (Wan2.2 A14B) would need one per "
-                         "expert, which is not supported yet (FBCache needs no calibration)")
     if policies not in ("teacache", "magcache", "all"):
         raise ValueError(f"policies must be teacache, magcache or all; got {policies!r}")
+    if pipe.low_noise_dit is not None:
+        if policies == "teacache":
+            raise ValueError("a two-expert model (Wan2.2 A14B) calibrates MagCache only: TeaCache's polynomial "
+                             "belongs to one DiT (FBCache needs no calibration)")
+        policies = "magcache"  # "all" the model can use: MagCache's ratios over both experts' steps
     prompts = list(DEFAULT_PROMPTS if prompts is None else prompts)
     runs = []
     request = None

@@ -363,8 +363,11 @@ class WanPipeline:
         if req.cache is None:
             return None
         timesteps = make_sampling_solver(req.solver, req.steps, req.shift, req.seed).timesteps.to(self.device)
+        switch = None if self.low_noise_dit is None else self.config.experts.first_low_noise_step(timesteps)
+        # MagCache4Wan2.2 caches only the low-noise steps of I2V-A14B (its "i2v" mode).
         return build_step_cache(req.cache, calibration, self.dit, timesteps, sp_group=self.mesh.sp_group,
-                                graphs=self.graphs)
+                                graphs=self.graphs, switch=switch, cache_high_noise=self.config.dit.model_type != "i2v",
+                                image=req.image is not None)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor | None:
         """Normalized latents `[B, z_dim, f, h, w]` -> video `[B, 3, F, H, W]` in [-1, 1].
