@@ -268,6 +268,37 @@ def test_the_pipeline_refuses_a_cache_it_cannot_run():
         wan_engine.WanPipeline.from_pretrained("tiny", device="cpu").run(PROMPT, **REQUEST, cache="teacache:0.2")
 
 
+def test_calibrate_runs_image_models_from_their_first_frames(tmp_path, capsys):
+    """An i2v model calibrates from given first frames (refused without them, naming the option);
+    a TI2V model fits its text ratios and, given images, its image-request ratios apart."""
+    from PIL import Image
+
+    from wan_engine.cli import main
+    from wan_engine.pipelines.calibrate import calibrate_pipeline
+
+    rng = np.random.default_rng(0)
+    images = [str(tmp_path / f"{i}.png") for i in range(2)]
+    for path in images:
+        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(path)
+    small = dict(steps=4, size=(32, 32), num_frames=5)
+    ti2v = wan_engine.WanPipeline.from_pretrained("tiny-ti2v", device="cpu")
+    text = calibrate_pipeline(ti2v, ["a cat", "a dog"], **small)
+    both = calibrate_pipeline(ti2v, ["a cat", "a dog"], images=images, **small)
+    assert text.magcache_image is None and both.magcache == text.magcache and both.teacache == text.teacache
+    assert len(both.magcache_image[0]) == 4 and both.magcache_image != both.magcache
+    assert both.fitted["images"] == 2
+    with pytest.raises(ValueError, match="images: a text-to-video model calibrates from its prompts alone"):
+        calibrate_pipeline(wan_engine.WanPipeline.from_pretrained("tiny", device="cpu"), ["a"], images=images)
+    i2v = ["calibrate", "--model", "tiny-i2v", "--prompts", str(tmp_path / "p.txt"), "--steps", "4",
+           "--size", "32x32", "--frames", "5", "--output"]
+    (tmp_path / "p.txt").write_text("a cat\n")
+    assert main([*i2v, str(tmp_path / "none.json")]) == 2
+    assert "images: an i2v model generates from a first frame" in capsys.readouterr().err
+    assert not (tmp_path / "none.json").exists()
+    assert main([*i2v, str(tmp_path / "i2v.json"), "--images", *images]) == 0
+    assert len(Calibration.load(tmp_path / "i2v.json").magcache[1]) == 4
+
+
 # --- command line --------------------------------------------------------------------------------
 
 def test_calibrate_then_generate_with_the_calibration(tmp_path, capsys):

@@ -358,6 +358,10 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--prompts", default=None, metavar="FILE",
                    help="one prompt per line (default: the model's calibration prompts; 8 for shapes)")
     p.add_argument("--seeds", type=int, default=1, help="runs per prompt, seeds 0..N-1 (default 1)")
+    p.add_argument("--images", nargs="+", default=None, metavar="IMAGE",
+                   help="first frames, prompt i taking image i mod N: needed by i2v and flf2v models; a ti2v "
+                        "model also calibrates its image-request MagCache ratios from them")
+    p.add_argument("--last-images", nargs="+", default=None, metavar="IMAGE", help="last frames (flf2v), alike")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--size", type=_size, default=None)
     p.add_argument("--frames", type=int, default=None)
@@ -382,9 +386,10 @@ def cmd_calibrate(args) -> int:
 
         prompts = [c.caption for c in training_combos()[::27]]  # 8 captions across the world
     calibration = calibrate_pipeline(pipe, prompts, seeds=args.seeds, policies=args.cache, steps=args.steps,
-                                     size=args.size, num_frames=args.frames, progress=print)
+                                     size=args.size, num_frames=args.frames, images=args.images,
+                                     last_images=args.last_images, progress=print)
     path = calibration.save(args.output)
-    fitted = [name for name in ("teacache", "magcache") if calibration.to_json().get(name)]
+    fitted = [name for name in ("teacache", "magcache", "magcache_image") if calibration.to_json().get(name)]
     print(f"wrote {path} ({' and '.join(fitted)} of {calibration.model})")
     return 0
 
