@@ -66,6 +66,8 @@ def test_published_calibrations_and_their_lookup():
     assert ti2v.magcache_ratios(image=True) == MAGCACHE_IMAGE_RATIOS["ti2v-5B"] != ti2v.magcache_ratios()
     assert cal.magcache_ratios(image=True) == cal.magcache_ratios()  # one list serves both kinds of request
     assert len(published("t2v-A14B").magcache_ratios()[1]) == len(published("i2v-A14B").magcache_ratios()[0]) == 40
+    assert published("t2v-A14B").thresholds == {"magcache": 0.06} and published("t2v-1.3B").thresholds == {}
+    assert CacheConfig("magcache").with_default_threshold(published("ti2v-5B").thresholds).threshold == 0.06
     with pytest.raises(ValueError, match="no cache calibration for custom: pass --cache-calibration"):
         resolve_calibration(None, None, "custom")
     assert resolve_calibration("t2v-14B", None, "x").model == "t2v-14B"

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .published import MAGCACHE_IMAGE_RATIOS, MAGCACHE_RATIOS, TEACACHE_COEFFICIENTS
+from .published import MAGCACHE_IMAGE_RATIOS, MAGCACHE_RATIOS, RECOMMENDED_THRESHOLDS, TEACACHE_COEFFICIENTS
 
 FORMAT = "wan_engine.cache_calibration/1"
 FILE_NAME = "cache_calibration.json"
@@ -133,10 +133,11 @@ class Calibration:
 def published(model: str) -> Calibration | None:
     """The published calibration of an official model name, or None: TeaCache and MagCache for
     t2v-1.3B, t2v-14B, i2v-14B-480p and i2v-14B-720p; MagCache alone for t2v-A14B, i2v-A14B and
-    ti2v-5B."""
+    ti2v-5B (with the publication's MagCache threshold, 0.06, as the recommended one)."""
     if model not in TEACACHE_COEFFICIENTS and model not in MAGCACHE_RATIOS:
         return None
     return Calibration(model, "published", dict(TEACACHE_COEFFICIENTS.get(model, {})), MAGCACHE_RATIOS.get(model),
+                       thresholds=dict(RECOMMENDED_THRESHOLDS.get(model, {})),
                        magcache_image=MAGCACHE_IMAGE_RATIOS.get(model))
 
 

@@ -172,3 +172,12 @@ MAGCACHE_IMAGE_RATIOS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = 
         ),
     ),
 }
+
+# The thresholds the publications run each model at (what `--cache POLICY` without one takes): MagCache4Wan2.2's
+# commands use 0.06 for all three Wan2.2 models (with retention 0.4 for T2V-A14B and 0.1 for I2V-A14B, which
+# a request sets itself).
+RECOMMENDED_THRESHOLDS: dict[str, dict[str, float]] = {
+    "t2v-A14B": {"magcache": 0.06},
+    "i2v-A14B": {"magcache": 0.06},
+    "ti2v-5B": {"magcache": 0.06},
+}
