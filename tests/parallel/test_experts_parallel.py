@@ -16,16 +16,18 @@ import pytest
 import torch
 
 from sp_harness import run_ranks_ok
-from wan_engine.cache import CacheConfig
+from wan_engine.cache import CacheConfig, Calibration
 from wan_engine.parallel import ParallelConfig, ParallelMesh
 from wan_engine.pipelines.t2v import WanPipeline
 
 MODEL = "tiny-a14b"
 FBCACHE = "fbcache:0.5"  # reuses some steps of each expert on these weights
+MAGCACHE = "magcache:0.5,K=2,retention=0"
+ONES = Calibration("ones", "test", magcache=((1.0,) * 6, (1.0,) * 6))  # no error accrues: reuse up to K in a row
 REQUEST = dict(size=(48, 48), num_frames=9, steps=6, seed=3)  # 27 tokens: Ulysses 2 pads and masks
 
 
-def _latents(pipe: WanPipeline, cache: str | None = None):
+def _latents(pipe: WanPipeline, cache: str | None = None, calibration: Calibration | None = None):
     """The final latents of the request (with `cache`: and the cache's decisions)."""
     image = None
     if pipe.config.dit.model_type == "i2v":  # Wan2.2 I2V-A14B: no CLIP, the image latents only
@@ -35,7 +37,7 @@ def _latents(pipe: WanPipeline, cache: str | None = None):
     with torch.inference_mode():
         context, context_null = pipe.encode_prompts(req.prompt, req.negative_prompt)
         condition = None if image is None else pipe.encode_image(req)
-        step_cache = pipe.make_step_cache(req, None)
+        step_cache = pipe.make_step_cache(req, calibration)
         latents = pipe.denoise(req, context, context_null, step_cache=step_cache, image=condition)
     return latents if cache is None else (latents, step_cache.decisions)
 
@@ -63,6 +65,9 @@ def experts_worker(rank: int, world_size: int) -> dict:
     (cached, decided), (alone, decided_alone) = _latents(whole, FBCACHE), _latents(
         WanPipeline.from_pretrained(MODEL), FBCACHE)
     out["fbcache_rel"], out["fbcache_decisions"] = _rel(cached, alone), (decided, decided_alone)
+    (cached, decided), (alone, decided_alone) = _latents(whole, MAGCACHE, ONES), _latents(
+        WanPipeline.from_pretrained(MODEL), MAGCACHE, ONES)
+    out["magcache_rel"], out["magcache_decisions"] = _rel(cached, alone), (decided, decided_alone)
     i2v = WanPipeline.from_pretrained("tiny-i2v-a14b", parallel=ulysses, mesh=mesh)
     out["i2v_rel"] = _rel(_latents(i2v), _latents(WanPipeline.from_pretrained("tiny-i2v-a14b")))
     return out
@@ -100,6 +105,16 @@ def test_fbcache_decides_alike_under_ulysses(results):
         decided, alone = r["fbcache_decisions"]
         assert decided == alone and any(not d for branch in decided for d in branch), r
         assert r["fbcache_rel"] <= 1e-5, r
+
+
+def test_two_expert_magcache_under_ulysses(results):
+    """MagCache's two-expert schedule on 2 ranks: one process's decisions (C r r from each expert's
+    first step), its latents within the Ulysses bound."""
+    for r in results:
+        decided, alone = r["magcache_decisions"]
+        assert decided == alone and any(not d for branch in decided for d in branch), r
+        assert decided[0][0] and not decided[0][1], decided
+        assert r["magcache_rel"] <= 1e-5, r
 
 
 def test_cfg_parallel_equals_the_separate_branches(results):
