@@ -270,7 +270,7 @@ def test_the_pipeline_refuses_a_cache_it_cannot_run():
         wan_engine.WanPipeline.from_pretrained("tiny", device="cpu").run(PROMPT, **REQUEST, cache="teacache:0.2")
 
 
-def test_calibrate_runs_image_models_from_their_first_frames(tmp_path, capsys):
+def test_calibrate_runs_image_models_from_their_first_frames(tmp_path, capsys, monkeypatch):
     """An i2v model calibrates from given first frames (refused without them, naming the option);
     a TI2V model fits its text ratios and, given images, its image-request ratios apart."""
     from PIL import Image
@@ -294,7 +294,9 @@ def test_calibrate_runs_image_models_from_their_first_frames(tmp_path, capsys):
     i2v = ["calibrate", "--model", "tiny-i2v", "--prompts", str(tmp_path / "p.txt"), "--steps", "4",
            "--size", "32x32", "--frames", "5", "--output"]
     (tmp_path / "p.txt").write_text("a cat\n")
-    assert main([*i2v, str(tmp_path / "none.json")]) == 2
+    with monkeypatch.context() as patch:  # a preset's missing images are refused before the load
+        patch.setattr(wan_engine.WanPipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded"))
+        assert main([*i2v, str(tmp_path / "none.json")]) == 2
     assert "images: an i2v model generates from a first frame" in capsys.readouterr().err
     assert not (tmp_path / "none.json").exists()
     assert main([*i2v, str(tmp_path / "i2v.json"), "--images", *images]) == 0

@@ -373,13 +373,16 @@ def _add_calibrate(sub) -> None:
 def cmd_calibrate(args) -> int:
     from .. import validation
     from ..cache.fit import read_prompts
-    from ..pipelines.calibrate import calibrate_pipeline
+    from ..configs import PRESETS, get_preset
+    from ..pipelines.calibrate import calibrate_pipeline, check_calibration_images
     from ..pipelines.t2v import WanPipeline
 
     validation.check_output_file(args.output, "--output", ".json")
     if not 1 <= args.seeds <= 64:
         raise ValueError(f"--seeds must be in [1, 64], got {args.seeds}")
     prompts = read_prompts(args.prompts) if args.prompts else None
+    if args.model in PRESETS:  # a preset's task is known: refuse missing or unusable images before the load
+        check_calibration_images(get_preset(args.model).dit.task, args.images, args.last_images, args.cache)
     pipe = WanPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     if prompts is None and pipe.config.name == "shapes":
         from ..shapes.world import training_combos

@@ -49,7 +49,7 @@ def calibrate_pipeline(pipe: WanPipeline, prompts: Sequence[str] | None = None, 
                              "belongs to one DiT (FBCache needs no calibration)")
         policies = "magcache"  # "all" the model can use: MagCache's ratios over both experts' steps
     task = pipe.config.dit.task
-    _check_images(task, images, last_images, policies)
+    check_calibration_images(task, images, last_images, policies)
     prompts = list(DEFAULT_PROMPTS if prompts is None else prompts)
     frames = dict(size=size, num_frames=num_frames, steps=steps)
     with torch.inference_mode():
@@ -72,7 +72,8 @@ def calibrate_pipeline(pipe: WanPipeline, prompts: Sequence[str] | None = None, 
     return calibration
 
 
-def _check_images(task: str, images, last_images, policies: str) -> None:
+def check_calibration_images(task: str, images, last_images, policies: str = "all") -> None:
+    """Refuse images a model of `task` (`DiTConfig.task`) cannot calibrate with, or their absence."""
     if last_images and not images:
         raise ValueError("last_images needs images (the first frames) as well")
     if task == "t2v" and images:
