@@ -207,6 +207,7 @@ def test_magcache_takes_the_image_ratios_for_image_requests(pipe, tmp_path):
     image = pipe.run(PROMPT, image=rgb(64, 96), cache=cache, **request)
     assert text.cache.computed == ((True, False, False, True, False, False),) * 2
     assert image.cache.computed == ((True,) * steps,) * 2
+    assert (text.cache.calibration, image.cache.calibration) == (path, f"{path} (image-request ratios)")
     assert get_preset("ti2v-5B").name == "ti2v-5B" and wan_engine.cache.published("ti2v-5B").magcache_image
 
 

@@ -94,9 +94,11 @@ class CacheReport:
                 "computed": [list(b) for b in self.computed]}
 
 
-def cache_report(cache: StepCache, config: CacheConfig, calibration: Calibration | None, cfg_group=None) -> CacheReport:
-    """The report of a finished request. Under CFG parallelism a rank ran only its own branch; the
-    decisions of both are joined over `cfg_group` (one small collective, after the loop)."""
+def cache_report(cache: StepCache, config: CacheConfig, calibration: Calibration | None, cfg_group=None,
+                 image: bool = False) -> CacheReport:
+    """The report of a finished request (`image`: it had an image condition, so MagCache may have
+    taken the calibration's image-request ratios). Under CFG parallelism a rank ran only its own
+    branch; the decisions of both are joined over `cfg_group` (one small collective, after the loop)."""
     decisions = cache.decisions
     if any(d is None for branch in decisions for d in branch):
         if cfg_group is None:
@@ -106,6 +108,8 @@ def cache_report(cache: StepCache, config: CacheConfig, calibration: Calibration
         dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=cfg_group)
         decisions = [[bool(v) for v in branch] for branch in flags.tolist()]
     used = None if not config.needs_calibration or calibration is None else calibration.source
+    if used is not None and image and config.policy == "magcache" and calibration.magcache_image is not None:
+        used += " (image-request ratios)"
     return CacheReport(config.describe(), used, tuple(tuple(bool(d) for d in branch) for branch in decisions[:BRANCHES]))
 
 

@@ -288,7 +288,8 @@ class WanPipeline:
                 latents = self.denoise(req, context, context_null, progress, step_cache, on_step=on_step, image=image)
                 report = None
                 if step_cache is not None:
-                    report = cache_report(step_cache, req.cache, calibration, cfg_group=self.mesh.cfg_group)
+                    report = cache_report(step_cache, req.cache, calibration, cfg_group=self.mesh.cfg_group,
+                                          image=req.image is not None)
                     log.info("step cache %s: %s [%s]", report.policy, report.summary(), report.schedule_text())
             with self._timed(timings, "vae_decode"):
                 self._place("vae_decode")
