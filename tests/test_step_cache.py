@@ -301,6 +301,11 @@ def test_calibrate_runs_image_models_from_their_first_frames(tmp_path, capsys, m
     assert not (tmp_path / "none.json").exists()
     assert main([*i2v, str(tmp_path / "i2v.json"), "--images", *images]) == 0
     assert len(Calibration.load(tmp_path / "i2v.json").magcache[1]) == 4
+    flf2v = [a if a != "tiny-i2v" else "tiny-flf2v" for a in i2v]
+    assert main([*flf2v, str(tmp_path / "none.json"), "--images", images[0]]) == 2
+    assert "last_images: an flf2v model generates between a first and a last frame" in capsys.readouterr().err
+    assert main([*flf2v, str(tmp_path / "flf2v.json"), "--images", images[0], "--last-images", images[1]]) == 0
+    assert len(Calibration.load(tmp_path / "flf2v.json").magcache[0]) == 4
 
 
 # --- command line --------------------------------------------------------------------------------
