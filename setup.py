@@ -32,9 +32,12 @@ setup(
     python_requires=">=3.10",
     packages=list(PACKAGES),
     package_dir=PACKAGES,
-    # The `shapes` preset's trained weights (a few MB, official layout) ship inside the package.
-    package_data={"wan_engine.shapes": ["weights/*.json", "weights/*.safetensors", "weights/*.pth",
-                                        "weights/google/umt5-xxl/*"]},
+    # The `shapes` and `shapes-a14b` presets' trained weights (a few MB, official layouts) ship inside the package.
+    package_data={"wan_engine.shapes": [
+        f"{folder}/{pattern}" for folder in ("weights", "weights_a14b", "weights_a14b/high_noise_model",
+                                             "weights_a14b/low_noise_model")
+        for pattern in ("*.json", "*.safetensors", "*.pth")] + ["weights/google/umt5-xxl/*",
+                                                                "weights_a14b/google/umt5-xxl/*"]},
     install_requires=[
         "torch>=2.4",
         "numpy",

@@ -1,4 +1,5 @@
 """The `shapes` world generator and a few steps of the training at toy size."""
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -173,3 +174,53 @@ def test_training_a_new_dit_on_an_exported_vae(tmp_path):
     assert all(torch.equal(again.vae.state_dict()[k], v) for k, v in load_vae(first).state_dict().items())
     with pytest.raises(ValueError, match="exclude each other"):
         train_all(toy_plan(vae_from=str(first), init_from=str(first)), tmp_path / "c", lambda *_: None)
+
+
+def test_the_sigma_range_draws_an_experts_share_and_the_default_draws_all():
+    """An expert trains on its side of the boundary only; the default range is the whole shifted
+    distribution, drawn bit for bit as before the range existed (the shipped DiT's objective)."""
+    from wan_engine.shapes.train import TrainPlan, flow_matching_batch
+
+    x0 = torch.randn(4096, 1, 1, 1, 1)
+    plan = TrainPlan()
+    _, t, _ = flow_matching_batch(plan, x0, torch.Generator().manual_seed(0))
+    u = torch.rand(4096, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(t, plan.shift * u / (1 + (plan.shift - 1) * u) * 1000)
+    for low, high in ((0.875, 1.0), (0.0, 0.875), (0.3, 0.6)):
+        _, t, _ = flow_matching_batch(dataclasses.replace(plan, sigma_range=(low, high)), x0,
+                                      torch.Generator().manual_seed(1))
+        assert 1000 * low <= t.min() and t.max() <= 1000 * high + 1e-3, (low, high, t.min(), t.max())
+        assert t.max() - t.min() > 0.9 * 1000 * (high - low)  # it spans its range, not a corner of it
+
+
+def test_experts_fine_tune_from_an_exported_model_into_the_a14b_layout(tmp_path):
+    """Each expert starts from the exported DiT and trains on its share; the export is the Wan2.2
+    A14B original layout, read by the normal loaders, with the VAE and text encoder files unchanged."""
+    from wan_engine.assembly import load_dit
+    from wan_engine.loading.layout import detect_layout
+    from wan_engine.shapes.experts import expert_plans, export_experts, train_experts
+    from wan_engine.shapes.train import export, toy_plan, train_all
+
+    first = export(train_all(toy_plan(), tmp_path / "a", lambda *_: None), tmp_path / "one", toy_plan())
+    plan = toy_plan(init_from=str(first), dit_steps=2)
+    assert {name: p.sigma_range for name, p in expert_plans(plan, 0.6).items()} == {
+        "high_noise_model": (0.6, 1.0), "low_noise_model": (0.0, 0.6)}
+    with pytest.raises(ValueError, match="boundary"):
+        expert_plans(plan, 1.0)
+    logs = []
+    experts = train_experts(plan, 0.6, tmp_path / "work", logs.append)
+    assert any(line.startswith("[high_noise_model] [dit] step 2") for line in logs)
+    assert any(line.startswith("[low_noise_model] [dit] step 2") for line in logs)
+    out = export_experts(experts, tmp_path / "two", plan, 0.6, dtype=torch.float32)
+    layout = detect_layout(out)
+    assert layout.has_experts and layout.vae is not None and layout.text_encoder is not None
+    start = load_dit(first).state_dict()
+    high, low = load_dit(layout.dit_dir).state_dict(), load_dit(layout.low_noise_dit_dir).state_dict()
+    for name, state in (("high_noise_model", high), ("low_noise_model", low)):
+        assert all(torch.equal(state[k], v) for k, v in experts[name].state_dict().items())
+    assert any(not torch.equal(high[k], start[k]) for k in start)  # each trained further ...
+    assert any(not torch.equal(high[k], low[k]) for k in start)   # ... on its own share
+    for name in ("Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth"):
+        assert (out / name).read_bytes() == (first / name).read_bytes()
+    with pytest.raises(ValueError, match="init_from"):
+        train_experts(toy_plan(), 0.6, tmp_path / "c", lambda *_: None)

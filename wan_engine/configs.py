@@ -371,7 +371,20 @@ PRESETS: dict[str, ModelConfig] = {
         SampleDefaults(steps=25, shift=SHAPES_SHIFT, guidance=5.0, size=(96, 96), num_frames=17, negative_prompt=""),
         weights="shapes/weights",
     ),
+    # `shapes` as two Wan2.2 experts (wan_engine/shapes/experts.py): the shipped DiT fine-tuned on
+    # each side of T2V-A14B's boundary. At shift 5 and 25 steps the high-noise expert runs 10 steps.
+    # Both guidances stay the shapes model's 5 (it was trained with them); the DiTs ship in bf16.
+    "shapes-a14b": ModelConfig(
+        "shapes-a14b", SHAPES_DIT, SHAPES_VAE, SHAPES_T5,
+        SampleDefaults(steps=25, shift=SHAPES_SHIFT, guidance=5.0, low_noise_guidance=5.0, size=(96, 96),
+                       num_frames=17, negative_prompt=""),
+        weights="shapes/weights_a14b", experts=_T2V_A14B_SPLIT,
+    ),
 }
+
+
+# The presets trained on the shapes world (real weights: their videos can be scored for adherence).
+SHAPES_PRESETS = ("shapes", "shapes-a14b")
 
 
 def get_preset(name: str) -> ModelConfig:

@@ -1,7 +1,8 @@
 """`--suite cache`: the speed/quality curve of the step-cache policies.
 
-On `--model shapes` (the trained model and its shipped calibration): all 24 held-out and 24 seen
-prompts, one seed each, uncached and under each policy at several thresholds. Per setting: the
+On `--model shapes` or `shapes-a14b` (the trained models and their shipped calibrations; the
+second is two Wan2.2-style experts, where TeaCache is refused and MagCache follows the two-expert
+rule, so its sweep holds MagCache and FBCache only): all 24 held-out and 24 seen prompts, one seed each, uncached and under each policy at several thresholds. Per setting: the
 DiT forwards computed (per branch) and the reduction, the CPU/GPU wall-time ratio per clip
 measured in this run beside the uncached runs, PSNR/SSIM of the frames against the uncached
 frames, and the prompt-adherence score (`bench.adherence`) with its change from uncached.
@@ -24,6 +25,9 @@ from .common import BenchContext, SuiteResult, crash_row, dtype_name, make_row
 
 SUITE = "cache"
 SETTINGS = ("teacache:0.1", "teacache:0.2,ret_steps", "magcache:0.06", "magcache:0.24", "fbcache:0.1", "fbcache:0.3")
+# Two experts: MagCache4Wan2.2's published T2V-A14B setting (0.06, retention 0.4) beside the sweep.
+EXPERT_SETTINGS = ("magcache:0.06", "magcache:0.06,retention=0.4", "magcache:0.24", "fbcache:0.1", "fbcache:0.3")
+EXPERT_DEFAULTS = ("magcache", "fbcache")
 # x 2 sets x 1 seed = 48 clips per setting (~10 min for the sweep on 2 CPU cores). With 24 clips one
 # flipped clip moves a score by 4.2 points, so the 5-point bound would judge a single clip.
 PROMPTS_PER_SET = 24
@@ -58,29 +62,36 @@ def _adherence(frames, prompts) -> dict[str, float]:
 
 def run(ctx: BenchContext) -> SuiteResult:
     from wan_engine.cache import CacheConfig
+    from wan_engine.configs import SHAPES_PRESETS
     from wan_engine.pipelines.t2v import WanPipeline
 
     result = SuiteResult()
     pipe = WanPipeline.from_pretrained(ctx.preset, device=ctx.device, dtype=ctx.dtype)
-    if ctx.preset != "shapes":
+    if ctx.preset not in SHAPES_PRESETS:
         return _timings_only(ctx, pipe, result)
+    model = ctx.preset
+    two_experts = pipe.config.experts is not None
+    settings, defaults = (EXPERT_SETTINGS, EXPERT_DEFAULTS) if two_experts else (SETTINGS, DEFAULTS)
+    if two_experts:
+        result.notes.append(f"cache: {model} has two experts: TeaCache is refused (its polynomial belongs to one "
+                            f"DiT), MagCache applies retention per expert and computes each expert's first step")
     prompts = _prompts()
     shape = f"{ctx.size_label}, {ctx.steps or pipe.config.sample.steps} steps, {len(prompts)} prompts"
     base_frames, base_seconds, _ = _run_all(pipe, ctx, prompts, None)
     base_score = _adherence(base_frames, prompts)
     base_time = summarize(base_seconds)
-    result.rows.append(make_row(ctx, SUITE, "uncached", "shapes", base_time, shape=shape, dtype=dtype_name(ctx.dtype),
+    result.rows.append(make_row(ctx, SUITE, "uncached", model, base_time, shape=shape, dtype=dtype_name(ctx.dtype),
                                 note=_score_note(base_score), **_score_fields(base_score)))
-    for spec in (*SETTINGS, *DEFAULTS):
+    for spec in (*settings, *defaults):
         cache = CacheConfig.parse(spec)
         label = cache.describe()
         try:
             frames, seconds, reports = _run_all(pipe, ctx, prompts, cache)
         except Exception as err:  # noqa: BLE001 - a crashed setting is a FAIL row, the sweep goes on
-            result.rows.append(crash_row(ctx, SUITE, label, "shapes", err, shape=shape))
+            result.rows.append(crash_row(ctx, SUITE, label, model, err, shape=shape))
             continue
         steps = reports[0].steps
-        label = f"{reports[0].policy} (default)" if spec in DEFAULTS else label  # the threshold it resolved to
+        label = f"{reports[0].policy} (default)" if spec in defaults else label  # the threshold it resolved to
         computed = np.mean([sum(r.counts()) / 2 for r in reports])
         reduction = steps / computed
         adherence = _adherence(frames, prompts)
@@ -91,12 +102,12 @@ def run(ctx: BenchContext) -> SuiteResult:
                 f"vs uncached (medians per clip, this run); schedule {reports[0].schedule_text()}; {_score_note(adherence)}; "
                 f"change vs uncached " + ", ".join(f"{k} {-100 * d:+.1f}" for k, d in drops.items()))
         verdict = None
-        if spec in DEFAULTS:
+        if spec in defaults:
             ok = reduction >= MIN_FORWARD_REDUCTION and max(drops.values()) <= MAX_ADHERENCE_DROP + 1e-9
             verdict = "pass" if ok else "FAIL"
             note += (f"; defaults target: >= {MIN_FORWARD_REDUCTION}x fewer forwards and adherence within "
                      f"{100 * MAX_ADHERENCE_DROP:.0f} points")
-        result.rows.append(make_row(ctx, SUITE, label, "shapes", timing, shape=shape, dtype=dtype_name(ctx.dtype),
+        result.rows.append(make_row(ctx, SUITE, label, model, timing, shape=shape, dtype=dtype_name(ctx.dtype),
                                     accuracy=quality, oracle="uncached frames", note=note, verdict=verdict,
                                     forward_reduction=reduction, wall_ratio=base_time.median_s / timing.median_s,
                                     **_score_fields(adherence)))

@@ -30,7 +30,7 @@ from ..executor.fp8 import check_fp8_support
 from ..loading.checkpoint import load_into, read_safetensors_shapes
 from ..loading.dit_format import infer_dit_config
 from ..loading.errors import CheckpointError
-from ..loading.layout import DIT_STEM, detect_layout
+from ..loading.layout import DIT_STEM, ORIGINAL_EXPERTS, detect_layout
 from ..loading.random_init import random_state_dict
 from ..loading.t5_format import infer_t5_config
 from ..lora import ExpertLoraMergers, LoraMerger, parse_expert_loras, parse_loras
@@ -73,9 +73,11 @@ def embedded_weights(name: str) -> Path | None:
     if name not in PRESETS or PRESETS[name].weights is None:
         return None
     folder = PACKAGE_ROOT / PRESETS[name].weights
-    if not (folder / "config.json").is_file():
+    dit_folder = folder / ORIGINAL_EXPERTS[0] if PRESETS[name].experts is not None else folder
+    if not (dit_folder / "config.json").is_file():
         raise CheckpointError(f"preset {name!r}: its weights are missing from {folder} "
-                              f"(train them with scripts/train_shapes.py, or reinstall the package)")
+                              f"(train them with scripts/train_shapes.py or, for shapes-a14b, "
+                              f"scripts/train_shapes_experts.py; or reinstall the package)")
     return folder
 
 

@@ -356,7 +356,7 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--model", required=True, help="model directory or preset")
     p.add_argument("--output", required=True, help="the calibration .json to write")
     p.add_argument("--prompts", default=None, metavar="FILE",
-                   help="one prompt per line (default: the model's calibration prompts; 8 for shapes)")
+                   help="one prompt per line (default: the model's calibration prompts; 8 for shapes and shapes-a14b)")
     p.add_argument("--seeds", type=int, default=1, help="runs per prompt, seeds 0..N-1 (default 1)")
     p.add_argument("--images", nargs="+", default=None, metavar="IMAGE",
                    help="first frames, prompt i taking image i mod N: needed by i2v and flf2v models; a ti2v "
@@ -373,7 +373,7 @@ def _add_calibrate(sub) -> None:
 def cmd_calibrate(args) -> int:
     from .. import validation
     from ..cache.fit import read_prompts
-    from ..configs import PRESETS, get_preset
+    from ..configs import PRESETS, SHAPES_PRESETS, get_preset
     from ..pipelines.calibrate import calibrate_pipeline, check_calibration_images
     from ..pipelines.t2v import WanPipeline
 
@@ -384,7 +384,7 @@ def cmd_calibrate(args) -> int:
     if args.model in PRESETS:  # a preset's task is known: refuse missing or unusable images before the load
         check_calibration_images(get_preset(args.model).dit.task, args.images, args.last_images, args.cache)
     pipe = WanPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-    if prompts is None and pipe.config.name == "shapes":
+    if prompts is None and pipe.config.name in SHAPES_PRESETS:
         from ..shapes.world import training_combos
 
         prompts = [c.caption for c in training_combos()[::27]]  # 8 captions across the world

@@ -69,6 +69,9 @@ class TrainPlan:
     dit_lr: float = 5e-4
     caption_dropout: float = 0.1
     shift: float = SHAPES_SHIFT
+    # The sigmas the DiT trains on, [low, high] (a Wan2.2 expert's share of the timesteps); the
+    # whole range by default. Drawn from the shifted distribution restricted to the range.
+    sigma_range: tuple[float, float] = (0.0, 1.0)
     ema: float = 0.999
     # Continue from an exported model (the official layout, e.g. the shipped weights): its VAE and
     # text encoder are kept as they are, its DiT is the starting point of the DiT phase (with
@@ -168,11 +171,17 @@ def init_dit(cfg: DiTConfig, seed: int) -> WanDiT:
 def flow_matching_batch(plan: TrainPlan, x0: torch.Tensor, generator: torch.Generator):
     """(x_t, timesteps, target) of the official objective for clean latents x0 [B, ...]."""
     b = x0.shape[0]
-    u = torch.rand(b, generator=generator)
+    u_low, u_high = (_unshifted(plan.shift, s) for s in plan.sigma_range)
+    u = u_low + (u_high - u_low) * torch.rand(b, generator=generator)
     sigma = plan.shift * u / (1 + (plan.shift - 1) * u)
     noise = torch.randn(x0.shape, generator=generator)
     s = sigma.view(b, 1, 1, 1, 1)
     return (1 - s) * x0 + s * noise, sigma * 1000, noise - x0
+
+
+def _unshifted(shift: float, sigma: float) -> float:
+    """The uniform u whose shifted sigma `shift*u / (1 + (shift-1)*u)` is `sigma` (0 -> 0, 1 -> 1)."""
+    return sigma / (shift - (shift - 1) * sigma)
 
 
 def train_dit(plan: TrainPlan, data: dict, table: torch.Tensor, work_dir: Path, log=print,
@@ -301,23 +310,33 @@ def _exported(plan: TrainPlan):
 def export(trained: TrainedShapes, out_dir: Path, plan: TrainPlan) -> Path:
     """The official Wan2.1 layout, readable by the normal loaders: DiT safetensors + config.json,
     Wan2.1_VAE.pth, the umT5 .pth with Wan names, and the tokenizer folder."""
+    out_dir = Path(out_dir)
+    write_dit(trained.dit, plan.dit, out_dir)
+    write_vae_and_text(trained.vae, trained.text_encoder, out_dir)
+    (out_dir / "training.json").write_text(json.dumps(dict(plan=plan.to_json(), **trained.stats), indent=1))
+    return out_dir
+
+
+def write_dit(dit: WanDiT, d: DiTConfig, folder: Path, dtype: torch.dtype = torch.float32) -> None:
+    """The DiT's safetensors (in `dtype`) and config.json, as the official releases hold them."""
     from safetensors.torch import save_file
 
-    from ..loading.layout import ORIGINAL_T5, ORIGINAL_TOKENIZER, ORIGINAL_VAE
-    from ..loading.t5_format import hf_to_wan_t5
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    d = plan.dit
-    save_file({k: v.contiguous() for k, v in trained.dit.state_dict().items()},
-              str(out_dir / "diffusion_pytorch_model.safetensors"))
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(dtype).contiguous() for k, v in dit.state_dict().items()},
+              str(folder / "diffusion_pytorch_model.safetensors"))
     config = {"_class_name": "WanModel", "dim": d.dim, "eps": d.eps, "ffn_dim": d.ffn_dim, "freq_dim": d.freq_dim,
               "in_dim": d.in_dim, "model_type": d.model_type, "num_heads": d.num_heads,
               "num_layers": d.num_layers, "out_dim": d.out_dim, "text_len": d.text_len}
-    (out_dir / "config.json").write_text(json.dumps(config, indent=1))
-    torch.save({k: v.contiguous().clone() for k, v in trained.vae.state_dict().items()}, out_dir / ORIGINAL_VAE)
-    wan_t5 = hf_to_wan_t5(trained.text_encoder.model.state_dict())
+    (folder / "config.json").write_text(json.dumps(config, indent=1))
+
+
+def write_vae_and_text(vae: WanVAE, text_encoder, out_dir: Path) -> None:
+    """Wan2.1_VAE.pth, the umT5 .pth with Wan names and the tokenizer folder."""
+    from ..loading.layout import ORIGINAL_T5, ORIGINAL_TOKENIZER, ORIGINAL_VAE
+    from ..loading.t5_format import hf_to_wan_t5
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.contiguous().clone() for k, v in vae.state_dict().items()}, out_dir / ORIGINAL_VAE)
+    wan_t5 = hf_to_wan_t5(text_encoder.model.state_dict())
     torch.save({k: v.contiguous().clone() for k, v in wan_t5.items()}, out_dir / ORIGINAL_T5)
-    trained.text_encoder.tokenizer.hf.save_pretrained(out_dir / ORIGINAL_TOKENIZER)
-    (out_dir / "training.json").write_text(json.dumps(dict(plan=plan.to_json(), **trained.stats), indent=1))
-    return out_dir
+    text_encoder.tokenizer.hf.save_pretrained(out_dir / ORIGINAL_TOKENIZER)
