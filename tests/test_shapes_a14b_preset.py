@@ -67,3 +67,20 @@ def test_its_calibration_drives_magcache_across_the_switch(pipe):
         assert not all(branch[:switch]) and not all(branch[switch:]), report.schedule_text()
     with pytest.raises(ValueError, match="teacache.s polynomial belongs to one DiT"):
         pipe.run(HELD_OUT[3].caption, seed=0, cache=CacheConfig.parse("teacache"))
+
+
+def test_the_threshold_selection_keeps_the_largest_candidate_within_the_bound():
+    """scripts/select_cache_thresholds.py: threshold 0 is the uncached video (within the bound);
+    reusing nearly every step (a huge threshold, K 24, no retention) ruins the clips (outside)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "select_cache_thresholds.py"
+    out = subprocess.run([sys.executable, str(script), "--model", "shapes-a14b", "--prompts-per-set", "2",
+                          "--steps", "8", "--candidates", "fbcache:0", "magcache:0",
+                          "magcache:1000,K=24,retention=0"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("magcache 1000") and "OUTSIDE" in line for line in lines), out.stdout
+    assert lines[-1] == "chosen: {'fbcache': 0.0, 'magcache': 0.0}", out.stdout
