@@ -285,7 +285,11 @@ def test_calibrate_runs_image_models_from_their_first_frames(tmp_path, capsys, m
     small = dict(steps=4, size=(32, 32), num_frames=5)
     ti2v = wan_engine.WanPipeline.from_pretrained("tiny-ti2v", device="cpu")
     text = calibrate_pipeline(ti2v, ["a cat", "a dog"], **small)
-    both = calibrate_pipeline(ti2v, ["a cat", "a dog"], images=images, **small)
+    lines = []
+    both = calibrate_pipeline(ti2v, ["a cat", "a dog"], images=images, progress=lines.append, **small)
+    # One count over the text runs and then the image runs.
+    assert [line.split(":")[0] for line in lines] == [f"[calibrate] {i}/4" for i in range(1, 5)]
+    assert lines[2].endswith("'a cat' with its image seed 0")
     assert text.magcache_image is None and both.magcache == text.magcache and both.teacache == text.teacache
     assert len(both.magcache_image[0]) == 4 and both.magcache_image != both.magcache
     assert both.fitted["images"] == 2

@@ -372,7 +372,7 @@ PRESETS: dict[str, ModelConfig] = {
         weights="shapes/weights",
     ),
     # `shapes` as two Wan2.2 experts (wan_engine/shapes/experts.py): the shipped DiT fine-tuned on
-    # each side of T2V-A14B's boundary. At shift 5 and 25 steps the high-noise expert runs 10 steps.
+    # each side of T2V-A14B's boundary. At shift 5 and 25 steps the high-noise expert runs the first 11.
     # Both guidances stay the shapes model's 5 (it was trained with them); the DiTs ship in bf16.
     "shapes-a14b": ModelConfig(
         "shapes-a14b", SHAPES_DIT, SHAPES_VAE, SHAPES_T5,

@@ -53,10 +53,12 @@ def calibrate_pipeline(pipe: WanPipeline, prompts: Sequence[str] | None = None, 
     prompts = list(DEFAULT_PROMPTS if prompts is None else prompts)
     frames = dict(size=size, num_frames=num_frames, steps=steps)
     with torch.inference_mode():
+        image_pass = task == "ti2v" and bool(images)  # TI2V: the text runs, then the same prompts with images
+        count = len(prompts) * seeds * (2 if image_pass else 1)
         runs, request = _record(pipe, prompts, seeds, frames, None if task == "ti2v" else images,
-                                None if task == "ti2v" else last_images, progress)
-        image_runs = _record(pipe, prompts, seeds, frames, images, None, progress)[0] \
-            if task == "ti2v" and images else None
+                                None if task == "ti2v" else last_images, progress, (0, count))
+        image_runs = _record(pipe, prompts, seeds, frames, images, None, progress, (len(runs), count))[0] \
+            if image_pass else None
         timesteps = make_solver(request.solver, request.steps, request.shift).timesteps.to(pipe.device)
         signals = {"plain": timestep_signal(pipe.dit, timesteps, False),
                    "ret_steps": timestep_signal(pipe.dit, timesteps, True)}
@@ -91,8 +93,10 @@ def check_calibration_images(task: str, images, last_images, policies: str = "al
                          "fits none; calibrate magcache or all")
 
 
-def _record(pipe: WanPipeline, prompts: list[str], seeds: int, frames: dict, images, last_images, progress):
-    """Each prompt x seed denoised uncached with the signals recorded: (their signals, a request)."""
+def _record(pipe: WanPipeline, prompts: list[str], seeds: int, frames: dict, images, last_images, progress,
+            counted: tuple[int, int]):
+    """Each prompt x seed denoised uncached with the signals recorded: (their signals, a request).
+    counted: (runs done before this call, runs in the whole calibration), for the progress lines."""
     runs, request = [], None
     for i, prompt in enumerate(prompts):
         image = images[i % len(images)] if images else None
@@ -106,5 +110,5 @@ def _record(pipe: WanPipeline, prompts: list[str], seeds: int, frames: dict, ima
             runs.append(recorder.signals)
             if progress is not None:
                 kind = " with its image" if image is not None else ""
-                progress(f"[calibrate] {len(runs)}/{len(prompts) * seeds}: {prompt!r}{kind} seed {seed}")
+                progress(f"[calibrate] {counted[0] + len(runs)}/{counted[1]}: {prompt!r}{kind} seed {seed}")
     return runs, request
