@@ -1,6 +1,6 @@
-"""`--suite adherence --model shapes`: does the video show what the prompt asks?
+"""`--suite adherence --model shapes` (or `shapes-a14b`): does the video show what the prompt asks?
 
-Generates N prompts x 2 seeds with the `shapes` preset's defaults (held-out combinations, never
+Generates N prompts x 2 seeds with the trained preset's defaults (held-out combinations, never
 seen in training, and as many seen ones), reads colour, background and motion off the frames
 (`bench.adherence`) and reports the accuracy of each, the time per clip, and the VAE's
 reconstruction PSNR/SSIM on fresh clips of the world. Targets (the `shapes` issue): colour and
@@ -40,14 +40,17 @@ def _verdict(values: dict[str, float]) -> str:
 
 
 def run(ctx: BenchContext) -> SuiteResult:
+    from wan_engine.configs import SHAPES_PRESETS
+
     result = SuiteResult()
-    if ctx.preset != "shapes":
-        result.notes.append(f"adherence: needs the trained model (--model shapes), got --model {ctx.preset}")
+    if ctx.preset not in SHAPES_PRESETS:
+        result.notes.append(f"adherence: needs a trained model (--model {' or '.join(SHAPES_PRESETS)}), "
+                            f"got --model {ctx.preset}")
         return result
     from wan_engine.pipelines.t2v import WanPipeline, frames_to_uint8
     from wan_engine.shapes.world import random_clips
 
-    pipe = WanPipeline.from_pretrained("shapes", device=ctx.device, dtype=ctx.dtype)
+    pipe = WanPipeline.from_pretrained(ctx.preset, device=ctx.device, dtype=ctx.dtype)
     size, frames = (ctx.width, ctx.height), ctx.frames
     shape = f"{ctx.size_label}, {ctx.steps or pipe.config.sample.steps} steps"
     for name, combos in prompt_sets().items():
@@ -62,7 +65,7 @@ def run(ctx: BenchContext) -> SuiteResult:
         note = (f"{len(combos)} prompts x {len(SEEDS)} seeds: colour {100 * acc['color']:.1f} %, background "
                 f"{100 * acc['background']:.1f} %, direction {100 * acc['direction']:.1f} % "
                 f"(targets {', '.join(f'{k} {100 * v:.0f} %' for k, v in TARGETS.items())})")
-        result.rows.append(make_row(ctx, SUITE, f"prompts {name}", "shapes", summarize(seconds), shape=shape,
+        result.rows.append(make_row(ctx, SUITE, f"prompts {name}", ctx.preset, summarize(seconds), shape=shape,
                                     dtype=dtype_name(ctx.dtype), note=note, verdict=_verdict(acc),
                                     adherence_color=acc["color"], adherence_background=acc["background"],
                                     adherence_direction=acc["direction"]))

@@ -13,7 +13,7 @@ import dataclasses
 
 import torch
 
-from wan_engine.configs import get_preset
+from wan_engine.configs import SHAPES_PRESETS, get_preset
 from wan_engine.executor import build_executor
 from wan_engine.executor.fp8 import QUANTIZED, fp8_linear_emulated, quantize_rows, weight_bytes
 from wan_engine.loading.random_init import random_state_dict
@@ -93,9 +93,10 @@ SHAPES_PROMPTS = 8  # held-out prompts (one seed each) for the trained-model row
 
 
 def shapes_rows(ctx: BenchContext) -> list[dict]:
-    """The trained `shapes` model in bf16, dense and with fp8 block weights (`fp8-emulated` on the
-    CPU, the real GEMM where the GPU has it): PSNR/SSIM of the fp8 videos against the bf16 ones
-    and the adherence score of each, on the same held-out prompts and seeds."""
+    """A trained shapes model (`shapes`, or the two experts of `shapes-a14b`) in bf16, dense and with
+    fp8 block weights (`fp8-emulated` on the CPU, the real GEMM where the GPU has it): PSNR/SSIM of
+    the fp8 videos against the bf16 ones and the adherence score of each, on the same held-out
+    prompts and seeds."""
     import numpy as np
 
     from wan_engine.pipelines.t2v import WanPipeline
@@ -109,14 +110,14 @@ def shapes_rows(ctx: BenchContext) -> list[dict]:
     combos = HELD_OUT[:SHAPES_PROMPTS]
     videos, scores = {}, {}
     for name, q in (("bf16", None), (quant, quant)):
-        pipe = WanPipeline.from_pretrained("shapes", device=ctx.device, dtype="bf16", quant=q)
+        pipe = WanPipeline.from_pretrained(ctx.preset, device=ctx.device, dtype="bf16", quant=q)
         videos[name] = [pipe.generate(c.caption, seed=0) for c in combos]
         scores[name] = accuracy([score(read_clip(v), c) for v, c in zip(videos[name], combos)])
     quality = compare_frames(np.concatenate(videos[quant]), np.concatenate(videos["bf16"]))
     rows = []
     for name in ("bf16", quant):
         acc = scores[name]
-        rows.append(dict(suite="fp8", case="shapes video", impl=name, dtype="bf16", device=ctx.device.type,
+        rows.append(dict(suite="fp8", case=f"{ctx.preset} video", impl=name, dtype="bf16", device=ctx.device.type,
                          shape=f"{SHAPES_PROMPTS} held-out prompts, preset defaults",
                          oracle="bf16 videos" if name != "bf16" else None,
                          **(quality if name != "bf16" else {}),
@@ -135,8 +136,9 @@ def run(ctx: BenchContext) -> SuiteResult:
         notes.append(f"{preset} DiT weights (the executor's buffers): bf16 {dense['weights_mib']:.0f} MiB -> fp8 "
                      f"{fp8['weights_mib']:.0f} MiB; block GEMMs {dense['gemm_weights_mib']:.0f} -> "
                      f"{fp8['gemm_weights_mib']:.0f} MiB")
-    if ctx.preset == "shapes":
+    if ctx.preset in SHAPES_PRESETS:
         rows += shapes_rows(ctx)
     else:
-        notes.append("fp8 on the trained model (PSNR and adherence against bf16): `--suite fp8 --model shapes`")
+        notes.append("fp8 on a trained model (PSNR and adherence against bf16): `--suite fp8 --model shapes` "
+                     "(or shapes-a14b)")
     return SuiteResult(rows=rows, notes=notes)
