@@ -2,8 +2,8 @@
 
 On `--model shapes` or `shapes-a14b` (the trained models and their shipped calibrations; the
 second is two Wan2.2-style experts, where TeaCache is refused and MagCache follows the two-expert
-rule, so its sweep holds MagCache and FBCache only): all 24 held-out and 24 seen prompts, one seed each, uncached and under each policy at several thresholds. Per setting: the
-DiT forwards computed (per branch) and the reduction, the CPU/GPU wall-time ratio per clip
+rule, so its sweep holds MagCache and FBCache only): all 24 held-out and 24 seen prompts, one
+seed each, uncached and under each policy at several thresholds. Per setting: the DiT forwards computed (per branch) and the reduction, the CPU/GPU wall-time ratio per clip
 measured in this run beside the uncached runs, PSNR/SSIM of the frames against the uncached
 frames, and the prompt-adherence score (`bench.adherence`) with its change from uncached.
 Verdict rows at each policy's defaults: forwards down >= 1.8x and every adherence score within

@@ -310,9 +310,15 @@ def _exported(plan: TrainPlan):
 def export(trained: TrainedShapes, out_dir: Path, plan: TrainPlan) -> Path:
     """The official Wan2.1 layout, readable by the normal loaders: DiT safetensors + config.json,
     Wan2.1_VAE.pth, the umT5 .pth with Wan names, and the tokenizer folder."""
+    from ..loading.layout import ORIGINAL_T5, ORIGINAL_TOKENIZER, ORIGINAL_VAE
+    from ..loading.t5_format import hf_to_wan_t5
+
     out_dir = Path(out_dir)
     write_dit(trained.dit, plan.dit, out_dir)
-    write_vae_and_text(trained.vae, trained.text_encoder, out_dir)
+    torch.save({k: v.contiguous().clone() for k, v in trained.vae.state_dict().items()}, out_dir / ORIGINAL_VAE)
+    wan_t5 = hf_to_wan_t5(trained.text_encoder.model.state_dict())
+    torch.save({k: v.contiguous().clone() for k, v in wan_t5.items()}, out_dir / ORIGINAL_T5)
+    trained.text_encoder.tokenizer.hf.save_pretrained(out_dir / ORIGINAL_TOKENIZER)
     (out_dir / "training.json").write_text(json.dumps(dict(plan=plan.to_json(), **trained.stats), indent=1))
     return out_dir
 
@@ -328,15 +334,3 @@ def write_dit(dit: WanDiT, d: DiTConfig, folder: Path, dtype: torch.dtype = torc
               "in_dim": d.in_dim, "model_type": d.model_type, "num_heads": d.num_heads,
               "num_layers": d.num_layers, "out_dim": d.out_dim, "text_len": d.text_len}
     (folder / "config.json").write_text(json.dumps(config, indent=1))
-
-
-def write_vae_and_text(vae: WanVAE, text_encoder, out_dir: Path) -> None:
-    """Wan2.1_VAE.pth, the umT5 .pth with Wan names and the tokenizer folder."""
-    from ..loading.layout import ORIGINAL_T5, ORIGINAL_TOKENIZER, ORIGINAL_VAE
-    from ..loading.t5_format import hf_to_wan_t5
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.contiguous().clone() for k, v in vae.state_dict().items()}, out_dir / ORIGINAL_VAE)
-    wan_t5 = hf_to_wan_t5(text_encoder.model.state_dict())
-    torch.save({k: v.contiguous().clone() for k, v in wan_t5.items()}, out_dir / ORIGINAL_T5)
-    text_encoder.tokenizer.hf.save_pretrained(out_dir / ORIGINAL_TOKENIZER)
