@@ -31,10 +31,12 @@ def test_the_1_3b_dit_exports_with_external_data_within_24_gb(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_a_shapes_generation_through_onnxruntime_keeps_its_video_and_its_adherence(tmp_path):
-    """The trained `shapes` model, its DiT and VAE decoder exported at its default size: a
-    generation through onnxruntime within 40 dB PSNR of the executor's, and the adherence scorer
-    reads the same colour, background and motion off both, on 4 held-out prompts."""
+@pytest.mark.parametrize("model", ["shapes", "shapes-a14b"])
+def test_a_shapes_generation_through_onnxruntime_keeps_its_video_and_its_adherence(tmp_path, model):
+    """A trained shapes model (`shapes-a14b`: two experts, one export each), its DiT and VAE decoder
+    exported at its default size: a generation through onnxruntime within 40 dB PSNR of the
+    executor's, and the adherence scorer reads the same colour, background and motion off both, on
+    4 held-out prompts. The experts are bf16 checkpoints, loaded in fp32 as the executor runs them."""
     import numpy as np
 
     import wan_engine
@@ -43,11 +45,11 @@ def test_a_shapes_generation_through_onnxruntime_keeps_its_video_and_its_adheren
     from wan_engine.export.onnx_export import export_onnx
     from wan_engine.shapes.world import HELD_OUT
 
-    pipe = wan_engine.WanPipeline.from_pretrained("shapes", device="cpu")
+    pipe = wan_engine.WanPipeline.from_pretrained(model, device="cpu")
     shapes = ShapeRange(batch=(1, 2), frames=(17, 17), height=(96, 96), width=(96, 96))
     export_onnx(pipe, "dit", tmp_path / "dit", shapes)
     export_onnx(pipe, "vae-decoder", tmp_path / "vae-decoder", shapes)
-    onnx_pipe = wan_engine.WanPipeline.from_pretrained("shapes", device="cpu", engine=f"onnx:{tmp_path}")
+    onnx_pipe = wan_engine.WanPipeline.from_pretrained(model, device="cpu", engine=f"onnx:{tmp_path}")
     for combo in HELD_OUT[:4]:
         a, b = pipe.generate(combo.caption, seed=0), onnx_pipe.generate(combo.caption, seed=0)
         mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())

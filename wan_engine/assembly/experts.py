@@ -2,8 +2,8 @@
 
 Both experts share one architecture; the pipeline runs the high-noise one (`dit`) on the steps at
 or above the boundary and the low-noise one (`low_noise_dit`) on the rest. Each expert takes its own
-LoRA files (`lora/experts.py`); what only one DiT can take (a step cache's residuals, an exported
-engine) is refused before the load.
+LoRA files (`lora/experts.py`) and, exported, its own folder (`high_noise/`, `low_noise/`); what only
+one DiT can take (TeaCache's polynomial) is refused before the load.
 """
 from __future__ import annotations
 
@@ -33,14 +33,10 @@ def has_experts(path_or_preset) -> bool:
     return path.is_dir() and detect_layout(path).has_experts
 
 
-def check_expert_options(path_or_preset, *, cache, exported) -> None:
+def check_expert_options(path_or_preset, *, cache) -> None:
     """Refuse, before any load, the options that hold for one DiT only."""
-    if not has_experts(path_or_preset):
-        return
-    check_cache_for_experts(cache)
-    if exported is not None:
-        raise ValueError("engine: an exported engine holds one DiT, and a two-expert model (Wan2.2 A14B) needs two; "
-                         "use engine='executor'")
+    if has_experts(path_or_preset):
+        check_cache_for_experts(cache)
 
 
 def load_low_noise_dit(layout: ModelLayout, high: DiTConfig, dtype: torch.dtype, device) -> WanDiT:

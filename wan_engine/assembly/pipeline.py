@@ -33,7 +33,7 @@ from ..loading.errors import CheckpointError
 from ..loading.layout import DIT_STEM, ORIGINAL_EXPERTS, detect_layout
 from ..loading.random_init import random_state_dict
 from ..loading.t5_format import infer_t5_config
-from ..lora import ExpertLoraMergers, LoraMerger, parse_expert_loras, parse_loras
+from ..lora import ExpertLoraMergers, FixedLoras, LoraMerger, parse_expert_loras, parse_loras
 from ..parallel.apply import apply_parallel
 from ..parallel.weight_shard import shard_block_weights
 from ..parallel.config import ParallelConfig
@@ -205,7 +205,8 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     two_experts = has_experts(path_or_preset)
     lora_specs = parse_model_loras(loras, two_experts)
     check_lora_files(lora_specs.values() if two_experts else [lora_specs])
-    check_expert_options(path_or_preset, cache=cache, exported=exported)
+    check_expert_options(path_or_preset, cache=cache)
+    check_exported_options(exported, lora_specs.values() if two_experts else [lora_specs], quant)
     check_quant(quant, engine, device, dtype)
     # Validate the engine options before the (possibly long) load.
     engine_config = EngineConfig(engine=engine, attention=attention, ops=ops, cfg_batch=cfg_batch,
@@ -289,7 +290,9 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         low_noise = finish_dit(low_noise, engine, mesh, quant, shard_weights, device)
     vae_decoder = vae_encoder = None
     if exported is not None:
-        dit, vae_decoder, vae_encoder = exported_components(exported, dit.config, vae)
+        dit, low_noise, vae_decoder, vae_encoder = exported_components(exported, dit.config, vae, low_noise is not None)
+        lora = FixedLoras(f"the DiT is an exported engine ({exported[1]}) whose weights, LoRAs included, are fixed "
+                          f"in its graphs; export the model again with the LoRAs (wan-engine export --lora)")
     return dict(config=config, text_encoder=text, dit=dit, vae=vae, device=device, dtype=dtype,
                 text_device=text_device, offload=offload, mesh=mesh, decode_group=decode_group, cache=cache,
                 vae_decode=vae_decode, cuda_graphs=cuda_graphs, vae_decoder=vae_decoder, vae_encoder=vae_encoder,
@@ -357,20 +360,46 @@ def parse_exported_engine(engine) -> tuple[str, Path] | None:
     return kind, Path(folder).expanduser()
 
 
-def exported_components(exported: tuple[str, Path], dit_config, vae):
-    """The exported DiT of the folder (itself an export, or holding `dit/`), its exported VAE decoder
-    when the folder holds `vae-decoder/` (None: the static chunk decode in torch) and its exported
-    VAE encoder when it holds `vae-encoder/` (None: `vae.encode`)."""
-    from ..export import runner_for
+def check_exported_options(exported, lora_groups, quant: str | None) -> None:
+    """Refuse, before the load, what an exported engine cannot take: its weights are in its graphs."""
+    if exported is None:
+        return
+    if any(specs for specs in lora_groups):
+        raise ValueError("loras: an exported engine's weights are fixed in its graphs; merge the LoRAs when "
+                         "exporting (wan-engine export --lora FILE[:STRENGTH]) and run that export")
+    if quant is not None:
+        raise ValueError(f"quant={quant!r} needs engine='executor'; an exported engine runs the weights and dtype "
+                         f"it was exported with")
+
+
+def exported_components(exported: tuple[str, Path], dit_config, vae, two_experts: bool = False):
+    """The exported DiT of the folder (itself a DiT export, or holding `dit/`; a two-expert model's
+    holds one export per expert, `high_noise/` and `low_noise/`), the low-noise expert's (None for
+    one DiT), its exported VAE decoder when the folder holds `vae-decoder/` (None: the static chunk
+    decode in torch) and its exported VAE encoder when it holds `vae-encoder/` (None: `vae.encode`)."""
+    from ..export import EXPERT_FOLDERS, Manifest, runner_for
 
     kind, folder = exported
     dit_folder = folder / "dit" if (folder / "dit").is_dir() else folder
-    dit = runner_for(kind, "dit", dit_folder, dit_config=dit_config)
+    one_dit = (dit_folder / "manifest.json").is_file()
+    if two_experts and one_dit:
+        raise ValueError(f"engine: {dit_folder} holds one DiT's export; a two-expert model (Wan2.2 A14B) runs "
+                         f"{'/ and '.join(EXPERT_FOLDERS)}/ exports (wan-engine export --component dit of this model "
+                         f"writes both)")
+    if not two_experts and not one_dit and (dit_folder / EXPERT_FOLDERS[0] / "manifest.json").is_file():
+        model = Manifest.load(dit_folder / EXPERT_FOLDERS[0]).model
+        raise ValueError(f"engine: {dit_folder} holds a two-expert model's DiT exports ({model}); this model has "
+                         f"one DiT")
+    if two_experts:
+        dit, low_noise = (runner_for(kind, "dit", dit_folder / name, dit_config=dit_config, expert=name)
+                          for name in EXPERT_FOLDERS)
+    else:
+        dit, low_noise = runner_for(kind, "dit", dit_folder, dit_config=dit_config), None
     vae_folder = folder / "vae-decoder"
     decoder = runner_for(kind, "vae-decoder", vae_folder, vae=vae) if vae_folder.is_dir() else None
     encoder_folder = folder / "vae-encoder"
     encoder = runner_for(kind, "vae-encoder", encoder_folder, vae=vae) if encoder_folder.is_dir() else None
-    return dit, decoder, encoder
+    return dit, low_noise, decoder, encoder
 
 
 def parse_model_loras(loras, two_experts: bool):

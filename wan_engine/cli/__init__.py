@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from .lora_options import add_lora_options, check_lora_options, parse_lora_options
+
 
 def _size(text: str) -> tuple[int, int]:
     try:
@@ -101,12 +103,7 @@ def _add_model_options(p) -> None:
     p.add_argument("--vae-speed", default="", metavar="LEVER[,LEVER]",
                    help="VAE decode speed levers, off by default (rounding-level changes only): fused-norm-silu, "
                         "channels-last, cudnn-benchmark")
-    p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
-                   help="merge a LoRA into the DiT at load (repeatable, applied in order; strength default 1)")
-    for expert in ("high", "low"):
-        p.add_argument(f"--{expert}-noise-lora", action="append", default=[], metavar="FILE[:STRENGTH]",
-                       help=f"two-expert models (Wan2.2 A14B): merge a LoRA into the {expert}-noise expert "
-                            f"(repeatable)")
+    add_lora_options(p)
     p.add_argument("--quant", choices=("fp8", "fp8-emulated"), default=None,
                    help="fp8 block GEMM weights (lossy, default off): fp8 needs an sm_89+ GPU; fp8-emulated "
                         "computes the same numerics on any device, slowly")
@@ -158,21 +155,8 @@ def _pipeline_options(args, **extra) -> dict:
     return dict(device=args.device, dtype=args.dtype, t5_cpu=args.t5_cpu, offload=args.offload,
                 engine=args.engine, attention=args.attention, compile=args.compile, cfg_batch=args.cfg_batch,
                 cuda_graphs=args.cuda_graphs, vae_decode=_vae_decode_options(args),
-                loras=_parse_loras(args), quant=args.quant, shard_weights=args.shard_weights,
+                loras=parse_lora_options(args), quant=args.quant, shard_weights=args.shard_weights,
                 parallel=parallel, launch=LaunchEnv.from_environ(), **extra)
-
-
-def _parse_loras(args):
-    """--lora for one DiT, or {expert: specs} from --high-noise-lora / --low-noise-lora."""
-    from ..lora import LoraSpec
-
-    if not (args.high_noise_lora or args.low_noise_lora):
-        return [LoraSpec.parse(text) for text in args.lora]
-    if args.lora:
-        raise ValueError("give --lora (one-DiT models) or --high-noise-lora / --low-noise-lora (two-expert models), "
-                         "not both")
-    return {"high_noise": [LoraSpec.parse(t) for t in args.high_noise_lora],
-            "low_noise": [LoraSpec.parse(t) for t in args.low_noise_lora]}
 
 
 def _parse_cache(args):
@@ -221,12 +205,7 @@ def _check_model_options(args) -> None:
     two_experts = sample.low_noise_guidance is not None
     if args.low_noise_guidance is not None and not two_experts:
         raise ValueError(f"--low-noise-guidance applies to two-expert models (Wan2.2 A14B); {args.model} has one DiT")
-    if two_experts and args.lora:
-        raise ValueError(f"--lora: {args.model} is a two-expert model (Wan2.2 A14B); name the expert of each LoRA "
-                         f"with --high-noise-lora / --low-noise-lora")
-    if not two_experts and (args.high_noise_lora or args.low_noise_lora):
-        raise ValueError(f"--high-noise-lora / --low-noise-lora apply to two-expert models; {args.model} has one "
-                         f"DiT, use --lora")
+    check_lora_options(args, two_experts)
     if dit.task in IMAGE_OPTIONAL and args.image is None and args.last_image is None:
         return
     width, height = sample.size if args.size is None else args.size

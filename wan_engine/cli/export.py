@@ -9,6 +9,8 @@ import argparse
 import time
 from pathlib import Path
 
+from .lora_options import add_lora_options, check_lora_options, parse_lora_options
+
 
 def _range(text: str) -> tuple[int, int]:
     try:
@@ -32,10 +34,12 @@ def add_export_parser(sub) -> None:
     p.add_argument("--height", type=_range, default=(480, 720), help="height range in pixels (default 480-720)")
     p.add_argument("--width", type=_range, default=(480, 1280), help="width range in pixels (default 480-1280)")
     p.add_argument("--device", default="cpu")
+    add_lora_options(p)  # merged before the export: the graphs hold the merged weights
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
+    from ..assembly.experts import has_experts
     from ..export.manifest import ShapeRange
     from ..export.onnx_export import export_onnx
     from ..pipelines.t2v import WanPipeline
@@ -44,24 +48,28 @@ def cmd_export(args) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--out {out} is not empty: give a new directory (an export is never written over another)")
-    if args.component == "dit":  # refused from the headers, before the (possibly long) load
-        from ..assembly.experts import has_experts
-        from ..assembly.pipeline import peek_dit_config
-        from ..export.onnx_export import check_exportable
-
-        if has_experts(args.model):
-            raise ValueError(f"--model {args.model}: a two-expert model (Wan2.2 A14B) is not exportable yet "
-                             f"(the DiT export holds one DiT)")
-        check_exportable(peek_dit_config(args.model))
-    pipe = WanPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype, cuda_graphs=False)
+    loras = parse_lora_options(args)
+    check_lora_options(args, has_experts(args.model))
+    if args.component != "dit" and (args.lora or args.high_noise_lora or args.low_noise_lora):
+        raise ValueError(f"--lora: LoRAs change the DiT's weights; the {args.component} export takes none")
+    pipe = WanPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype, cuda_graphs=False,
+                                       loras=loras)
     start = time.perf_counter()
     onnx_dir = out if args.format == "onnx" else out / "onnx"
-    manifest = export_onnx(pipe, args.component, onnx_dir, shapes)
+    written = export_onnx(pipe, args.component, onnx_dir, shapes)
     if args.format == "trt":
         from ..export.tensorrt import build_engines, profiles_for
 
-        manifest = build_engines(onnx_dir, out, profiles_for(onnx_dir, manifest, pipe.config), fp16=args.dtype == "fp16",
-                                 bf16=args.dtype == "bf16")
-    print(f"exported {args.component} of {manifest.model} to {out} ({manifest.format}, {manifest.dtype}, "
-          f"{len(manifest.files)} graph(s), {time.perf_counter() - start:.1f} s): {', '.join(manifest.files.values())}")
+        # Each ONNX folder (a two-expert DiT's are onnx/high_noise and onnx/low_noise) builds into
+        # the same place under `out`.
+        written = [(out / folder.relative_to(onnx_dir),
+                    build_engines(folder, out / folder.relative_to(onnx_dir), profiles_for(folder, manifest, pipe.config),
+                                  fp16=args.dtype == "fp16", bf16=args.dtype == "bf16"))
+                   for folder, manifest in written]
+    for folder, manifest in written:
+        what = args.component if manifest.expert is None else f"{args.component} ({manifest.expert} expert)"
+        loras = "".join(f", LoRA {r['file']} x{r['strength']:g}" for r in manifest.loras)
+        print(f"exported {what} of {manifest.model} to {folder} ({manifest.format}, {manifest.dtype}, "
+              f"{len(manifest.files)} graph(s){loras}): {', '.join(manifest.files.values())}")
+    print(f"export took {time.perf_counter() - start:.1f} s")
     return 0

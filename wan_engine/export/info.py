@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .manifest import COMPONENTS, FILE, Manifest
+from .manifest import COMPONENTS, EXPERT_FOLDERS, FILE, Manifest
 from .modules import FIRST_BLOCK_KINDS
 
 _ABSENT = {"dit": "absent: --engine onnx:DIR/trt:DIR needs one",
@@ -15,10 +15,18 @@ _ABSENT = {"dit": "absent: --engine onnx:DIR/trt:DIR needs one",
            "vae-encoder": "absent: an i2v/flf2v conditioning encode runs in torch"}
 
 
+def _exports_in(folder: Path) -> list[Path]:
+    """The export folders `folder` stands for: itself, or a two-expert DiT's expert folders."""
+    if (folder / FILE).is_file():
+        return [folder]
+    return [folder / name for name in EXPERT_FOLDERS if (folder / name / FILE).is_file()]
+
+
 def is_export_dir(path: str | Path) -> bool:
-    """A component's export folder, or a folder that holds component folders."""
+    """A component's export folder (a two-expert DiT's: the folder of its experts' exports), or a
+    folder that holds component folders."""
     path = Path(path).expanduser()
-    return (path / FILE).is_file() or any((path / c / FILE).is_file() for c in COMPONENTS)
+    return bool(_exports_in(path)) or any(_exports_in(path / c) for c in COMPONENTS)
 
 
 def _span(lo_hi: tuple[int, int]) -> str:
@@ -35,18 +43,22 @@ def _caches(manifest: Manifest) -> str:
     split = set(FIRST_BLOCK_KINDS) <= roles
     runs = ["uncached"] if split or "full" in roles else []
     if "reuse" in roles and (split or "full_residual" in roles):
-        runs += ["teacache", "magcache"]
+        # TeaCache's polynomial belongs to one DiT: refused for two experts, exported or not.
+        runs += ["magcache"] if manifest.expert else ["teacache", "magcache"]
     runs.append("fbcache" if split else "not fbcache (an export from before the split step: export it again)")
     return ", ".join(runs)
 
 
 def _describe(folder: Path, manifest: Manifest) -> list[str]:
     s = manifest.shapes
-    lines = [f"{manifest.component}: {manifest.format}, {manifest.dtype}, model {manifest.model}; batch "
+    what = manifest.component if manifest.expert is None else f"{manifest.component} ({manifest.expert} expert)"
+    lines = [f"{what}: {manifest.format}, {manifest.dtype}, model {manifest.model}; batch "
              f"{_span(s.batch)}, frames {_span(s.frames)}, height {_span(s.height)}, width {_span(s.width)}",
              f"  {len(manifest.files)} graph(s), {_megabytes(folder):.1f} MB: {', '.join(manifest.files)}"]
     if manifest.component == "dit":
         lines.append(f"  model type {manifest.config.get('model_type', 't2v')}; step caches: {_caches(manifest)}")
+        merged = ", ".join(f"{r['file']} x{r['strength']:g} (sha256 {r['sha256'][:12]})" for r in manifest.loras)
+        lines.append(f"  LoRAs merged: {merged or 'none'}")
     made = ", ".join(f"{k} {v}" for k, v in manifest.versions.items() if v)
     lines.append(f"  exported with opset {manifest.opset}" + (f", {made}" if made else ""))
     return lines
@@ -56,16 +68,19 @@ def describe_export(path: str | Path) -> str:
     """The export at `path` (one component's folder, or a folder of them), as `info` prints it.
     A manifest that does not read is named with the reason."""
     path = Path(path).expanduser()
-    if (path / FILE).is_file():
-        return "\n".join([f"export {path}", *_describe(path, Manifest.load(path))])
     lines = [f"export {path}"]
+    exports = _exports_in(path)
+    if exports:
+        for folder in exports:
+            lines += _describe(folder, Manifest.load(folder))
+        return "\n".join(lines)
     for component in COMPONENTS:
-        folder = path / component
-        if (folder / FILE).is_file():
+        exports = _exports_in(path / component)
+        for folder in exports:
             manifest = Manifest.load(folder)
             if manifest.component != component:
                 raise ValueError(f"{folder} holds a {manifest.component} export, not {component}")
             lines += _describe(folder, manifest)
-        else:
+        if not exports:
             lines.append(f"{component}: {_ABSENT[component]}")
     return "\n".join(lines)

@@ -17,6 +17,8 @@ FILE = "manifest.json"
 COMPONENTS = ("dit", "vae-decoder", "vae-encoder")
 FORMATS = ("onnx", "trt")
 DTYPES = ("fp32", "fp16", "bf16")
+# A two-expert model's DiT exports: one complete export per expert, in these subfolders.
+EXPERT_FOLDERS = ("high_noise", "low_noise")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class Manifest:
     files: dict  # role -> file name
     opset: int | None = None
     versions: dict = field(default_factory=dict)
+    expert: str | None = None  # a two-expert model's DiT: "high_noise" or "low_noise"
+    loras: tuple = ()  # the LoRAs merged into the exported weights: {"file", "strength", "sha256"} each
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
@@ -89,18 +93,25 @@ class Manifest:
         if data.pop("format_version", None) != FORMAT:
             raise ValueError(f"{path}: not a wan_engine export manifest ({FORMAT})")
         data["shapes"] = ShapeRange(**{k: tuple(v) for k, v in data["shapes"].items()})
+        data["loras"] = tuple(data.get("loras", ()))
         manifest = cls(**data)
         for role, name in manifest.files.items():
             if not (folder / name).is_file():
                 raise ValueError(f"{folder}: the manifest names {role} file {name}, which is missing")
         return manifest
 
-    def check(self, *, component: str, config: dict, dtype: str | None = None, where: str = "") -> None:
-        """Refuse a directory exported for something else, naming what differs."""
+    def check(self, *, component: str, config: dict, dtype: str | None = None, where: str = "",
+              expert: str | None = None) -> None:
+        """Refuse a directory exported for something else, naming what differs. `expert`: the
+        two-expert model's DiT this export must be (None: a one-DiT model's)."""
         where = where or f"export ({self.model})"
         config = json.loads(json.dumps(config))  # tuples read back from JSON as lists
         if self.component != component:
             raise ValueError(f"{where} holds a {self.component} export, not {component}")
+        if self.expert != expert:
+            held = "one DiT's export" if self.expert is None else f"the {self.expert} expert of a two-expert model"
+            wanted = "a one-DiT model's" if expert is None else f"the {expert} expert's"
+            raise ValueError(f"{where} holds {held} ({self.model}); the run needs {wanted}")
         if self.config != config:
             diff = sorted(k for k in set(config) | set(self.config) if config.get(k) != self.config.get(k))
             raise ValueError(f"{where} was exported from another model: {', '.join(diff)} differ "

@@ -47,7 +47,7 @@ class DiTStep(nn.Module):
         if kind not in _METHODS:
             raise ValueError(f"kind must be one of {', '.join(_METHODS)}; got {kind!r}")
         self.executor, self.kind = executor, kind
-        steps = _TokenRowSteps(executor, executor.config.model_type != "t2v")
+        steps = _TokenRowSteps(executor, executor.config.uses_clip)
         self._fn = getattr(steps, _METHODS[kind])
 
     def forward(self, *inputs):

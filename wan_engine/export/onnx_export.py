@@ -10,6 +10,7 @@ over 2 GB keep their weights as external data. The manifest is written last.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.metadata
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from ..configs import VAEConfig
 from ..reference.vae import ENCODE_CHUNK_FRAMES
 from ..vae.static import decoder_chunks, encoder_chunks
-from .manifest import Manifest, ShapeRange
+from .manifest import COMPONENTS, EXPERT_FOLDERS, Manifest, ShapeRange
 from .modules import DIT_KINDS, DiTStep, TextKVStep, VAEChunk
 
 OPSET = 20
@@ -60,18 +61,10 @@ def token_range(shapes: ShapeRange, vae: VAEConfig, patch=(1, 2, 2)) -> tuple[in
 
 
 @torch.no_grad()
-def check_exportable(cfg) -> None:
-    """Refuse a DiT the export graphs cannot express, naming why."""
-    if cfg.model_type != "t2v" and not cfg.uses_clip:
-        raise ValueError("the DiT export takes CLIP features for i2v models; one without CLIP (Wan2.2) is not "
-                         "exportable yet")
-
-
 def export_dit(executor, vae_config: VAEConfig, out_dir: Path, shapes: ShapeRange, model_name: str,
                dtype: str, kinds: tuple[str, ...] = DIT_KINDS) -> Manifest:
     """The text K/V graph and one graph per step kind (`kinds`: `DIT_KINDS` by default)."""
     cfg = executor.config
-    check_exportable(cfg)
     lo, hi = token_range(shapes, vae_config, cfg.patch_size)
     batch = _dim("batch", shapes.batch[0], shapes.batch[1])
     tokens = _dim("tokens", max(lo, 2), max(hi, 2))
@@ -85,8 +78,9 @@ def export_dit(executor, vae_config: VAEConfig, out_dir: Path, shapes: ShapeRang
     cos = torch.randn(s, cfg.head_dim // 2, generator=gen).to(device)
     sin = torch.randn(s, cfg.head_dim // 2, generator=gen).to(device)
     context = torch.randn(b, cfg.text_len, cfg.text_dim, generator=gen).to(device, cd)
-    # i2v/flf2v: the CLIP features (fp32; a fixed token count per model) are a second text-graph input.
-    clip_fea = () if cfg.model_type == "t2v" else (torch.randn(
+    # i2v/flf2v with CLIP: the CLIP features (fp32; a fixed token count per model) are a second
+    # text-graph input. An i2v DiT without CLIP (Wan2.2 I2V-A14B) takes the text alone.
+    clip_fea = () if not cfg.uses_clip else (torch.randn(
         b, (2 if cfg.model_type == "flf2v" else 1) * cfg.image_tokens, cfg.image_dim, generator=gen).to(device),)
     kv_tensors = TextKVStep(executor)(context, *clip_fea)  # (k, v) or (k, v, k_img, v_img)
     residual = torch.randn(b, s, cfg.dim, generator=gen).to(device)
@@ -151,27 +145,56 @@ def export_vae_encoder(vae, out_dir: Path, shapes: ShapeRange, model_name: str) 
                               channels=3, steady_frames=ENCODE_CHUNK_FRAMES, unit=vae.config.spatial_stride)
 
 
-def export_onnx(pipe, component: str, out_dir: str | Path, shapes: ShapeRange | None = None) -> Manifest:
-    """Export `component` ("dit", "vae-decoder" or "vae-encoder") of a built pipeline into `out_dir`."""
+def lora_records(reports) -> tuple[dict, ...]:
+    """What a manifest records of the LoRAs merged into an exported DiT: each file's name, strength
+    and SHA-256 (its weights are in the graphs; this says which)."""
+    records = []
+    for report in reports:
+        digest = hashlib.sha256()
+        with open(report.spec.path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+        records.append({"file": Path(report.spec.path).name, "strength": report.spec.strength,
+                        "sha256": digest.hexdigest()})
+    return tuple(records)
+
+
+def _dits(pipe) -> list[tuple[str | None, object, tuple]]:
+    """(expert or None, DiT, the LoRA reports merged into it) of each DiT the pipeline runs."""
     from ..executor import WanExecutor
 
+    low = getattr(pipe, "low_noise_dit", None)
+    dits = [(None, pipe.dit)] if low is None else list(zip(EXPERT_FOLDERS, (pipe.dit, low)))
+    if not all(isinstance(dit, WanExecutor) for _, dit in dits):
+        raise ValueError("the DiT export needs the executor engine (its fixed-shape core is what is exported)")
+    lora = pipe.lora
+    return [(name, dit, lora.reports if name is None else lora.mergers[name].reports) for name, dit in dits]
+
+
+def export_onnx(pipe, component: str, out_dir: str | Path, shapes: ShapeRange | None = None,
+                kinds: tuple[str, ...] = DIT_KINDS) -> list[tuple[Path, Manifest]]:
+    """Export `component` ("dit", "vae-decoder" or "vae-encoder") of a built pipeline into `out_dir`:
+    the folders written, each with its manifest. A two-expert model's DiT is two complete exports,
+    `out_dir/high_noise` and `out_dir/low_noise`; everything else is `out_dir` itself. `kinds`: the
+    DiT's step graphs (`DIT_KINDS`, what every step cache runs; ("full",) runs uncached only)."""
     shapes = ShapeRange() if shapes is None else shapes
-    if component == "dit" and getattr(pipe, "low_noise_dit", None) is not None:
-        raise ValueError("the DiT export holds one DiT; a two-expert model (Wan2.2 A14B) is not exportable yet")
-    if component == "dit":
-        check_exportable(pipe.config.dit)  # before the folder is made
-    out_dir = Path(out_dir).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if component == "dit":
-        if not isinstance(pipe.dit, WanExecutor):
-            raise ValueError("the DiT export needs the executor engine (its fixed-shape core is what is exported)")
-        dtype = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[pipe.dit.compute_dtype]
-        manifest = export_dit(pipe.dit, pipe.config.vae, out_dir, shapes, pipe.config.name, dtype)
-    elif component == "vae-decoder":
-        manifest = export_vae_decoder(pipe.vae, out_dir, shapes, pipe.config.name)
-    elif component == "vae-encoder":
-        manifest = export_vae_encoder(pipe.vae, out_dir, shapes, pipe.config.name)
-    else:
+    if component not in COMPONENTS:
         raise ValueError(f"component must be dit, vae-decoder or vae-encoder; got {component!r}")
-    manifest.save(out_dir)
-    return manifest
+    if component == "dit":
+        dits = _dits(pipe)  # refused before any folder is made
+    out_dir = Path(out_dir).expanduser()
+    written = []
+    if component == "dit":
+        for expert, dit, reports in dits:
+            folder = out_dir if expert is None else out_dir / expert
+            folder.mkdir(parents=True, exist_ok=True)
+            dtype = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dit.compute_dtype]
+            manifest = export_dit(dit, pipe.config.vae, folder, shapes, pipe.config.name, dtype, kinds)
+            written.append((folder, dataclasses.replace(manifest, expert=expert, loras=lora_records(reports))))
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        export_vae = export_vae_decoder if component == "vae-decoder" else export_vae_encoder
+        written.append((out_dir, export_vae(pipe.vae, out_dir, shapes, pipe.config.name)))
+    for folder, manifest in written:
+        manifest.save(folder)  # last, each: a folder without its manifest is an unfinished export
+    return written

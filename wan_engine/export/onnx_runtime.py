@@ -31,8 +31,8 @@ class OnnxGraph:
 
 
 class OnnxDiT(ExportedDiT):
-    def __init__(self, folder, config):
-        super().__init__(folder, config, "onnx", OnnxGraph)
+    def __init__(self, folder, config, expert=None):
+        super().__init__(folder, config, "onnx", OnnxGraph, expert)
         if self.manifest.dtype == "bf16":
             raise ValueError(f"export {self.folder} is bf16, which onnxruntime cannot feed from numpy: use "
                              f"--engine trt:DIR, or export in fp32/fp16")

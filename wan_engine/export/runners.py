@@ -66,21 +66,22 @@ class ExportedSteps:
         return self.graphs["rest_reuse"](x, t.float(), cos, sin, residual, *kv)[0]
 
 
-def _load(folder, fmt: str, component: str, config: dict) -> tuple[Path, Manifest]:
+def _load(folder, fmt: str, component: str, config: dict, expert: str | None = None) -> tuple[Path, Manifest]:
     folder = Path(folder).expanduser()
     manifest = Manifest.load(folder)
     if manifest.format != fmt:
         raise ValueError(f"{folder} holds a {manifest.format} export; this engine runs {fmt} exports "
                          f"(wan-engine export --format {fmt})")
-    manifest.check(component=component, config=config, where=f"export {folder}")
+    manifest.check(component=component, config=config, where=f"export {folder}", expert=expert)
     return folder, manifest
 
 
 class ExportedDiT(TokenIO):
-    """The exported DiT of `folder` for a model whose DiT config is `config` (refused otherwise)."""
+    """The exported DiT of `folder` for a model whose DiT config is `config` (refused otherwise);
+    `expert`: which DiT of a two-expert model it must be ("high_noise", "low_noise"; None: one DiT)."""
 
-    def __init__(self, folder, config, fmt: str, run_graph: Callable[[Path], Callable]):
-        self.folder, self.manifest = _load(folder, fmt, "dit", dataclasses.asdict(config))
+    def __init__(self, folder, config, fmt: str, run_graph: Callable[[Path], Callable], expert: str | None = None):
+        self.folder, self.manifest = _load(folder, fmt, "dit", dataclasses.asdict(config), expert)
         self.config = config
         self.engine_config = EngineConfig()
         self.compute_dtype = TORCH_DTYPES[self.manifest.dtype]

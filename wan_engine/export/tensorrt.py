@@ -105,8 +105,8 @@ class _Engine:
 
 
 class TrtDiT(ExportedDiT):
-    def __init__(self, folder, config):
-        super().__init__(folder, config, "trt", _Engine)
+    def __init__(self, folder, config, expert=None):
+        super().__init__(folder, config, "trt", _Engine, expert)
 
 
 class TrtVAEDecoder(ExportedVAEDecoder):

@@ -7,7 +7,7 @@
 """
 from .describe import describe_lora
 from .experts import EXPERTS, ExpertLoraMergers, parse_expert_loras
-from .merge import LoraMerger, LoraReport, lowrank_delta
+from .merge import FixedLoras, LoraMerger, LoraReport, lowrank_delta
 from .spec import LoraSpec, parse_loras
 
-__all__ = ["EXPERTS", "ExpertLoraMergers", "parse_expert_loras", "LoraMerger", "LoraReport", "LoraSpec", "describe_lora", "lowrank_delta", "parse_loras"]
+__all__ = ["EXPERTS", "ExpertLoraMergers", "FixedLoras", "parse_expert_loras", "LoraMerger", "LoraReport", "LoraSpec", "describe_lora", "lowrank_delta", "parse_loras"]

@@ -60,6 +60,9 @@ def _slots(model) -> dict[str, tuple[torch.Tensor, tuple[int, ...]]]:
     slots = getattr(model, "official_slots", None)
     if slots is not None:
         return slots()
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"a {type(model).__name__} holds no weights to merge LoRAs into (the executor and the "
+                         f"reference do)")
     return {name: (p.data, tuple(p.shape)) for name, p in model.named_parameters()}
 
 
@@ -173,3 +176,19 @@ class LoraMerger:
 
 def _keys(parts) -> list[str]:
     return [k for p in parts for k in (p.keys if isinstance(p, LowRank) else (p.key,))]
+
+
+class FixedLoras:
+    """`LoraMerger`'s interface for a DiT whose weights cannot change here (an exported engine's
+    are in its graphs): no LoRAs merged in this process; `apply` refuses, giving `reason`."""
+
+    reports: tuple[LoraReport, ...] = ()
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def apply(self, loras) -> tuple[LoraReport, ...]:
+        raise ValueError(f"set_loras: {self.reason}")
+
+    def clear(self) -> None:
+        self.apply([])
