@@ -92,6 +92,32 @@ def test_a_two_expert_generation_through_onnxruntime_is_the_executors(experts_ex
         assert _levels(base, b).max() > 8
 
 
+def test_an_exported_engine_reads_the_dit_config_and_loads_no_dit_weights(experts_export, tmp_path, monkeypatch):
+    """The DiT weights are in the graphs: a model directory run with `--engine onnx:DIR` reads its
+    DiT config from the headers and loads neither expert (a 14B pair would be 2 x 28 GB to discard)."""
+    from checkpoint_factory import write_two_experts
+
+    from wan_engine.assembly import pipeline as assembly
+
+    export, lora = experts_export
+    root = write_two_experts(tmp_path / "m", wan_engine.configs.get_preset("tiny-a14b"), "original")
+    expected = wan_engine.WanPipeline.from_pretrained(str(root), device="cpu", loras={"high_noise": [f"{lora}:0.7"]})
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a DiT's weights were loaded for an exported engine")
+
+    monkeypatch.setattr(assembly, "load_dit", no_load)
+    monkeypatch.setattr(assembly, "load_low_noise_dit", no_load)
+    monkeypatch.setattr(assembly, "random_low_noise_dit", no_load)
+    onnx_pipe = wan_engine.WanPipeline.from_pretrained(str(root), device="cpu", engine=f"onnx:{export}")
+    assert _levels(expected.run(**REQUEST), onnx_pipe.run(**REQUEST)).max() <= 1
+    with pytest.raises(ValueError, match="exported from another model: dim differ"):
+        wan_engine.WanPipeline.from_pretrained(wan_engine.configs.get_preset("tiny-a14b").replace(
+            dit=wan_engine.configs.get_preset("tiny-a14b").dit.__class__(dim=64, ffn_dim=64, num_heads=2, num_layers=2,
+                                                                         text_dim=32)),
+            device="cpu", engine=f"onnx:{export}")
+
+
 def test_export_folders_that_do_not_fit_the_experts_are_refused_by_name(experts_export, tiny_export, tmp_path):
     export, _ = experts_export
     with pytest.raises(ValueError, match="holds a two-expert model's DiT exports \\(tiny-a14b\\); this model has one"):

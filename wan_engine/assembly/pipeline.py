@@ -50,18 +50,19 @@ from .text_encoder import random_text_encoder
 
 
 def random_components(config: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int = 0,
-                      dit_device: torch.device | None = None):
+                      dit_device: torch.device | None = None, with_dit: bool = True):
     """Reference DiT, VAE and text encoder with seeded random weights (the random-weight presets);
-    the DiT on `dit_device` (default `device`). See `random_image_encoder` for i2v/flf2v."""
+    the DiT on `dit_device` (default `device`; None without `with_dit`). See `random_image_encoder`
+    for i2v/flf2v."""
     with torch.device("meta"):
         dit = WanDiT(config.dit, compute_dtype=dtype)
         vae = WanVAE(config.vae)
-    dit = load_into(dit, random_state_dict(dit, seed), dtype=dtype, device=dit_device or device,
-                    source=f"preset {config.name}")
+    dit = None if not with_dit else load_into(dit, random_state_dict(dit, seed), dtype=dtype,
+                                              device=dit_device or device, source=f"preset {config.name}")
     vae = load_into(vae, random_state_dict(vae, seed + 1), dtype=torch.float32, device=device,
                     source=f"preset {config.name}")
     text = random_text_encoder(config.t5, seed=seed + 2, dtype=dtype, device=device)
-    return text, dit.eval().requires_grad_(False), vae.eval().requires_grad_(False)
+    return text, None if dit is None else dit.eval().requires_grad_(False), vae.eval().requires_grad_(False)
 
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the installed wan_engine folder
@@ -232,10 +233,11 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
     if embedded is not None:
         path = embedded
     image_encoder = low_noise = None
+    load_dits = exported is None  # an exported DiT's weights are in its graphs: none is loaded here
     if isinstance(path_or_preset, ModelConfig):
         config = path_or_preset  # a custom size with seeded random weights (benchmarks, memory tests)
-        text, dit, vae = random_components(config, device, dtype, seed, dit_device=home.dit)
-        if config.experts is not None:
+        text, dit, vae = random_components(config, device, dtype, seed, dit_device=home.dit, with_dit=load_dits)
+        if config.experts is not None and load_dits:
             low_noise = random_low_noise_dit(config, dtype, home.low_noise_dit, seed)
         text = TextEncoder(text.model, text.tokenizer, device=text_home, dtype=text_dtype)
         image_encoder = preset_image_encoder(config, seed, dtype, home.image_encoder)
@@ -246,24 +248,24 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         if dit_config.uses_clip:
             image_encoder = load_image_encoder(layout.root, dtype=dtype, device=home.image_encoder)
             dit_config = image_conditioned(dit_config, image_encoder.cfg, layout.root)
-        dit = load_dit(layout.root, dtype=dtype, device=home.dit, config=dit_config)
-        if layout.has_experts:
-            low_noise = load_low_noise_dit(layout, dit.config, dtype, home.low_noise_dit)
+        dit = load_dit(layout.root, dtype=dtype, device=home.dit, config=dit_config) if load_dits else None
+        if layout.has_experts and load_dits:
+            low_noise = load_low_noise_dit(layout, dit_config, dtype, home.low_noise_dit)
         preset = (get_preset(str(path_or_preset)) if embedded
-                  else preset_for(dit.config.dim, dit.config.task, path.resolve().name, layout.has_experts))
+                  else preset_for(dit_config.dim, dit_config.task, path.resolve().name, layout.has_experts))
         experts = expert_split(layout, preset) if layout.has_experts else None
         if layout.vae is None:
             raise CheckpointError(f"{path}: no VAE in this {layout.kind} directory")
         vae = load_vae(layout.vae, device=device)
-        check_latent_channels(dit.config, vae.config, path)
+        check_latent_channels(dit_config, vae.config, path)
         config = ModelConfig(
             name=preset.name if embedded else f"{preset.name if preset else 'custom'} ({path.name})",
-            dit=dit.config,
+            dit=dit_config,
             vae=vae.config,
-            sample=(preset or _fallback_preset(dit.config.task, layout.has_experts)).sample,
+            sample=(preset or _fallback_preset(dit_config.task, layout.has_experts)).sample,
             experts=experts,
         )
-        text = load_text_encoder(layout.root, dtype=text_dtype, device=text_home, text_len=dit.config.text_len)
+        text = load_text_encoder(layout.root, dtype=text_dtype, device=text_home, text_len=dit_config.text_len)
         config = dataclasses.replace(config, t5=text_config(text),
                                      weights=preset.weights if embedded else None,
                                      image_encoder=None if image_encoder is None else image_encoder.cfg)
@@ -272,25 +274,27 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         if not config.name.startswith("tiny"):
             warnings.warn(f"preset {config.name!r} has no embedded weights: using seeded random weights "
                           f"(for benchmarks; the video will be noise)", stacklevel=2)
-        text, dit, vae = random_components(config, device, dtype, seed, dit_device=home.dit)
+        text, dit, vae = random_components(config, device, dtype, seed, dit_device=home.dit, with_dit=load_dits)
         text = TextEncoder(text.model, text.tokenizer, device=text_home, dtype=text_dtype)
         image_encoder = preset_image_encoder(config, seed, dtype, home.image_encoder)
-        if config.experts is not None:
+        if config.experts is not None and load_dits:
             low_noise = random_low_noise_dit(config, dtype, home.low_noise_dit, seed)
     else:
         raise _not_a_model(path_or_preset)
     folder = None if isinstance(path_or_preset, ModelConfig) or not path.is_dir() else path
-    dit = engine_dit(dit, engine, engine_config, device, home.dit)
-    if low_noise is not None:
-        low_noise = engine_dit(low_noise, engine, engine_config, device, home.low_noise_dit)
-    lora = LoraMerger(dit) if low_noise is None else ExpertLoraMergers(dit, low_noise)
-    lora.apply(lora_specs)  # merge first, then quantize
-    dit = finish_dit(dit, engine, mesh, quant, shard_weights, device)
-    if low_noise is not None:
-        low_noise = finish_dit(low_noise, engine, mesh, quant, shard_weights, device)
     vae_decoder = vae_encoder = None
-    if exported is not None:
-        dit, low_noise, vae_decoder, vae_encoder = exported_components(exported, dit.config, vae, low_noise is not None)
+    if load_dits:
+        dit = engine_dit(dit, engine, engine_config, device, home.dit)
+        if low_noise is not None:
+            low_noise = engine_dit(low_noise, engine, engine_config, device, home.low_noise_dit)
+        lora = LoraMerger(dit) if low_noise is None else ExpertLoraMergers(dit, low_noise)
+        lora.apply(lora_specs)  # merge first, then quantize
+        dit = finish_dit(dit, engine, mesh, quant, shard_weights, device)
+        if low_noise is not None:
+            low_noise = finish_dit(low_noise, engine, mesh, quant, shard_weights, device)
+    else:
+        dit, low_noise, vae_decoder, vae_encoder = exported_components(exported, config.dit, vae,
+                                                                       config.experts is not None)
         lora = FixedLoras(f"the DiT is an exported engine ({exported[1]}) whose weights, LoRAs included, are fixed "
                           f"in its graphs; export the model again with the LoRAs (wan-engine export --lora)")
     return dict(config=config, text_encoder=text, dit=dit, vae=vae, device=device, dtype=dtype,
