@@ -1,6 +1,6 @@
 """Exports of what an export folder once could not hold: a two-expert model's DiTs (one complete
-export per expert, `high_noise/` and `low_noise/`), an i2v DiT without CLIP (Wan2.2 I2V-A14B), and
-DiTs with LoRAs merged (`wan-engine export --lora`). An exported engine's weights are fixed in its
+export per expert, `high_noise/` and `low_noise/`), an i2v DiT without CLIP (Wan2.2 I2V-A14B), TI2V
+image-to-video (frame 0 at its own timestep), and DiTs with LoRAs merged (`wan-engine export --lora`). An exported engine's weights are fixed in its
 graphs, so a LoRA or a quantization asked of one is refused rather than silently not applied.
 
 Held to test_export.py's bound: a generation through onnxruntime within one level of the executor's.
@@ -229,3 +229,36 @@ def test_a_manifest_from_before_experts_and_loras_still_loads(tiny_export, tmp_p
     assert manifest.expert is None and manifest.loras == ()
     pipe = wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{tmp_path}")
     assert pipe.low_noise_dit is None
+
+
+def test_ti2v_image_to_video_runs_frame_0_at_its_own_timestep_through_the_export(tmp_path):
+    """TI2V-5B's image-to-video denoises every token but latent frame 0 (the image's, at t = 0): the
+    export's step graphs take t [B, 2] and frame 0's token count as an input's length, so the same
+    graphs run text-to-video (one timestep) and image-to-video at any exported size. The split step
+    alone is exported here: uncached runs block 0 then the rest, FBCache chooses between them."""
+    from test_i2v import rgb
+
+    from wan_engine.export.info import describe_export
+    from wan_engine.export.modules import FIRST_BLOCK_KINDS
+    from wan_engine.export.onnx_export import export_onnx
+
+    pipe = wan_engine.WanPipeline.from_pretrained("tiny-ti2v", device="cpu")
+    (folder, manifest), = export_onnx(pipe, "dit", tmp_path / "dit", ShapeRange(batch=(1, 2), frames=(5, 9),
+                                      height=(64, 96), width=(64, 96)), kinds=FIRST_BLOCK_KINDS)
+    assert manifest.frame0_timestep and "frame 0 at its own timestep" in describe_export(folder)
+    onnx_pipe = wan_engine.WanPipeline.from_pretrained("tiny-ti2v", device="cpu", engine=f"onnx:{tmp_path}")
+    kw = dict(prompt="a paper boat", num_frames=9, steps=4, seed=5)
+    for size, image in (((96, 64), rgb(64, 96, 1)), ((64, 96), rgb(96, 64, 2)), ((96, 64), None)):
+        for cache in (None, CacheConfig.parse("fbcache:1.0")):
+            a = pipe.run(**kw, size=size, image=image, cache=cache)
+            b = onnx_pipe.run(**kw, size=size, image=image, cache=cache)
+            diff = _levels(a, b)
+            print(f"ti2v {size} image={image is not None} cache={cache}: max {diff.max()} levels")
+            assert diff.max() <= 1
+            if cache is not None:
+                assert a.cache.computed == b.cache.computed and not all(a.cache.computed[0])
+    # An export from before frame 0's own timestep: image-to-video refused before any compute.
+    onnx_pipe.dit.frame0_timestep = False
+    with pytest.raises(ValueError, match="image-to-video on a TI2V model runs frame 0 at its own timestep, which "
+                                         "this export .* predates"):
+        onnx_pipe.run(**kw, size=(96, 64), image=rgb(64, 96, 1))

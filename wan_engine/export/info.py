@@ -56,7 +56,8 @@ def _describe(folder: Path, manifest: Manifest) -> list[str]:
              f"{_span(s.batch)}, frames {_span(s.frames)}, height {_span(s.height)}, width {_span(s.width)}",
              f"  {len(manifest.files)} graph(s), {_megabytes(folder):.1f} MB: {', '.join(manifest.files)}"]
     if manifest.component == "dit":
-        lines.append(f"  model type {manifest.config.get('model_type', 't2v')}; step caches: {_caches(manifest)}")
+        frame0 = "; frame 0 at its own timestep (TI2V image-to-video)" if manifest.frame0_timestep else ""
+        lines.append(f"  model type {manifest.config.get('model_type', 't2v')}; step caches: {_caches(manifest)}{frame0}")
         merged = ", ".join(f"{r['file']} x{r['strength']:g} (sha256 {r['sha256'][:12]})" for r in manifest.loras)
         lines.append(f"  LoRAs merged: {merged or 'none'}")
     made = ", ".join(f"{k} {v}" for k, v in manifest.versions.items() if v)

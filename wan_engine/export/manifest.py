@@ -66,6 +66,7 @@ class Manifest:
     versions: dict = field(default_factory=dict)
     expert: str | None = None  # a two-expert model's DiT: "high_noise" or "low_noise"
     loras: tuple = ()  # the LoRAs merged into the exported weights: {"file", "strength", "sha256"} each
+    frame0_timestep: bool = False  # TI2V: the step graphs take t [B, 2] and frame 0's rows (image-to-video)
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)

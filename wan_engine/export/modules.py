@@ -26,31 +26,38 @@ _METHODS = {"full": "full", "full_residual": "full_with_residual", "reuse": "reu
 class _TokenRowSteps(StepFunctions):
     """The executor's step functions with the RoPE table read from the rows of cos/sin, so the token
     count stays dynamic in the graph: no sequence padding, every key attended (the grid only matters
-    for unpatchify, outside)."""
+    for unpatchify, outside, and for where latent frame 0's rows end: `frame0_rows`, set per call)."""
 
     def __init__(self, executor, image: bool):
         self.dit, self.rope, self.image = executor, None, image
+        self.frame0_rows = 1
 
     def _rope(self, cos, sin) -> RopeTable:
         n = cos.shape[0]
-        return RopeTable(cos, sin, (1, 1, 1), n, n)
+        return RopeTable(cos, sin, (1, self.frame0_rows, 1), n, n)
 
 
 class DiTStep(nn.Module):
     """One whole-step function of the executor (executor/steps.py names their inputs and outputs),
     by export `kind`: the split step's "first_block", "rest_residual", "rest_reuse", the reused
-    whole step "reuse", and on request the whole computed steps "full", "full_residual". kv is (k, v), and (k, v, k_img, v_img) for an i2v/flf2v DiT
+    whole step "reuse", and on request the whole computed steps "full", "full_residual". `frame0`
+    (TI2V): t is [B, 2] and an input after sin gives frame 0's token count by its length. kv is (k, v), and (k, v, k_img, v_img) for an i2v/flf2v DiT
     (whose patches carry the conditioning channels)."""
 
-    def __init__(self, executor, kind: str):
+    def __init__(self, executor, kind: str, frame0: bool = False):
         super().__init__()
         if kind not in _METHODS:
             raise ValueError(f"kind must be one of {', '.join(_METHODS)}; got {kind!r}")
-        self.executor, self.kind = executor, kind
-        steps = _TokenRowSteps(executor, executor.config.uses_clip)
-        self._fn = getattr(steps, _METHODS[kind])
+        self.executor, self.kind, self.frame0 = executor, kind, frame0
+        self._steps = _TokenRowSteps(executor, executor.config.uses_clip)
+        self._fn = getattr(self._steps, _METHODS[kind])
+        self._frame0_at = (2 if kind == "rest_residual" else 1) + 3  # after the lead tensors and (t, cos, sin)
 
     def forward(self, *inputs):
+        if self.frame0:  # TI2V: t is [B, 2]; this input's length is frame 0's token count
+            marker = inputs[self._frame0_at]
+            self._steps.frame0_rows = marker.shape[0]
+            inputs = inputs[:self._frame0_at] + inputs[self._frame0_at + 1:]
         return self._fn(*inputs)
 
 

@@ -51,10 +51,11 @@ def _scaled(dim, factor: float):
     return None if dim is None else dim * int(factor)
 
 
-def token_range(shapes: ShapeRange, vae: VAEConfig, patch=(1, 2, 2)) -> tuple[int, int]:
-    """The DiT's token counts at the smallest and the largest exported video."""
-    def tokens(frames, height, width):
-        lf = (frames - 1) // vae.temporal_stride + 1
+def token_range(shapes: ShapeRange, vae: VAEConfig, patch=(1, 2, 2), frames=None) -> tuple[int, int]:
+    """The DiT's token counts at the smallest and the largest exported video (`frames=1`: of one
+    latent frame, e.g. TI2V's frame 0)."""
+    def tokens(video_frames, height, width):
+        lf = (video_frames - 1) // vae.temporal_stride + 1 if frames is None else frames
         return (lf // patch[0]) * (height // vae.spatial_stride // patch[1]) * (width // vae.spatial_stride // patch[2])
     return (tokens(shapes.frames[0], shapes.height[0], shapes.width[0]),
             tokens(shapes.frames[1], shapes.height[1], shapes.width[1]))
@@ -63,8 +64,12 @@ def token_range(shapes: ShapeRange, vae: VAEConfig, patch=(1, 2, 2)) -> tuple[in
 @torch.no_grad()
 def export_dit(executor, vae_config: VAEConfig, out_dir: Path, shapes: ShapeRange, model_name: str,
                dtype: str, kinds: tuple[str, ...] = DIT_KINDS) -> Manifest:
-    """The text K/V graph and one graph per step kind (`kinds`: `DIT_KINDS` by default)."""
+    """The text K/V graph and one graph per step kind (`kinds`: `DIT_KINDS` by default). A TI2V
+    DiT's step graphs take t [B, 2] (latent frame 0's timestep, the rest's) and, after sin, a
+    tensor whose length is frame 0's token count (its values unused): image-to-video runs frame 0,
+    the conditioning image, at t = 0, and the token count is a dynamic dim only as a shape."""
     cfg = executor.config
+    frame0 = cfg.task == "ti2v"
     lo, hi = token_range(shapes, vae_config, cfg.patch_size)
     batch = _dim("batch", shapes.batch[0], shapes.batch[1])
     tokens = _dim("tokens", max(lo, 2), max(hi, 2))
@@ -72,9 +77,19 @@ def export_dit(executor, vae_config: VAEConfig, out_dir: Path, shapes: ShapeRang
     cd = executor.compute_dtype
     gen = torch.Generator().manual_seed(0)
     b, s = shapes.batch[1], max(lo, 2)  # example sizes inside the ranges (a size of 1 would be specialized)
+    frame0_input, frame0_dyn = (), ()
+    if frame0:
+        r_lo, r_hi = token_range(shapes, vae_config, cfg.patch_size, frames=1)
+        first_rows = _dim("frame0_rows", 1, r_hi) if r_lo != r_hi else None
+        r = r_lo if first_rows is None else max(2, r_lo)
+        if tokens is not None:
+            s = min(max(hi, 2), max(s, 2 * r))  # frame 0 a part of the example video, as in any real one
+        frame0_input, frame0_dyn = (torch.zeros(r, device=device),), ({0: first_rows} if first_rows else None,)
     patch_dim = cfg.in_dim * cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2]
     patches = torch.randn(b, s, patch_dim, generator=gen).to(device)
     t = torch.tensor([700.0, 300.0][:b], device=device)
+    if frame0:
+        t = torch.stack([torch.zeros_like(t), t], 1)  # frame 0 at t = 0, as image-to-video runs it
     cos = torch.randn(s, cfg.head_dim // 2, generator=gen).to(device)
     sin = torch.randn(s, cfg.head_dim // 2, generator=gen).to(device)
     context = torch.randn(b, cfg.text_len, cfg.text_dim, generator=gen).to(device, cd)
@@ -92,17 +107,18 @@ def export_dit(executor, vae_config: VAEConfig, out_dir: Path, shapes: ShapeRang
     # What each kind takes before (t, cos, sin): the patches, or FBCache's stream after block 0 (and
     # its normed input to block 1, in whatever dtype block 0 forms it); the reusing kinds take the
     # stored residual after them.
-    after, normed, _ = DiTStep(executor, "first_block")(patches, t, cos, sin, *kv_tensors)
+    after, normed, _ = DiTStep(executor, "first_block", frame0)(patches, t, cos, sin, *frame0_input, *kv_tensors)
     leads = {"rest_residual": (after, normed), "rest_reuse": (after,)}
     for kind in kinds:
         lead = leads.get(kind, (patches,))
         stored = (residual,) if kind in ("reuse", "rest_reuse") else ()
-        args = lead + (t, cos, sin) + stored + kv_tensors
-        dyn = ((rows,) * len(lead) + ({0: batch}, rope, rope) + (rows,) * len(stored)
+        args = lead + (t, cos, sin) + frame0_input + stored + kv_tensors
+        dyn = ((rows,) * len(lead) + ({0: batch}, rope, rope) + frame0_dyn + (rows,) * len(stored)
                + ({1: batch},) * len(kv_tensors),)  # the module's *inputs is one tuple
         files[kind] = f"dit_{kind}.onnx"
-        _save(DiTStep(executor, kind).eval(), args, dyn, out_dir / files[kind], weight_bytes)
-    return Manifest(model_name, "dit", "onnx", dtype, shapes, dataclasses.asdict(cfg), files, OPSET, _versions())
+        _save(DiTStep(executor, kind, frame0).eval(), args, dyn, out_dir / files[kind], weight_bytes)
+    return Manifest(model_name, "dit", "onnx", dtype, shapes, dataclasses.asdict(cfg), files, OPSET, _versions(),
+                    frame0_timestep=frame0)
 
 
 @torch.no_grad()

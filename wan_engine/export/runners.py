@@ -30,40 +30,51 @@ class ExportedSteps:
     """The whole-step functions of an exported DiT (the same signatures as `StepFunctions`).
     Timesteps enter as fp32, as exported (the solver's may be integers). A whole computed step is
     block 0 then the rest (two graphs that hold each block's weights once); an export made before
-    the split step has "full" and "full_residual" graphs instead, which run when present."""
+    the split step has "full" and "full_residual" graphs instead, which run when present.
 
-    def __init__(self, graphs: dict[str, Callable]):
-        self.graphs = graphs
+    `frame0_rows` (a TI2V export's): latent frame 0's token count, which its graphs take as the
+    length of an input after sin, with t as [B, 2] (frame 0's timestep, the rest's); a one-timestep
+    t [B] (text-to-video) runs as both, which is the same math."""
+
+    def __init__(self, graphs: dict[str, Callable], frame0_rows: int | None = None):
+        self.graphs, self.frame0_rows = graphs, frame0_rows
 
     def key(self, kind, patches, text):
         return kind
 
+    def _run(self, kind, lead, t, cos, sin, rest):
+        extra = ()
+        if self.frame0_rows is not None:
+            t = torch.stack([t, t], 1) if t.ndim == 1 else t
+            extra = (torch.zeros(self.frame0_rows, device=cos.device),)
+        return self.graphs[kind](*lead, t.float(), cos, sin, *extra, *rest)
+
     def full(self, patches, t, cos, sin, *kv):
         if "full" in self.graphs:
-            return self.graphs["full"](patches, t.float(), cos, sin, *kv)[0]
+            return self._run("full", (patches,), t, cos, sin, kv)[0]
         after, normed, _ = self.first_block(patches, t, cos, sin, *kv)
         return self.rest_with_residual(after, normed, t, cos, sin, *kv)[0]
 
     def full_with_residual(self, patches, t, cos, sin, *kv):
         if "full_residual" in self.graphs:
-            return self.graphs["full_residual"](patches, t.float(), cos, sin, *kv)
+            return self._run("full_residual", (patches,), t, cos, sin, kv)
         after, normed, first = self.first_block(patches, t, cos, sin, *kv)
         out, rest = self.rest_with_residual(after, normed, t, cos, sin, *kv)
         return out, first + rest  # the whole stack's: block 0's plus the rest's (fp32 rounding apart)
 
     def reuse(self, patches, t, cos, sin, residual, *kv):
-        return self.graphs["reuse"](patches, t.float(), cos, sin, residual, *kv)[0]
+        return self._run("reuse", (patches,), t, cos, sin, (residual, *kv))[0]
 
     def first_block(self, patches, t, cos, sin, *kv):
         if "first_block" not in self.graphs:
             raise ValueError("this DiT export has no first-block graphs (it predates them: export it again)")
-        return self.graphs["first_block"](patches, t.float(), cos, sin, *kv)
+        return self._run("first_block", (patches,), t, cos, sin, kv)
 
     def rest_with_residual(self, x, normed, t, cos, sin, *kv):
-        return self.graphs["rest_residual"](x, normed, t.float(), cos, sin, *kv)
+        return self._run("rest_residual", (x, normed), t, cos, sin, kv)
 
     def rest_reuse(self, x, t, cos, sin, residual, *kv):
-        return self.graphs["rest_reuse"](x, t.float(), cos, sin, residual, *kv)[0]
+        return self._run("rest_reuse", (x,), t, cos, sin, (residual, *kv))[0]
 
 
 def _load(folder, fmt: str, component: str, config: dict, expert: str | None = None) -> tuple[Path, Manifest]:
@@ -90,6 +101,8 @@ class ExportedDiT(TokenIO):
         self.graphs = {role: run_graph(self.folder / name) for role, name in self.manifest.files.items()}
         self.steps = ExportedSteps(self.graphs)
         self.has_first_block_steps = "first_block" in self.graphs  # FBCache runs on this export
+        # TI2V image-to-video (frame 0 at its own timestep): exports made before it take t [B] only.
+        self.frame0_timestep = self.manifest.frame0_timestep
 
     def prepare_text(self, context: torch.Tensor, clip_fea=None) -> TextKV:
         context = pad_context(context, self.config.text_len).to(self.compute_dtype)
@@ -97,14 +110,16 @@ class ExportedDiT(TokenIO):
         return TextKV(*self.graphs["text_kv"](context, *(() if clip_fea is None else (clip_fea.float(),))))
 
     def step_functions(self, rope: RopeTable, text: TextKV) -> ExportedSteps:
+        if self.frame0_timestep:
+            return ExportedSteps(self.graphs, rope.grid[1] * rope.grid[2])
         return self.steps
 
     def tokens_in(self, x, t, seq_len=None, y=None):
         if seq_len is not None:
             raise ValueError("the exported DiT runs unpadded token sequences (seq_len must be None)")
-        if t.ndim != 1:
-            raise ValueError("the exported DiT takes one timestep per sample; TI2V image-to-video runs frame 0 at "
-                             "its own (use the executor engine)")
+        if t.ndim != 1 and not self.frame0_timestep:
+            raise ValueError(f"export {self.folder} takes one timestep per sample, not frame 0's own (TI2V "
+                             f"image-to-video); it predates that: export it again")
         b, _, f, h, w = x.shape
         ts, s = latent_strides(self.config.out_dim)
         self.manifest.shapes.check(b, ts * (f - 1) + 1, s * h, s * w, f"export {self.folder}")
@@ -112,7 +127,8 @@ class ExportedDiT(TokenIO):
 
     def predict(self, x, t, text: TextKV, seq_len=None, y=None) -> torch.Tensor:
         patches, rope = self.tokens_in(x, t, seq_len, y)
-        return self.tokens_out(self.steps.full(patches, t, rope.cos, rope.sin, *text_tensors(text)), rope)
+        steps = self.step_functions(rope, text)
+        return self.tokens_out(steps.full(patches, t, rope.cos, rope.sin, *text_tensors(text)), rope)
 
 
 class _ExportedVAEChunks:

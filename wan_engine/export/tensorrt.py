@@ -121,8 +121,8 @@ class TrtVAEEncoder(ExportedVAEEncoder):
 
 def profiles_for(onnx_dir: str | Path, manifest: Manifest, model) -> dict[str, dict]:
     """TensorRT optimization profiles {role: {input: (min, opt, max)}} from the ONNX graphs' own
-    input shapes, whose dynamic dims carry the exporter's names (batch, tokens, latent_rows,
-    latent_cols, or products of them with a constant), valued from the manifest's ranges; opt is
+    input shapes, whose dynamic dims carry the exporter's names (batch, tokens, frame0_rows,
+    latent_rows, latent_cols, or products of them with a constant), valued from the manifest's ranges; opt is
     the maximum."""
     import onnx
 
@@ -133,6 +133,7 @@ def profiles_for(onnx_dir: str | Path, manifest: Manifest, model) -> dict[str, d
               "latent_cols": (s.width[0] // st, s.width[1] // st)}
     if manifest.component == "dit":
         ranges["tokens"] = token_range(s, model.vae, model.dit.patch_size)
+        ranges["frame0_rows"] = token_range(s, model.vae, model.dit.patch_size, frames=1)  # TI2V's graphs
 
     def extent(dim, which: int) -> int:
         if dim.dim_param == "":

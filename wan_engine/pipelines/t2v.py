@@ -229,9 +229,9 @@ class WanPipeline:
         if task not in IMAGE_OPTIONAL or image is not None or last_image is not None:
             # The requested size is the area; the video takes the first image's aspect ratio.
             condition = image_prompt(image, last_image, width * height, task)
-            if task == "ti2v" and not isinstance(self.dit, torch.nn.Module):
-                raise ValueError("image: image-to-video on a TI2V model runs frame 0 at its own timestep, which an "
-                                 "exported DiT (one timestep per sample) does not take; use the executor engine")
+            if task == "ti2v" and not getattr(self.dit, "frame0_timestep", True):
+                raise ValueError(f"image: image-to-video on a TI2V model runs frame 0 at its own timestep, which "
+                                 f"this export ({self.dit.folder}) predates and does not take; export it again")
             width, height = condition.width, condition.height
             for note in condition.conversions():
                 log.warning("converted %s", note)
