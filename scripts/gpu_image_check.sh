@@ -43,4 +43,4 @@ echo "gpu_image_check: part 1 PASS (GPU check dry run on the image's package set
 [ "${GPU_IMAGE_SKIP_SUITE:-0}" = 1 ] && exit 0
 full="$ROOT/test"
 make_venv "$full" -e ".[test,bench]"
-"$full/bin/python" -m pytest -q -p no:cacheprovider "$@"
+"$full/bin/python" -P -m pytest -q -p no:cacheprovider "$@"  # -P: as scripts/test.sh

@@ -6,4 +6,7 @@ VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "torch==2.13.0" "triton==3.7.1" -e ".[test,bench]"
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+# -P: the repository root stays off sys.path, so its top-level kernels/ (installed as
+# wan_engine.kernels) cannot shadow Hugging Face's `kernels` package, which transformers >= 5.25 pulls in
+# and diffusers then imports.
+"$VENV/bin/python" -P -m pytest -q -p no:cacheprovider "$@"
