@@ -1,26 +1,10 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
-# `kernels/` and `parallel/` live at the top level of the repository but install under
-# `wan_engine.` so they cannot collide with Hugging Face's unrelated `kernels` package.
-PACKAGES = {
-    "wan_engine": "wan_engine",
-    "wan_engine.reference": "wan_engine/reference",
-    "wan_engine.loading": "wan_engine/loading",
-    "wan_engine.assembly": "wan_engine/assembly",
-    "wan_engine.shapes": "wan_engine/shapes",
-    "wan_engine.pipelines": "wan_engine/pipelines",
-    "wan_engine.engine": "wan_engine/engine",
-    "wan_engine.serve": "wan_engine/serve",
-    "wan_engine.executor": "wan_engine/executor",
-    "wan_engine.cache": "wan_engine/cache",
-    "wan_engine.vae": "wan_engine/vae",
-    "wan_engine.export": "wan_engine/export",
-    "wan_engine.cli": "wan_engine/cli",
-    "wan_engine.kernels": "kernels",
-    "wan_engine.parallel": "parallel",
-    "wan_engine.bench": "bench",
-    "wan_engine.bench.suites": "bench/suites",
-}
+# Every package under wan_engine/ is found, so a new subpackage cannot be left out of a wheel (wan_engine.lora
+# once was). bench/ stays at the top level (its scripts and results/ are run and read from there) and
+# installs as wan_engine.bench.
+BENCH = {"wan_engine.bench": "bench", "wan_engine.bench.suites": "bench/suites"}
+PACKAGES = find_packages(include=["wan_engine", "wan_engine.*"]) + list(BENCH)
 
 # `wan-engine serve` (the HTTP face); its tests need these too.
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "prometheus-client>=0.20"]
@@ -30,8 +14,8 @@ setup(
     version="0.1.0",
     description="Performance-first inference engine for the Wan video diffusion models",
     python_requires=">=3.10",
-    packages=list(PACKAGES),
-    package_dir=PACKAGES,
+    packages=PACKAGES,
+    package_dir=BENCH,
     # The `shapes` and `shapes-a14b` presets' trained weights (a few MB, official layouts) ship inside the package.
     package_data={"wan_engine.shapes": [
         f"{folder}/{pattern}" for folder in ("weights", "weights_a14b", "weights_a14b/high_noise_model",

@@ -20,6 +20,5 @@ if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then OUT=$1; shift; fi
 # It has no network either: --no-index also skips pip's own version check, which would try one.
 "$PY" -c "import wan_engine.bench" 2>/dev/null \
     || "$PY" -m pip install -q --no-deps --no-build-isolation --no-index --disable-pip-version-check -e .
-# PYTHONSAFEPATH (Python 3.11+; ignored before): the repository root stays off sys.path, so its top-level
-# kernels/ cannot shadow Hugging Face's `kernels` package (see scripts/test.sh).
+# PYTHONSAFEPATH (Python 3.11+; ignored before): the repository root stays off sys.path (see scripts/test.sh).
 PYTHONSAFEPATH=1 exec "$PY" -m wan_engine.bench --gpu-check --out "$OUT" "$@"

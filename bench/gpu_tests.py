@@ -28,8 +28,7 @@ def pytest_command(tests: str, junit: str | None = None) -> list[str]:
     """One module that fails to import must not stop the rest (`--continue-on-collection-errors`;
     its error still fails the check). pytest.ini's `--timeout` needs pytest-timeout: without the
     plugin the ini options are replaced, else pytest would refuse to start (the check has its own
-    timeout). -P (Python 3.11+) keeps the repository root off sys.path, so its top-level kernels/
-    cannot shadow Hugging Face's `kernels` package (see scripts/test.sh)."""
+    timeout). -P (Python 3.11+) keeps the repository root off sys.path (see scripts/test.sh)."""
     safe_path = ["-P"] if sys.version_info >= (3, 11) else []
     cmd = [sys.executable, *safe_path, "-m", "pytest", "-m", SELECTION, tests, "-q", "-rA", "-p", "no:cacheprovider",
            "-p", PLUGIN, "--continue-on-collection-errors"]

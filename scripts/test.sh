@@ -6,7 +6,6 @@ VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "torch==2.13.0" "triton==3.7.1" -e ".[test,bench]"
-# -P: the repository root stays off sys.path, so its top-level kernels/ (installed as
-# wan_engine.kernels) cannot shadow Hugging Face's `kernels` package, which transformers >= 5.25 pulls in
-# and diffusers then imports.
+# -P: the repository root stays off sys.path, so the tests import the installed package and no top-level
+# folder of the checkout can stand in for an installed package of the same name.
 "$VENV/bin/python" -P -m pytest -q -p no:cacheprovider "$@"

@@ -2,8 +2,7 @@
 
 Every `import` counts, including those inside functions: a lazy import only hides a cycle from
 the interpreter, not from a reader. Module names are the installed ones, so the top-level
-`kernels/`, `parallel/` and `bench/` folders appear as `wan_engine.kernels`, ... (setup.py's
-`package_dir`).
+`bench/` folder appears as `wan_engine.bench` (setup.py's `package_dir`).
 """
 from __future__ import annotations
 
@@ -12,8 +11,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # installed package -> source folder (setup.py's package_dir for the folders outside wan_engine/)
-ROOTS = {"wan_engine": REPO / "wan_engine", "wan_engine.kernels": REPO / "kernels",
-         "wan_engine.parallel": REPO / "parallel", "wan_engine.bench": REPO / "bench"}
+ROOTS = {"wan_engine": REPO / "wan_engine", "wan_engine.bench": REPO / "bench"}
 
 
 def source_modules() -> dict[str, Path]:
@@ -26,8 +24,6 @@ def source_modules() -> dict[str, Path]:
             if any(p.startswith("test_") for p in parts):
                 continue  # pytest files that live beside bench/ code are not part of the package
             name = ".".join([package, *parts])
-            if package == "wan_engine" and parts and parts[0] in ("kernels", "parallel", "bench"):
-                continue  # not a real folder of wan_engine/
             modules[name] = path
     return modules
 

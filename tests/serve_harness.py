@@ -1,7 +1,7 @@
 """Start the real `wan-engine serve` in a subprocess on 127.0.0.1 and wait until it answers.
 
-The subprocess runs in a temporary folder (from the repository root Python would put the
-top-level `kernels/` folder on sys.path) with one intra-op thread, as the tests do.
+The subprocess runs in a temporary folder (so it imports the installed package only) with one
+intra-op thread, as the tests do.
 """
 from __future__ import annotations
 

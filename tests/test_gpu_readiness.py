@@ -21,8 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def _run_without_gpu_image_packages(code: str) -> subprocess.CompletedProcess:
     prelude = f"import sys\nfor name in {MISSING_ON_GPU_IMAGE!r}:\n    sys.modules[name] = None\n"
-    # -P: the repository root (cwd) stays off sys.path, as in scripts/test.sh: its top-level kernels/
-    # would shadow Hugging Face's `kernels` package, which transformers imports.
+    # -P: the repository root (cwd) stays off sys.path, as in scripts/test.sh.
     safe_path = ["-P"] if sys.version_info >= (3, 11) else []
     return subprocess.run([sys.executable, *safe_path, "-c", prelude + code], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=300)

@@ -173,7 +173,7 @@ def _run_python(script: str, tmp_path, drop_env=()) -> subprocess.CompletedProce
     import os
 
     env = {k: v for k, v in os.environ.items() if k not in drop_env}
-    # cwd outside the repository: its top-level kernels/ folder must not shadow anything.
+    # cwd outside the repository: the child imports the installed package only.
     return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
 

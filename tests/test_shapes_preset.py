@@ -112,7 +112,7 @@ def _cli_frames(cwd, name, launcher, extra=()):
 
 @pytest.fixture(scope="module")
 def single_process_frames(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("shapes_single")  # not the repo root: its kernels/ would shadow
+    cwd = tmp_path_factory.mktemp("shapes_single")  # not the repo root: the installed package only
     return _cli_frames(cwd, "single", [sys.executable])
 
 

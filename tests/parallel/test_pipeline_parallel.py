@@ -7,8 +7,7 @@ parallel run differs from the single-process one only in fp32 summation order (r
 merges blocks by log-sum-exp; CFG parallelism runs each branch as its own forward instead of one
 batch-2 forward, ~1e-6 relative on the guided velocity), so a pixel whose value sits on a
 quantization boundary may flip by one level; more than one level would mean a real difference.
-Every subprocess runs in a temporary directory: from the repository root, Python would put the
-top-level `kernels/` folder on sys.path.
+Every subprocess runs in a temporary directory, so it imports the installed package only.
 
 The 48x48, 9-frame request has 3 x 3 x 3 = 27 latent tokens: divisible by neither 2 nor 4, so
 every sequence-parallel layout pads and masks.
