@@ -5,7 +5,9 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q "torch==2.13.0" "triton==3.7.1" -e ".[test,bench]"
+# The versions CI last passed with (constraints/test.txt); CONSTRAINTS=/dev/null installs the newest instead.
+"$VENV/bin/python" -m pip install -q -c "${CONSTRAINTS:-constraints/test.txt}" "torch==2.13.0" "triton==3.7.1" \
+    -e ".[test,bench]"
 # -P: the repository root stays off sys.path, so the tests import the installed package and no top-level
 # folder of the checkout can stand in for an installed package of the same name.
 "$VENV/bin/python" -P -m pytest -q -p no:cacheprovider "$@"
