@@ -16,9 +16,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=bench/results
 if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then OUT=$1; shift; fi
-# The GPU image has torch, triton and pytest but not this package: install it in place, once.
+# The GPU image has torch, triton and pytest but not this package: install it in place, once (again when
+# an install found is not this checkout's, or is of an older layout and misses a package).
 # It has no network either: --no-index also skips pip's own version check, which would try one.
-"$PY" -c "import wan_engine.bench" 2>/dev/null \
+PYTHONSAFEPATH=1 "$PY" -c "import sys, wan_engine, wan_engine.bench, wan_engine.kernels, wan_engine.parallel
+sys.exit(not wan_engine.__file__.startswith(sys.argv[1]))" "$PWD/" 2>/dev/null \
     || "$PY" -m pip install -q --no-deps --no-build-isolation --no-index --disable-pip-version-check -e .
 # PYTHONSAFEPATH (Python 3.11+; ignored before): the repository root stays off sys.path (see scripts/test.sh).
 PYTHONSAFEPATH=1 exec "$PY" -m wan_engine.bench --gpu-check --out "$OUT" "$@"
