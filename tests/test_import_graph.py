@@ -32,7 +32,9 @@ ALLOWED = {
     "wan_engine.parallel": {"wan_engine.executor", "wan_engine.reference", "wan_engine.attention", "wan_engine.vae"},
     # Export (ONNX, TensorRT) of the executor's fixed-shape core and the static VAE chunks, and the
     # runners that stand in for the executor.
-    "wan_engine.export": {"wan_engine.executor", "wan_engine.vae", "wan_engine.reference", "wan_engine.engine_config"},
+    # loading: the fingerprint of the DiT checkpoint an export is made from (its manifest records it).
+    "wan_engine.export": {"wan_engine.executor", "wan_engine.vae", "wan_engine.reference", "wan_engine.engine_config",
+                          "wan_engine.loading"},
     # CUDA-graph capture and replay of fixed-shape tensor functions (torch only).
     "wan_engine.graphs": set(),
     # The VAE as static chunk functions (explicit feature-cache slots) and its tiled decode.

@@ -33,7 +33,7 @@ from ..loading.errors import CheckpointError
 from ..loading.layout import DIT_STEM, ORIGINAL_EXPERTS, detect_layout
 from ..loading.random_init import random_state_dict
 from ..loading.t5_format import infer_t5_config
-from ..lora import ExpertLoraMergers, FixedLoras, LoraMerger, parse_expert_loras, parse_loras
+from ..lora import EXPERTS, ExpertLoraMergers, FixedLoras, LoraMerger, parse_expert_loras, parse_loras
 from ..parallel.apply import apply_parallel
 from ..parallel.weight_shard import shard_block_weights
 from ..parallel.config import ParallelConfig
@@ -234,6 +234,7 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         path = embedded
     image_encoder = low_noise = None
     load_dits = exported is None  # an exported DiT's weights are in its graphs: none is loaded here
+    dit_folders = {}  # where the DiT weights are read from: None (one DiT) or each expert -> folder
     if isinstance(path_or_preset, ModelConfig):
         config = path_or_preset  # a custom size with seeded random weights (benchmarks, memory tests)
         text, dit, vae = random_components(config, device, dtype, seed, dit_device=home.dit, with_dit=load_dits)
@@ -248,6 +249,8 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
         if dit_config.uses_clip:
             image_encoder = load_image_encoder(layout.root, dtype=dtype, device=home.image_encoder)
             dit_config = image_conditioned(dit_config, image_encoder.cfg, layout.root)
+        dit_folders = ({None: layout.dit_dir} if not layout.has_experts
+                       else dict(zip(EXPERTS, (layout.dit_dir, layout.low_noise_dit_dir))))
         dit = load_dit(layout.root, dtype=dtype, device=home.dit, config=dit_config) if load_dits else None
         if layout.has_experts and load_dits:
             low_noise = load_low_noise_dit(layout, dit_config, dtype, home.low_noise_dit)
@@ -294,13 +297,13 @@ def load_pipeline_components(path_or_preset: str, device=None, dtype=None, *, t5
             low_noise = finish_dit(low_noise, engine, mesh, quant, shard_weights, device)
     else:
         dit, low_noise, vae_decoder, vae_encoder = exported_components(exported, config.dit, vae,
-                                                                       config.experts is not None)
+                                                                       config.experts is not None, dit_folders)
         lora = FixedLoras(f"the DiT is an exported engine ({exported[1]}) whose weights, LoRAs included, are fixed "
                           f"in its graphs; export the model again with the LoRAs (wan-engine export --lora)")
     return dict(config=config, text_encoder=text, dit=dit, vae=vae, device=device, dtype=dtype,
                 text_device=text_device, offload=offload, mesh=mesh, decode_group=decode_group, cache=cache,
                 vae_decode=vae_decode, cuda_graphs=cuda_graphs, vae_decoder=vae_decoder, vae_encoder=vae_encoder,
-                lora=lora, low_noise_dit=low_noise,
+                lora=lora, low_noise_dit=low_noise, dit_folders=dit_folders,
                 cache_calibration=model_calibration(folder, config.name), image_encoder=image_encoder)
 
 
@@ -376,12 +379,16 @@ def check_exported_options(exported, lora_groups, quant: str | None) -> None:
                          f"it was exported with")
 
 
-def exported_components(exported: tuple[str, Path], dit_config, vae, two_experts: bool = False):
+def exported_components(exported: tuple[str, Path], dit_config, vae, two_experts: bool = False,
+                        dit_folders: dict | None = None):
     """The exported DiT of the folder (itself a DiT export, or holding `dit/`; a two-expert model's
     holds one export per expert, `high_noise/` and `low_noise/`), the low-noise expert's (None for
     one DiT), its exported VAE decoder when the folder holds `vae-decoder/` (None: the static chunk
-    decode in torch) and its exported VAE encoder when it holds `vae-encoder/` (None: `vae.encode`)."""
+    decode in torch) and its exported VAE encoder when it holds `vae-encoder/` (None: `vae.encode`).
+    dit_folders: the model's DiT checkpoint folders (None or each expert -> folder; empty: seeded
+    random weights), whose fingerprints each DiT export must record."""
     from ..export import EXPERT_FOLDERS, Manifest, runner_for
+    from ..loading.fingerprint import dit_fingerprint
 
     kind, folder = exported
     dit_folder = folder / "dit" if (folder / "dit").is_dir() else folder
@@ -399,6 +406,13 @@ def exported_components(exported: tuple[str, Path], dit_config, vae, two_experts
                           for name in EXPERT_FOLDERS)
     else:
         dit, low_noise = runner_for(kind, "dit", dit_folder, dit_config=dit_config), None
+    dit_folders = dit_folders or {}
+    for expert, runner in zip(EXPERT_FOLDERS if two_experts else (None,), (dit, low_noise)):
+        source = dit_folders.get(expert)
+        weights = None if source is None else dit_fingerprint(source)
+        note = runner.manifest.check_weights(weights, str(source or "the preset"), f"engine: export {runner.folder}")
+        if note is not None:
+            warnings.warn(note, stacklevel=3)
     vae_folder = folder / "vae-decoder"
     decoder = runner_for(kind, "vae-decoder", vae_folder, vae=vae) if vae_folder.is_dir() else None
     encoder_folder = folder / "vae-encoder"

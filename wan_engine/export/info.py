@@ -60,6 +60,9 @@ def _describe(folder: Path, manifest: Manifest) -> list[str]:
         lines.append(f"  model type {manifest.config.get('model_type', 't2v')}; step caches: {_caches(manifest)}{frame0}")
         merged = ", ".join(f"{r['file']} x{r['strength']:g} (sha256 {r['sha256'][:12]})" for r in manifest.loras)
         lines.append(f"  LoRAs merged: {merged or 'none'}")
+        weights = manifest.weights.rpartition(":")[2][:12] if manifest.weights else None
+        lines.append(f"  weights: fingerprint {weights}" if weights else
+                     "  weights: no fingerprint (seeded random weights, or an export older than fingerprints)")
     made = ", ".join(f"{k} {v}" for k, v in manifest.versions.items() if v)
     lines.append(f"  exported with opset {manifest.opset}" + (f", {made}" if made else ""))
     return lines

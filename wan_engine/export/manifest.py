@@ -67,6 +67,9 @@ class Manifest:
     expert: str | None = None  # a two-expert model's DiT: "high_noise" or "low_noise"
     loras: tuple = ()  # the LoRAs merged into the exported weights: {"file", "strength", "sha256"} each
     frame0_timestep: bool = False  # TI2V: the step graphs take t [B, 2] and frame 0's rows (image-to-video)
+    # A DiT export: the fingerprint of the checkpoint folder it was made from (loading/fingerprint.py),
+    # before any LoRA; None: seeded random weights (a preset), or an export made before fingerprints.
+    weights: str | None = None
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
@@ -119,3 +122,21 @@ class Manifest:
                              f"(exported {self.model})")
         if dtype is not None and dtype != self.dtype:
             raise ValueError(f"{where} was exported in {self.dtype}, the run asks for {dtype}")
+
+    def check_weights(self, weights: str | None, source: str, where: str = "") -> str | None:
+        """Refuse a DiT export made from other weights than the run's (`weights`: the fingerprint of
+        the run's DiT folder `source`; None: seeded random weights). Returns a warning when the
+        export records none (random weights, or an export older than fingerprints): nothing to check."""
+        where = where or f"export ({self.model})"
+        if self.weights == weights:
+            return None
+        if self.weights is None:
+            return (f"{where} records no weight fingerprint (exported from seeded random weights, or before exports "
+                    f"recorded one): its weights are not checked against {source}'s")
+        if weights is None:
+            raise ValueError(f"{where} was exported from checkpoint weights ({self.model}); this run's DiT has a "
+                             f"preset's seeded random weights")
+        raise ValueError(f"{where} was exported from other DiT weights than {source}'s (fingerprint "
+                         f"{self.weights.rpartition(':')[2][:12]} there, {weights.rpartition(':')[2][:12]} here): "
+                         f"another checkpoint of this architecture, e.g. a fine-tune. Export this model, or run the "
+                         f"one it was exported from ({self.model})")

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..configs import VAEConfig
+from ..loading.fingerprint import dit_fingerprint
 from ..reference.vae import ENCODE_CHUNK_FRAMES
 from ..vae.static import decoder_chunks, encoder_chunks
 from .manifest import COMPONENTS, EXPERT_FOLDERS, Manifest, ShapeRange
@@ -206,7 +207,10 @@ def export_onnx(pipe, component: str, out_dir: str | Path, shapes: ShapeRange | 
             folder.mkdir(parents=True, exist_ok=True)
             dtype = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dit.compute_dtype]
             manifest = export_dit(dit, pipe.config.vae, folder, shapes, pipe.config.name, dtype, kinds)
-            written.append((folder, dataclasses.replace(manifest, expert=expert, loras=lora_records(reports))))
+            source = pipe.dit_folders.get(expert)  # None: seeded random weights
+            weights = None if source is None else dit_fingerprint(source)
+            written.append((folder, dataclasses.replace(manifest, expert=expert, loras=lora_records(reports),
+                                                        weights=weights)))
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         export_vae = export_vae_decoder if component == "vae-decoder" else export_vae_encoder

@@ -34,6 +34,14 @@ def is_diffusers_dit(sd: dict) -> bool:
     return any(k.startswith(("condition_embedder.", "proj_out.")) or ".attn1." in k for k in sd)
 
 
+def official_dit_keys(keys, source) -> dict[str, str]:
+    """{official name: stored key} for the tensor names of a DiT checkpoint in either layout."""
+    from .dit_format import diffusers_to_official_dit
+
+    names = {k: k for k in keys}
+    return _rename(diffusers_to_official_dit, names, source) if is_diffusers_dit(names) else names
+
+
 def read_dit_state_dict(path: str | Path) -> tuple[dict, dict]:
     """(official-name state dict, config.json contents) of a DiT given a root, folder or file."""
     from .dit_format import diffusers_to_official_dit

@@ -106,7 +106,7 @@ class WanPipeline:
                  mesh: ParallelMesh | None = None, decode_group=None, cache: CacheConfig | None = None,
                  cache_calibration: Calibration | None = None, vae_decode: VAEDecodeOptions | None = None,
                  cuda_graphs: bool = True, vae_decoder=None, lora: LoraMerger | None = None,
-                 image_encoder=None, vae_encoder=None, low_noise_dit=None):
+                 image_encoder=None, vae_encoder=None, low_noise_dit=None, dit_folders: dict | None = None):
         self.mesh = ParallelMesh.single() if mesh is None else mesh
         vae_decode = VAEDecodeOptions() if vae_decode is None else vae_decode
         if not isinstance(vae_decode, VAEDecodeOptions):
@@ -142,6 +142,9 @@ class WanPipeline:
         if lora is None:  # the LoRAs merged into the DiT (each expert's, for two)
             lora = LoraMerger(dit) if low_noise_dit is None else ExpertLoraMergers(dit, low_noise_dit)
         self.lora = lora
+        # The checkpoint folders the DiT weights came from (None: one DiT, or each expert -> folder;
+        # empty: seeded random weights): an export records their fingerprints.
+        self.dit_folders = dict(dit_folders or {})
 
     @classmethod
     def from_pretrained(cls, path_or_preset: str, device=None, dtype=None, **options) -> "WanPipeline":
