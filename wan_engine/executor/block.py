@@ -38,12 +38,14 @@ class FirstRows(NamedTuple):
     next_shift: torch.Tensor
     next_scale: torch.Tensor
 
+    # narrow, not a slice: its length is exactly `rows`, where an exported graph's slice of a dynamic
+    # dim to a dynamic length has a length of its own (torch 2.11's export then cannot match the two).
     def rows_of(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(t[:, :self.rows] for t in tensors)
+        return tuple(t.narrow(1, 0, self.rows) for t in tensors)
 
     def override(self, outs: tuple[torch.Tensor, ...], first_outs: tuple[torch.Tensor, ...]) -> None:
         for out, part in zip(outs, first_outs):
-            out[:, :self.rows] = part
+            out.narrow(1, 0, self.rows).copy_(part)
 
 
 class BlockSpec(NamedTuple):

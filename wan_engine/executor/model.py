@@ -284,7 +284,8 @@ class WanExecutor(nn.Module, TokenIO):
         normed = modulated(stream.x, stream)
         frame0 = stream.first
         if frame0 is not None and frame0.rows > 0:
-            normed[:, :frame0.rows] = modulated(stream.x[:, :frame0.rows], frame0)
+            # narrow (as FirstRows does): its length is `rows` exactly, also in an exported graph
+            normed.narrow(1, 0, frame0.rows).copy_(modulated(stream.x.narrow(1, 0, frame0.rows), frame0))
         return stream.advanced(stream.x, normed, i)
 
     def _globals(self) -> dict[str, torch.Tensor]:
