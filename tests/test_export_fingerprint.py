@@ -131,3 +131,12 @@ def test_each_expert_export_records_and_checks_its_own_weights(tmp_path):
     _edit_tensor(model / "low_noise_model", "head.head.bias", lambda t: t.add_(0.01))  # low noise only
     with pytest.raises(ValueError, match=r"low_noise.*other DiT weights than .*low_noise_model's"):
         wan_engine.WanPipeline.from_pretrained(str(model), device="cpu", engine=engine)
+
+
+def test_info_prints_the_same_fingerprint_for_the_model_and_its_export(folders, exported, capsys):
+    from wan_engine.cli import main
+
+    short = dit_fingerprint(folders["original"]).rpartition(":")[2][:12]
+    for path in (folders["original"], exported[0]):
+        assert main(["info", str(path)]) == 0
+        assert f"fingerprint {short}" in capsys.readouterr().out
