@@ -29,10 +29,10 @@ def describe_model(path: str | Path) -> str:
         boundary = layout.boundary if layout.boundary is not None else "the preset's (0.875 for T2V-A14B)"
         lines.append(f"{'experts':>13}: two experts (Wan2.2 A14B), each with the parameters above; the high-noise "
                      f"one runs the steps at or above boundary {boundary} x 1000")
-    folders = [("dit", layout.dit_dir)] if not layout.has_experts else [
-        ("dit (high)", layout.dit_dir), ("dit (low)", layout.low_noise_dit_dir)]
+    folders = [("dit weights", layout.dit_dir)] if not layout.has_experts else [
+        ("high weights", layout.dit_dir), ("low weights", layout.low_noise_dit_dir)]
     for name, folder in folders:  # what an export of this model records and its runs compare
-        lines.append(f"{name + ' weights':>13}: fingerprint {dit_fingerprint(folder).rpartition(':')[2][:12]}")
+        lines.append(f"{name:>13}: fingerprint {dit_fingerprint(folder).rpartition(':')[2][:12]}")
     if cfg.task == "ti2v":
         lines.append(f"{'conditioning':>13}: text, and optionally a first frame (--image) whose {cfg.out_dim} "
                      f"latent channels stand in for latent frame 0 (Wan2.2 TI2V; the Wan2.2 VAE)")
