@@ -19,7 +19,8 @@ from wan_engine.configs import get_preset
 from wan_engine.export.manifest import Manifest, ShapeRange
 from wan_engine.export.onnx_export import export_onnx
 from wan_engine.loading.errors import CheckpointError
-from wan_engine.loading.fingerprint import dit_fingerprint
+from wan_engine.loading.fingerprint import dit_fingerprint, state_fingerprint
+from wan_engine.loading.state_dicts import read_dit_state_dict
 
 SHAPES = ShapeRange(batch=(1, 2), frames=(5, 9), height=(32, 64), width=(32, 64))
 TINY = get_preset("tiny")
@@ -54,6 +55,8 @@ def test_the_fingerprint_names_the_weights_not_the_layout_or_the_storage_dtype(f
     for f in bf16.glob("diffusion_pytorch_model*.safetensors"):
         save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(f)).items()}, str(f))
     assert dit_fingerprint(bf16) == base  # a bf16 copy of fp32 weights (round to nearest even)
+    # the in-memory recipe (the VAE's) samples the same rows: the loaded state dict gives the same text
+    assert state_fingerprint(read_dit_state_dict(folders["original"])[0]) == base
 
 
 def test_a_change_on_a_sampled_row_changes_it_and_one_off_them_does_not(folders, tmp_path):
@@ -82,7 +85,7 @@ def test_a_folder_without_weights_or_with_a_corrupt_file_is_named(folders, tmp_p
 def test_check_weights_refuses_other_weights_and_warns_where_nothing_was_recorded():
     manifest = Manifest("m", "dit", "onnx", "fp32", SHAPES, {}, {}, weights="rows4-bf16-sha256:" + "a" * 64)
     assert manifest.check_weights(manifest.weights, "/models/m") is None
-    with pytest.raises(ValueError, match="other DiT weights than /models/x's.*aaaaaaaaaaaa there, bbbbbbbbbbbb here"):
+    with pytest.raises(ValueError, match="other weights than /models/x's.*aaaaaaaaaaaa there, bbbbbbbbbbbb here"):
         manifest.check_weights("rows4-bf16-sha256:" + "b" * 64, "/models/x")
     with pytest.raises(ValueError, match="seeded random weights"):
         manifest.check_weights(None, "the preset")
@@ -108,7 +111,7 @@ def test_an_export_runs_only_with_the_weights_it_was_made_from(folders, exported
         for name in ("original", "diffusers"):  # the same weights in the other layout run too
             model = folders[name] if name == "original" else folders[name].parent
             wan_engine.WanPipeline.from_pretrained(str(model), device="cpu", engine=f"onnx:{folder}")
-    with pytest.raises(ValueError, match=r"exported from other DiT weights than .*other's .*fine-tune"):
+    with pytest.raises(ValueError, match=r"exported from other weights than .*other's .*fine-tune"):
         wan_engine.WanPipeline.from_pretrained(str(folders["other"]), device="cpu", engine=f"onnx:{folder}")
     with pytest.raises(ValueError, match="seeded random weights"):
         wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{folder}")
@@ -129,7 +132,7 @@ def test_each_expert_export_records_and_checks_its_own_weights(tmp_path):
     engine = f"onnx:{tmp_path / 'export'}"
     wan_engine.WanPipeline.from_pretrained(str(model), device="cpu", engine=engine)
     _edit_tensor(model / "low_noise_model", "head.head.bias", lambda t: t.add_(0.01))  # low noise only
-    with pytest.raises(ValueError, match=r"low_noise.*other DiT weights than .*low_noise_model's"):
+    with pytest.raises(ValueError, match=r"low_noise.*other weights than .*low_noise_model's"):
         wan_engine.WanPipeline.from_pretrained(str(model), device="cpu", engine=engine)
 
 
@@ -140,3 +143,20 @@ def test_info_prints_the_same_fingerprint_for_the_model_and_its_export(folders, 
     for path in (folders["original"], exported[0]):
         assert main(["info", str(path)]) == 0
         assert f"fingerprint {short}" in capsys.readouterr().out
+
+
+def test_the_vae_exports_check_the_loaded_vae(folders, exported, tmp_path):
+    """A VAE export records its VAE's fingerprint (of the loaded state: the run loads the VAE anyway)."""
+    engine = tmp_path / "engine"
+    shutil.copytree(exported[0], engine / "dit")
+    pipe = wan_engine.WanPipeline.from_pretrained(str(folders["original"]), device="cpu")
+    [(_, manifest)] = export_onnx(pipe, "vae-decoder", engine / "vae-decoder", SHAPES)
+    assert manifest.weights == state_fingerprint(pipe.vae.state_dict())
+    wan_engine.WanPipeline.from_pretrained(str(folders["original"]), device="cpu", engine=f"onnx:{engine}")
+    model = shutil.copytree(folders["original"], tmp_path / "other_vae")  # the same DiT, another VAE
+    vae = torch.load(model / "Wan2.1_VAE.pth", weights_only=True)
+    name = next(k for k, v in vae.items() if k.startswith("decoder.") and v.dim() == 1)
+    vae[name] = vae[name] + 0.01
+    torch.save(vae, model / "Wan2.1_VAE.pth")
+    with pytest.raises(ValueError, match=r"vae-decoder was exported from other weights than the model's VAE's"):
+        wan_engine.WanPipeline.from_pretrained(str(model), device="cpu", engine=f"onnx:{engine}")

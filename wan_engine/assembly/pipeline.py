@@ -388,7 +388,7 @@ def exported_components(exported: tuple[str, Path], dit_config, vae, two_experts
     dit_folders: the model's DiT checkpoint folders (None or each expert -> folder; empty: seeded
     random weights), whose fingerprints each DiT export must record."""
     from ..export import EXPERT_FOLDERS, Manifest, runner_for
-    from ..loading.fingerprint import dit_fingerprint
+    from ..loading.fingerprint import dit_fingerprint, state_fingerprint
 
     kind, folder = exported
     dit_folder = folder / "dit" if (folder / "dit").is_dir() else folder
@@ -417,6 +417,11 @@ def exported_components(exported: tuple[str, Path], dit_config, vae, two_experts
     decoder = runner_for(kind, "vae-decoder", vae_folder, vae=vae) if vae_folder.is_dir() else None
     encoder_folder = folder / "vae-encoder"
     encoder = runner_for(kind, "vae-encoder", encoder_folder, vae=vae) if encoder_folder.is_dir() else None
+    vae_weights = state_fingerprint(vae.state_dict()) if decoder or encoder else None
+    for runner in (r for r in (decoder, encoder) if r is not None):
+        note = runner.manifest.check_weights(vae_weights, "the model's VAE", f"engine: export {runner.folder}")
+        if note is not None:
+            warnings.warn(note, stacklevel=3)
     return dit, low_noise, decoder, encoder
 
 

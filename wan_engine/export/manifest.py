@@ -67,8 +67,9 @@ class Manifest:
     expert: str | None = None  # a two-expert model's DiT: "high_noise" or "low_noise"
     loras: tuple = ()  # the LoRAs merged into the exported weights: {"file", "strength", "sha256"} each
     frame0_timestep: bool = False  # TI2V: the step graphs take t [B, 2] and frame 0's rows (image-to-video)
-    # A DiT export: the fingerprint of the checkpoint folder it was made from (loading/fingerprint.py),
-    # before any LoRA; None: seeded random weights (a preset), or an export made before fingerprints.
+    # The fingerprint of the weights it was made from (loading/fingerprint.py): a DiT's checkpoint folder
+    # (before any LoRA; None: a preset's seeded random weights), a VAE's loaded state. None as well in an
+    # export made before fingerprints.
     weights: str | None = None
 
     def to_json(self) -> dict:
@@ -124,9 +125,9 @@ class Manifest:
             raise ValueError(f"{where} was exported in {self.dtype}, the run asks for {dtype}")
 
     def check_weights(self, weights: str | None, source: str, where: str = "") -> str | None:
-        """Refuse a DiT export made from other weights than the run's (`weights`: the fingerprint of
-        the run's DiT folder `source`; None: seeded random weights). Returns a warning when the
-        export records none (random weights, or an export older than fingerprints): nothing to check."""
+        """Refuse an export made from other weights than the run's (`weights`: the fingerprint of
+        `source`, the run's DiT folder or VAE; None: a DiT's seeded random weights). Returns a warning
+        when the export records none (random weights, or an export older than fingerprints)."""
         where = where or f"export ({self.model})"
         if self.weights == weights:
             return None
@@ -136,7 +137,7 @@ class Manifest:
         if weights is None:
             raise ValueError(f"{where} was exported from checkpoint weights ({self.model}); this run's DiT has a "
                              f"preset's seeded random weights")
-        raise ValueError(f"{where} was exported from other DiT weights than {source}'s (fingerprint "
+        raise ValueError(f"{where} was exported from other weights than {source}'s (fingerprint "
                          f"{self.weights.rpartition(':')[2][:12]} there, {weights.rpartition(':')[2][:12]} here): "
                          f"another checkpoint of this architecture, e.g. a fine-tune. Export this model, or run the "
                          f"one it was exported from ({self.model})")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..configs import VAEConfig
-from ..loading.fingerprint import dit_fingerprint
+from ..loading.fingerprint import dit_fingerprint, state_fingerprint
 from ..reference.vae import ENCODE_CHUNK_FRAMES
 from ..vae.static import decoder_chunks, encoder_chunks
 from .manifest import COMPONENTS, EXPERT_FOLDERS, Manifest, ShapeRange
@@ -214,7 +214,8 @@ def export_onnx(pipe, component: str, out_dir: str | Path, shapes: ShapeRange | 
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         export_vae = export_vae_decoder if component == "vae-decoder" else export_vae_encoder
-        written.append((out_dir, export_vae(pipe.vae, out_dir, shapes, pipe.config.name)))
+        manifest = export_vae(pipe.vae, out_dir, shapes, pipe.config.name)
+        written.append((out_dir, dataclasses.replace(manifest, weights=state_fingerprint(pipe.vae.state_dict()))))
     for folder, manifest in written:
         manifest.save(folder)  # last, each: a folder without its manifest is an unfinished export
     return written
