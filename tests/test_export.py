@@ -195,7 +195,9 @@ def test_cli_export_writes_a_directory_and_refuses_a_used_one(tmp_path, capsys):
     out = tmp_path / "vae"
     assert main(["export", "--model", "tiny", "--component", "vae-decoder", "--out", str(out), "--height", "32-64",
                  "--width", "32-64", "--frames", "5-9"]) == 0
-    assert "exported vae-decoder of tiny" in capsys.readouterr().out and (out / "manifest.json").is_file()
+    printed = capsys.readouterr().out
+    assert "exported vae-decoder of tiny" in printed and (out / "manifest.json").is_file()
+    assert f"weights {Manifest.load(out).weights.rpartition(':')[2][:12]}" in printed
     assert main(["export", "--model", "tiny", "--component", "vae-decoder", "--out", str(out)]) == 2
     assert "is not empty" in capsys.readouterr().err
     assert main(["export", "--model", "tiny", "--component", "dit", "--out", str(tmp_path / "d"),

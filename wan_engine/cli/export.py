@@ -69,7 +69,8 @@ def cmd_export(args) -> int:
     for folder, manifest in written:
         what = args.component if manifest.expert is None else f"{args.component} ({manifest.expert} expert)"
         loras = "".join(f", LoRA {r['file']} x{r['strength']:g}" for r in manifest.loras)
+        weights = f", weights {manifest.weights.rpartition(':')[2][:12]}" if manifest.weights else ""
         print(f"exported {what} of {manifest.model} to {folder} ({manifest.format}, {manifest.dtype}, "
-              f"{len(manifest.files)} graph(s){loras}): {', '.join(manifest.files.values())}")
+              f"{len(manifest.files)} graph(s){loras}{weights}): {', '.join(manifest.files.values())}")
     print(f"export took {time.perf_counter() - start:.1f} s")
     return 0
