@@ -25,7 +25,16 @@ from wan_engine.env import use_triton_interpreter_without_gpu
 from .run import failures, print_results, run_suites, settings_of
 from .suites import SUITE_CHOICES, SUITES, expand
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def default_out(here: Path = Path(__file__).resolve().parent) -> Path:
+    """bench/results of the source checkout this runs from (where committed results live); from an
+    installed wheel, ./bench-results in the working directory, never a folder inside site-packages."""
+    in_checkout = here.name == "bench" and (here.parent / "setup.py").is_file()
+    return here / "results" if in_checkout else Path("bench-results")
+
+
+DEFAULT_OUT = default_out()
 GPU_DEFAULTS = dict(repeats=10, warmup=3)
 CPU_DEFAULTS = dict(repeats=3, warmup=1)
 

@@ -78,3 +78,19 @@ def test_every_module_imports_from_the_installed_wheel_alone(unpacked_wheel, tmp
     # and the asserts check where each module came from.
     child = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert child.returncode == 0, child.stdout + child.stderr
+
+
+def test_the_installed_bench_writes_its_reports_in_the_working_directory(unpacked_wheel, tmp_path):
+    # From a wheel the package folder is site-packages (read-only or shared): reports go to ./bench-results.
+    script = (f"import sys; sys.path.insert(0, {str(unpacked_wheel)!r})\n"
+              "from wan_engine.bench.cli import DEFAULT_OUT, default_out\n"
+              "print(DEFAULT_OUT, default_out().resolve())\n")
+    child = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stdout + child.stderr
+    relative, resolved = child.stdout.split()
+    assert relative == "bench-results" and Path(resolved) == tmp_path.resolve() / "bench-results"
+
+
+def test_the_checkouts_bench_writes_its_reports_in_bench_results():
+    from wan_engine.bench.cli import default_out
+    assert default_out(REPO / "bench") == REPO / "bench" / "results"
