@@ -159,6 +159,23 @@ def test_info_reports_damaged_dit_files_by_name(tmp_path, capsys):
         cli_refuses(capsys, ["info", str(root)], f"{shard.name}: corrupt or truncated safetensors file")
 
 
+def test_info_describes_a_preset_by_name(tmp_path, capsys, monkeypatch):
+    """`generate --model shapes` takes a preset name; `info shapes` used to say "model directory not found"."""
+    from wan_engine.loading.fingerprint import dit_fingerprint
+    from wan_engine.assembly.pipeline import embedded_weights
+
+    monkeypatch.chdir(tmp_path)  # no folder named like a preset here
+    assert cli_main(["info", "shapes"]) == 0
+    out = capsys.readouterr().out
+    assert "trained weights embedded" in out and f"root: {embedded_weights('shapes')}" in out
+    assert dit_fingerprint(embedded_weights("shapes")).rpartition(":")[2][:12] in out
+    assert cli_main(["info", "t2v-14B"]) == 0
+    out = capsys.readouterr().out
+    assert "seeded random weights" in out and "dim=5120" in out and "num_layers=40" in out
+    (tmp_path / "shapes").mkdir()  # a folder of that name is what the user means: described as a folder
+    cli_refuses(capsys, ["info", "shapes"], "shapes is in neither known layout")
+
+
 def test_bench_refuses_bad_size_and_out_before_running(tmp_path, capsys):
     """840x480 passed the bench's multiple-of-8 check and then failed inside the suites (a
     traceback in the notes, exit 1); --out naming a file failed after the suites had run."""

@@ -379,11 +379,12 @@ def cmd_calibrate(args) -> int:
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="print a model directory's layout, type and config, a LoRA file's "
                                     "format, rank, targets and coverage, or an export directory's components")
-    p.add_argument("path")
+    p.add_argument("path", help="a model, export or LoRA path, or a preset name")
     p.set_defaults(func=cmd_info)
 
 
 def cmd_info(args) -> int:
+    from ..configs import PRESETS
     from ..export.info import describe_export, is_export_dir
     from ..loading.info import describe_model
     from ..loading.layout import DIT_STEM
@@ -392,11 +393,31 @@ def cmd_info(args) -> int:
     if is_export_dir(args.path):
         print(describe_export(args.path))
         return 0
+    if not Path(args.path).exists() and args.path in PRESETS:
+        print(_describe_preset(args.path, describe_model))
+        return 0
     # A weight file is a LoRA (a model is a directory; its own DiT file gets describe_model's message).
     path = Path(args.path)
     is_lora = path.is_file() and not path.name.startswith(DIT_STEM)
     print(describe_lora(args.path) if is_lora else describe_model(args.path))
     return 0
+
+
+def _describe_preset(name: str, describe_model) -> str:
+    """A preset name: its embedded weights' folder described like any model directory, or its config
+    when its weights are seeded random."""
+    import dataclasses
+
+    from ..assembly.pipeline import embedded_weights
+    from ..configs import get_preset
+
+    folder = embedded_weights(name)
+    if folder is not None:
+        return f"{'preset':>13}: {name}, trained weights embedded in the package\n" + describe_model(folder)
+    dit = get_preset(name).dit
+    return "\n".join([f"{'preset':>13}: {name}, seeded random weights (no checkpoint: its video is noise; "
+                       f"give a model directory for real weights)",
+                       f"{'dit config':>13}: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(dit).items())])
 
 
 def build_parser() -> argparse.ArgumentParser:
