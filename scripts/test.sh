@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+[ -x "$VENV/bin/python" ] || "${PYTHON:-python3}" -m venv "$VENV"  # PYTHON: another interpreter, e.g. python3.10
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # The versions CI last passed with (constraints/test.txt); CONSTRAINTS=/dev/null installs the newest instead.
 "$VENV/bin/python" -m pip install -q -c "${CONSTRAINTS:-constraints/test.txt}" "torch==2.13.0" "triton==3.7.1" \
