@@ -22,7 +22,7 @@ from wan_engine.cache import CacheConfig
 from wan_engine.export.manifest import Manifest, ShapeRange
 from wan_engine.export.modules import FIRST_BLOCK_KINDS, DiTStep, TextKVStep, VAEChunk
 from wan_engine.export.onnx_export import export_onnx
-from wan_engine.export.onnx_runtime import OnnxGraph, OnnxVAEEncoder
+from wan_engine.export.onnx_runtime import OnnxGraph, OnnxVAEEncoder, check_onnxruntime_for_dit
 from wan_engine.export.runners import ExportedSteps
 from wan_engine.vae.static import decoder_chunks
 
@@ -57,6 +57,7 @@ def test_the_exports_pass_the_checker_and_carry_a_manifest(exported):
 
 
 @pytest.mark.parametrize("grid", [(2, 3, 8, 8), (1, 5, 6, 10)], ids=["batch2-3x4x4", "batch1-5x3x5"])
+@pytest.mark.onnx_dit
 def test_dit_graphs_match_eager_at_two_shapes_from_one_file(tiny, exported, grid):
     b, f, h, w = grid
     dit = tiny.dit
@@ -135,6 +136,7 @@ def test_vae_chunks_match_eager_at_two_shapes_from_one_file(tiny, exported, hw):
 # FBCache at 1.0 on this request: both branches compute, both reuse, and disagree at different steps.
 @pytest.mark.parametrize("cache", [None, "magcache:0.3,K=3,retention=0.1", "fbcache:1.0"],
                          ids=["uncached", "magcache", "fbcache"])
+@pytest.mark.onnx_dit
 def test_a_generation_through_onnxruntime_is_the_executors(tiny, exported, cache):
     cache = None if cache is None else CacheConfig.parse(cache, calibration="t2v-1.3B")
     onnx_pipe = wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{exported}")
@@ -167,6 +169,7 @@ def test_info_describes_an_export_directory(exported, capsys):
                              "export it again)"
 
 
+@pytest.mark.onnx_dit
 def test_directories_that_do_not_fit_are_refused_by_name(tiny, exported, tmp_path):
     with pytest.raises(ValueError, match="not an export directory"):
         wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{tmp_path}")
@@ -187,6 +190,29 @@ def test_directories_that_do_not_fit_are_refused_by_name(tiny, exported, tmp_pat
             *(torch.zeros(1),) * 4)
     with pytest.raises(ValueError, match="holds a onnx export; this engine runs trt"):
         wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"trt:{exported}")
+
+
+def test_an_onnxruntime_without_float64_cos_is_refused_by_name(exported, monkeypatch):
+    """onnxruntime before 1.29 has no CPU float64 Cos, which the DiT graphs' official timestep embedding
+    runs: its sessions failed with NOT_IMPLEMENTED (Python 3.10 gets at most 1.23)."""
+    import re
+    from pathlib import Path
+
+    import onnxruntime
+
+    from wan_engine.export.onnx_runtime import DIT_MIN_ONNXRUNTIME
+
+    setup = (Path(__file__).resolve().parents[1] / "setup.py").read_text()  # the extras ask for the same
+    assert re.search(r'ORT_DIT = "([\d.]+)"', setup).group(1) == ".".join(map(str, DIT_MIN_ONNXRUNTIME))
+    for fine in ("1.29.0", "1.32.0", "2.0.1", "1.30.0.dev20261101"):
+        check_onnxruntime_for_dit(fine, "dir")
+    for old in ("1.28.0", "1.23.2", "1.9.1"):
+        with pytest.raises(ValueError, match=rf"onnxruntime {old} cannot run the DiT export dir"):
+            check_onnxruntime_for_dit(old, "dir")
+    monkeypatch.setattr(onnxruntime, "__version__", "1.28.0")
+    with pytest.raises(ValueError, match=r"onnxruntime 1.28.0 cannot run the DiT export .*float64.*"
+                                         r"pip install 'onnxruntime>=1.29'"):
+        wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{exported}")
 
 
 def test_cli_export_writes_a_directory_and_refuses_a_used_one(tmp_path, capsys):
@@ -223,6 +249,7 @@ def test_tensorrt_engines_match_onnxruntime(tiny, exported, tmp_path):
 
 # flf2v's export holds i2v's paths (CLIP rows, image K/V, the encoder chunks) and more: i2v runs with -m slow.
 @pytest.mark.parametrize("model", [pytest.param("tiny-i2v", marks=pytest.mark.slow), "tiny-flf2v"])
+@pytest.mark.onnx_dit
 def test_an_image_conditioned_generation_through_onnxruntime_is_the_executors(model, tmp_path):
     """The i2v/flf2v DiT exports with the CLIP features as a second text-graph input and the image
     K/V as step inputs (the conditioning channels ride in the patches); the VAE encoder (through the

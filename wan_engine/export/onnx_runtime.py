@@ -4,6 +4,7 @@ Tensors cross into onnxruntime as numpy arrays: fp32 (and fp16) exports; bf16 ne
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +13,35 @@ import torch
 from .runners import ExportedDiT, ExportedVAEDecoder, ExportedVAEEncoder
 
 
+# The DiT graphs compute the official timestep embedding in float64 (reference/dit.py). onnxruntime's
+# CPU provider has a float64 Cos kernel from 1.29 on (microsoft/onnxruntime#28975; checked here: 1.28
+# fails, 1.29 runs); before it, creating the session fails with NOT_IMPLEMENTED for Cos.
+DIT_MIN_ONNXRUNTIME = (1, 29)
+
+
+def check_onnxruntime_for_dit(version: str, folder) -> None:
+    release = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if release < DIT_MIN_ONNXRUNTIME:
+        need = ".".join(map(str, DIT_MIN_ONNXRUNTIME))
+        raise ValueError(f"onnxruntime {version} cannot run the DiT export {folder}: its graphs compute the "
+                         f"official timestep embedding in float64, and onnxruntime's CPU provider has float64 Cos "
+                         f"from {need} on: pip install 'onnxruntime>={need}' (Python 3.11+)")
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise ImportError("the ONNX engine needs onnxruntime: pip install onnxruntime") from err
+    return onnxruntime
+
+
 class OnnxGraph:
     """One exported graph in an onnxruntime session: torch tensors in, torch tensors out (on the
     device of the first input)."""
 
     def __init__(self, path: Path):
-        try:
-            import onnxruntime as ort
-        except ImportError as err:
-            raise ImportError("the ONNX engine needs onnxruntime: pip install onnxruntime") from err
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.session = _onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, *tensors: torch.Tensor):
@@ -32,6 +52,7 @@ class OnnxGraph:
 
 class OnnxDiT(ExportedDiT):
     def __init__(self, folder, config, expert=None):
+        check_onnxruntime_for_dit(_onnxruntime().__version__, folder)
         super().__init__(folder, config, "onnx", OnnxGraph, expert)
         if self.manifest.dtype == "bf16":
             raise ValueError(f"export {self.folder} is bf16, which onnxruntime cannot feed from numpy: use "
