@@ -14,7 +14,8 @@ def pytest_configure(config):
         ("multigpu", "needs two or more CUDA GPUs"),
         ("trt", "needs TensorRT"),
         ("slow", "slow on CPU; deselect with -m 'not slow'"),
-        ("onnx_dit", "runs DiT graphs in onnxruntime, which needs onnxruntime >= 1.29 (float64 Cos)"),
+        ("onnx_dit", "runs a DiT export of the layout before timestep features (float64 inside) in onnxruntime, "
+                     "which needs onnxruntime >= 1.29 (float64 Cos)"),
     ]:
         config.addinivalue_line("markers", f"{name}: {why}")
 
@@ -26,8 +27,8 @@ def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="no CUDA GPU on this machine")
     skip_multi = pytest.mark.skip(reason=f"needs >= 2 CUDA GPUs, found {n}")
     old_ort = _onnxruntime_too_old_for_dit()
-    skip_ort = pytest.mark.skip(reason=f"onnxruntime {old_ort} runs no DiT graph (float64 Cos from 1.29 on; "
-                                       "Python 3.10 has at most 1.23)")
+    skip_ort = pytest.mark.skip(reason=f"onnxruntime {old_ort} runs no DiT graph holding float64 (float64 Cos from "
+                                       "1.29 on; Python 3.10 has at most 1.23)")
     for item in items:
         if "onnx_dit" in item.keywords and old_ort:
             item.add_marker(skip_ort)
@@ -38,7 +39,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _onnxruntime_too_old_for_dit() -> str | None:
-    """The installed onnxruntime's version when it cannot run the DiT graphs, else None."""
+    """The installed onnxruntime's version when it cannot run DiT graphs holding float64, else None."""
     try:
         import onnxruntime
     except ImportError:

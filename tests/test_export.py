@@ -20,8 +20,9 @@ import wan_engine
 from gpu_image import without_prompt_cleaning
 from wan_engine.cache import CacheConfig
 from wan_engine.export.manifest import Manifest, ShapeRange
-from wan_engine.export.modules import FIRST_BLOCK_KINDS, DiTStep, TextKVStep, VAEChunk
-from wan_engine.export.onnx_export import export_onnx
+from wan_engine.executor.model import timestep_features
+from wan_engine.export.modules import FIRST_BLOCK_KINDS, DiTStep, TextKVStep, TimeEmbeddingStep, VAEChunk
+from wan_engine.export.onnx_export import export_dit, export_onnx
 from wan_engine.export.onnx_runtime import OnnxGraph, OnnxVAEEncoder, check_onnxruntime_for_dit
 from wan_engine.export.runners import ExportedSteps
 from wan_engine.vae.static import decoder_chunks
@@ -57,7 +58,6 @@ def test_the_exports_pass_the_checker_and_carry_a_manifest(exported):
 
 
 @pytest.mark.parametrize("grid", [(2, 3, 8, 8), (1, 5, 6, 10)], ids=["batch2-3x4x4", "batch1-5x3x5"])
-@pytest.mark.onnx_dit
 def test_dit_graphs_match_eager_at_two_shapes_from_one_file(tiny, exported, grid):
     b, f, h, w = grid
     dit = tiny.dit
@@ -69,14 +69,16 @@ def test_dit_graphs_match_eager_at_two_shapes_from_one_file(tiny, exported, grid
     k, v = TextKVStep(dit)(context)
     residual = torch.randn(b, patches.shape[1], dit.config.dim, generator=gen)
     manifest = Manifest.load(exported / "dit")
-    step = (t, rope.cos, rope.sin)
+    features = timestep_features(dit.config.freq_dim, t)  # what the step graphs take for t
+    step = (features, rope.cos, rope.sin)
     with torch.no_grad():
         after, normed, _ = DiTStep(dit, "first_block")(patches, *step, k, v)
-        inputs = {"text_kv": (context,), "full": (patches, *step, k, v), "full_residual": (patches, *step, k, v),
+        inputs = {"text_kv": (context,), "time_embedding": (features[:1, 0],), "full": (patches, *step, k, v), "full_residual": (patches, *step, k, v),
                   "reuse": (patches, *step, residual, k, v), "first_block": (patches, *step, k, v),
                   "rest_residual": (after, normed, *step, k, v), "rest_reuse": (after, *step, residual, k, v)}
-        cases = {"text_kv": (inputs["text_kv"], (k, v))}
-        for role in manifest.files.keys() - {"text_kv"}:  # the split step and the reused step
+        cases = {"text_kv": (inputs["text_kv"], (k, v)),
+                 "time_embedding": (inputs["time_embedding"], TimeEmbeddingStep(dit)(*inputs["time_embedding"]))}
+        for role in manifest.files.keys() - {"text_kv", "time_embedding"}:  # the split step and the reused step
             expected = DiTStep(dit, role)(*inputs[role])
             cases[role] = inputs[role], expected if isinstance(expected, tuple) else (expected,)
     assert set(cases) == set(manifest.files)
@@ -86,8 +88,9 @@ def test_dit_graphs_match_eager_at_two_shapes_from_one_file(tiny, exported, grid
         print(f"{role} {grid}: rel L2 {max(errors):.2e}")
         assert len(got) == len(expected) and max(errors) <= 1e-5
     # A whole computed step is block 0 then the rest: the eager whole step, residual included.
-    steps = ExportedSteps({role: OnnxGraph(exported / "dit" / name) for role, name in manifest.files.items()})
-    whole_inputs = (patches, *step, k, v)
+    steps = ExportedSteps({role: OnnxGraph(exported / "dit" / name) for role, name in manifest.files.items()},
+                          freq_dim=dit.config.freq_dim)
+    whole_inputs = (patches, t, rope.cos, rope.sin, k, v)  # t: the runner computes its features
     with torch.no_grad():
         tokens, whole_residual = DiTStep(dit, "full_residual")(*whole_inputs)
     got = (steps.full(*whole_inputs), *steps.full_with_residual(*whole_inputs))
@@ -134,11 +137,13 @@ def test_vae_chunks_match_eager_at_two_shapes_from_one_file(tiny, exported, hw):
 
 
 # FBCache at 1.0 on this request: both branches compute, both reuse, and disagree at different steps.
-@pytest.mark.parametrize("cache", [None, "magcache:0.3,K=3,retention=0.1", "fbcache:1.0"],
-                         ids=["uncached", "magcache", "fbcache"])
-@pytest.mark.onnx_dit
+# TeaCache's signal comes from the time-embedding graph; on the tiny model's random time embedding the
+# 1.3B polynomial computes every step, the 14B one reuses steps 1-4.
+@pytest.mark.parametrize("cache", [None, "teacache:0.3", "magcache:0.3,K=3,retention=0.1", "fbcache:1.0"],
+                         ids=["uncached", "teacache", "magcache", "fbcache"])
 def test_a_generation_through_onnxruntime_is_the_executors(tiny, exported, cache):
-    cache = None if cache is None else CacheConfig.parse(cache, calibration="t2v-1.3B")
+    calibration = "t2v-14B" if cache and cache.startswith("teacache") else "t2v-1.3B"
+    cache = None if cache is None else CacheConfig.parse(cache, calibration=calibration)
     onnx_pipe = wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{exported}")
     a, b = tiny.run(**REQUEST, cache=cache), onnx_pipe.run(**REQUEST, cache=cache)
     diff = np.abs(a.frames.astype(np.int16) - b.frames.astype(np.int16))
@@ -156,7 +161,7 @@ def test_info_describes_an_export_directory(exported, capsys):
     assert main(["info", str(exported)]) == 0
     out = capsys.readouterr().out
     assert "dit: onnx, fp32, model tiny; batch 1-2, frames 5-9, height 32-64, width 32-64" in out
-    assert "5 graph(s)" in out and "step caches: uncached, teacache, magcache, fbcache" in out
+    assert "6 graph(s)" in out and "step caches: uncached, teacache, magcache, fbcache" in out
     assert "vae-decoder: onnx, fp32" in out and "2 graph(s)" in out
     assert "vae-encoder: absent: an i2v/flf2v conditioning encode runs in torch" in out
     assert main(["info", str(exported / "vae-decoder")]) == 0
@@ -165,11 +170,12 @@ def test_info_describes_an_export_directory(exported, capsys):
 
     manifest = Manifest.load(exported / "dit")
     older = dataclasses.replace(manifest, files={"text_kv": "a", "full": "b", "full_residual": "c", "reuse": "d"})
-    assert _caches(older) == "uncached, teacache, magcache, not fbcache (an export from before the split step: " \
-                             "export it again)"
+    assert _caches(older) == "uncached, magcache, not teacache (an export from before the time-embedding graph: " \
+                             "export it again), not fbcache (an export from before the split step: export it again)"
+    untimed = dataclasses.replace(manifest, files={k: v for k, v in manifest.files.items() if k != "time_embedding"})
+    assert _caches(untimed).startswith("uncached, magcache, fbcache, not teacache")
 
 
-@pytest.mark.onnx_dit
 def test_directories_that_do_not_fit_are_refused_by_name(tiny, exported, tmp_path):
     with pytest.raises(ValueError, match="not an export directory"):
         wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{tmp_path}")
@@ -192,9 +198,68 @@ def test_directories_that_do_not_fit_are_refused_by_name(tiny, exported, tmp_pat
         wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"trt:{exported}")
 
 
-def test_an_onnxruntime_without_float64_cos_is_refused_by_name(exported, monkeypatch):
-    """onnxruntime before 1.29 has no CPU float64 Cos, which the DiT graphs' official timestep embedding
-    runs: its sessions failed with NOT_IMPLEMENTED (Python 3.10 gets at most 1.23)."""
+def _float64_in(path) -> list[str]:
+    """Where a graph holds float64: its inputs, outputs, initializers, constants, casts and (after
+    shape inference) its intermediate values."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+    g, double = model.graph, onnx.TensorProto.DOUBLE
+    found = [v.name for v in [*g.input, *g.output, *g.value_info] if v.type.tensor_type.elem_type == double]
+    found += [i.name for i in g.initializer if i.data_type == double]
+    for node in g.node:
+        for a in node.attribute:
+            if (node.op_type == "Cast" and a.name == "to" and a.i == double) or (a.t and a.t.data_type == double):
+                found.append(f"{node.op_type} {node.name}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def exported_before_features(tiny, tmp_path_factory):
+    """A DiT export in the layout of before the step graphs took the timestep features: t in, the
+    sinusoid computed in float64 inside, no time-embedding graph (the whole-step graph only: cheap)."""
+    root = tmp_path_factory.mktemp("t_input")
+    (root / "dit").mkdir()
+    export_dit(tiny.dit, tiny.config.vae, root / "dit", SHAPES, "tiny", "fp32", ("full",), features=False).save(
+        root / "dit")
+    return root
+
+
+def test_no_dit_graph_holds_float64(tiny, exported, exported_before_features):
+    """The step graphs take the timesteps' sinusoid features, computed on the host in float64 as the
+    official: no graph holds float64 (TensorRT has none; onnxruntime's CPU float64 Cos came in 1.29).
+    An export of the layout before holds it, so this check sees float64 where it is."""
+    manifest = Manifest.load(exported / "dit")
+    assert manifest.timestep_features and "time_embedding" in manifest.files
+    for name in manifest.files.values():
+        assert _float64_in(exported / "dit" / name) == [], name
+    from wan_engine.export.tensorrt import profiles_for  # the time graph is static: one timestep a call
+
+    profile = profiles_for(exported / "dit", manifest, tiny.config)["time_embedding"]
+    assert list(profile.values()) == [((1, tiny.config.dit.freq_dim),) * 3]
+    older = Manifest.load(exported_before_features / "dit")
+    assert not older.timestep_features and set(older.files) == {"text_kv", "full"}
+    assert _float64_in(exported_before_features / "dit" / older.files["full"])
+
+
+@pytest.mark.onnx_dit
+def test_an_export_from_before_timestep_features_still_runs(tiny, exported_before_features, capsys):
+    """Its graphs take t in fp32: the runner feeds it so, and the generation is the executor's;
+    TeaCache, which needs the time-embedding graph, is refused by name before any compute."""
+    onnx_pipe = wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{exported_before_features}")
+    a, b = tiny.run(**REQUEST), onnx_pipe.run(**REQUEST)
+    assert np.abs(a.frames.astype(np.int16) - b.frames.astype(np.int16)).max() <= 1
+    with pytest.raises(ValueError, match="no time-embedding graph, which teacache measures its signal on: it "
+                                         "predates it; export it again"):
+        onnx_pipe.run(**REQUEST, cache=CacheConfig.parse("teacache:0.3", calibration="t2v-1.3B"),
+                      on_step=pytest.fail)
+    with pytest.raises(ValueError, match="no time-embedding graph"):
+        onnx_pipe.dit.time_embedding(torch.tensor([500.0]))
+
+
+def test_an_onnxruntime_without_float64_cos_is_refused_by_name_for_an_older_export(
+        exported, exported_before_features, monkeypatch):
+    """onnxruntime before 1.29 has no CPU float64 Cos, which an export made before the timestep
+    features runs in its graphs: its sessions failed with NOT_IMPLEMENTED (Python 3.10 gets at most
+    1.23). A newer export runs there."""
     import re
     from pathlib import Path
 
@@ -202,17 +267,19 @@ def test_an_onnxruntime_without_float64_cos_is_refused_by_name(exported, monkeyp
 
     from wan_engine.export.onnx_runtime import DIT_MIN_ONNXRUNTIME
 
-    setup = (Path(__file__).resolve().parents[1] / "setup.py").read_text()  # the extras ask for the same
+    setup = (Path(__file__).resolve().parents[1] / "setup.py").read_text()  # the test extra asks for the same
     assert re.search(r'ORT_DIT = "([\d.]+)"', setup).group(1) == ".".join(map(str, DIT_MIN_ONNXRUNTIME))
     for fine in ("1.29.0", "1.32.0", "2.0.1", "1.30.0.dev20261101"):
         check_onnxruntime_for_dit(fine, "dir")
     for old in ("1.28.0", "1.23.2", "1.9.1"):
         with pytest.raises(ValueError, match=rf"onnxruntime {old} cannot run the DiT export dir"):
             check_onnxruntime_for_dit(old, "dir")
+        check_onnxruntime_for_dit(old, "dir", timestep_features=True)
     monkeypatch.setattr(onnxruntime, "__version__", "1.28.0")
-    with pytest.raises(ValueError, match=r"onnxruntime 1.28.0 cannot run the DiT export .*float64.*"
-                                         r"pip install 'onnxruntime>=1.29'"):
-        wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{exported}")
+    with pytest.raises(ValueError, match=r"onnxruntime 1.28.0 cannot run the DiT export .*float64.*export it again, "
+                                         r"or pip install 'onnxruntime>=1.29'"):
+        wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{exported_before_features}")
+    wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{exported}")
 
 
 def test_cli_export_writes_a_directory_and_refuses_a_used_one(tmp_path, capsys):
@@ -249,7 +316,6 @@ def test_tensorrt_engines_match_onnxruntime(tiny, exported, tmp_path):
 
 # flf2v's export holds i2v's paths (CLIP rows, image K/V, the encoder chunks) and more: i2v runs with -m slow.
 @pytest.mark.parametrize("model", [pytest.param("tiny-i2v", marks=pytest.mark.slow), "tiny-flf2v"])
-@pytest.mark.onnx_dit
 def test_an_image_conditioned_generation_through_onnxruntime_is_the_executors(model, tmp_path):
     """The i2v/flf2v DiT exports with the CLIP features as a second text-graph input and the image
     K/V as step inputs (the conditioning channels ride in the patches); the VAE encoder (through the

@@ -72,7 +72,6 @@ def test_a_two_expert_dit_exports_as_one_folder_per_expert_with_its_loras(expert
 # FBCache at 1.0 on this request: both branches compute, both reuse, and disagree at different steps.
 @pytest.mark.parametrize("cache", [None, "magcache:0.3,K=3,retention=0.1", "fbcache:1.0"],
                          ids=["uncached", "magcache", "fbcache"])
-@pytest.mark.onnx_dit
 def test_a_two_expert_generation_through_onnxruntime_is_the_executors(experts_export, cache):
     """Each expert runs its own export: the experts differ (seeded apart) and the high-noise one
     carries the LoRA, so the video matches the executor's only if every step ran the right graphs."""
@@ -93,7 +92,6 @@ def test_a_two_expert_generation_through_onnxruntime_is_the_executors(experts_ex
         assert _levels(base, b).max() > 8
 
 
-@pytest.mark.onnx_dit
 def test_an_exported_engine_reads_the_dit_config_and_loads_no_dit_weights(experts_export, tmp_path, monkeypatch):
     """The DiT weights are in the graphs: a model directory run with `--engine onnx:DIR` reads its
     DiT config from the headers and loads neither expert (a 14B pair would be 2 x 28 GB to discard)."""
@@ -120,7 +118,6 @@ def test_an_exported_engine_reads_the_dit_config_and_loads_no_dit_weights(expert
             device="cpu", engine=f"onnx:{export}")
 
 
-@pytest.mark.onnx_dit
 def test_export_folders_that_do_not_fit_the_experts_are_refused_by_name(experts_export, tiny_export, tmp_path):
     export, _ = experts_export
     with pytest.raises(ValueError, match="holds a two-expert model's DiT exports \\(tiny-a14b\\); this model has one"):
@@ -144,7 +141,6 @@ def test_export_folders_that_do_not_fit_the_experts_are_refused_by_name(experts_
                                                cache=CacheConfig.parse("teacache:0.2"))
 
 
-@pytest.mark.onnx_dit
 def test_an_exported_engine_refuses_loras_and_quantization_instead_of_ignoring_them(tiny_export, tmp_path):
     """Its weights are in its graphs: a LoRA merged into the torch copy would change nothing that runs."""
     root, _ = tiny_export
@@ -183,7 +179,6 @@ def test_cli_export_lora_options_are_checked_before_the_load(tmp_path, capsys, m
         assert message in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
-@pytest.mark.onnx_dit
 def test_a_one_dit_export_with_a_lora_runs_the_lora_executors_video(tmp_path):
     from wan_engine.export.onnx_export import export_onnx
 
@@ -198,7 +193,6 @@ def test_a_one_dit_export_with_a_lora_runs_the_lora_executors_video(tmp_path):
     assert _levels(a, b).max() <= 1 and _levels(base, b).max() > 8
 
 
-@pytest.mark.onnx_dit
 def test_an_i2v_dit_without_clip_exports_and_generates_as_the_executor(tmp_path):
     """Wan2.2 I2V-A14B: two experts without CLIP, conditioned by the frame mask and the first frame's
     latents alone (in the patches); the text graph takes the text only. (The conditioning encode
@@ -223,7 +217,6 @@ def test_an_i2v_dit_without_clip_exports_and_generates_as_the_executor(tmp_path)
         onnx_pipe.dit.prepare_text(torch.zeros(1, 4, pipe.config.dit.text_dim), torch.zeros(1, 257, 1280))
 
 
-@pytest.mark.onnx_dit
 def test_a_manifest_from_before_experts_and_loras_still_loads(tiny_export, tmp_path):
     root, _ = tiny_export
     shutil.copytree(root / "dit", tmp_path / "dit")
@@ -238,7 +231,6 @@ def test_a_manifest_from_before_experts_and_loras_still_loads(tiny_export, tmp_p
     assert pipe.low_noise_dit is None
 
 
-@pytest.mark.onnx_dit
 def test_ti2v_image_to_video_runs_frame_0_at_its_own_timestep_through_the_export(tmp_path):
     """TI2V-5B's image-to-video denoises every token but latent frame 0 (the image's, at t = 0): the
     export's step graphs take t [B, 2] and frame 0's token count as an input's length, so the same

@@ -32,7 +32,6 @@ def test_the_1_3b_dit_exports_with_external_data_within_24_gb(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("model", ["shapes", "shapes-a14b"])
-@pytest.mark.onnx_dit
 def test_a_shapes_generation_through_onnxruntime_keeps_its_video_and_its_adherence(tmp_path, model):
     """A trained shapes model (`shapes-a14b`: two experts, one export each), its DiT and VAE decoder
     exported at its default size: a generation through onnxruntime within 40 dB PSNR of the

@@ -266,7 +266,6 @@ def test_engine_reports_the_task():
 
 
 @pytest.mark.slow
-@pytest.mark.onnx_dit
 def test_onnx_exports_of_a_ti2v_model(tmp_path):
     """The DiT and the Wan2.2 VAE's static chunks through ONNX (onnxruntime): text-to-video and
     image-to-video (frame 0 at its own timestep) give the eager video (fp32: a few uint8 levels at

@@ -54,7 +54,6 @@ def launch(tiny_export):
 
 
 @pytest.mark.parametrize("cache", list(CACHES))
-@pytest.mark.onnx_dit
 def test_cfg_parallel_through_the_export_is_the_one_process_video(launch, cache):
     rank0, rank1 = (ranks[cache] for ranks in launch)
     assert rank0["frames"] and not rank1["frames"]  # rank 0 decodes and returns the video
@@ -65,7 +64,6 @@ def test_cfg_parallel_through_the_export_is_the_one_process_video(launch, cache)
         assert one == two and not all(one[0])
 
 
-@pytest.mark.onnx_dit
 def test_sequence_parallelism_with_an_export_is_refused_by_name(launch):
     for ranks in launch:
         assert "needs engine='executor'; engine='onnx:" in ranks["sp"] and "runs each step whole" in ranks["sp"]

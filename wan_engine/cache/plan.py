@@ -25,10 +25,14 @@ def timestep_signal(dit, timesteps: torch.Tensor, ret_steps: bool) -> list[float
 
 def check_cache_runs_on(config: CacheConfig, dit) -> None:
     """Refuse, before any compute, a cache the DiT cannot run: FBCache on an export without the
-    split step (`has_first_block_steps` False: an export made before it; the executor always has it)."""
+    split step (`has_first_block_steps` False: an export made before it; the executor always has it),
+    TeaCache on one without the time-embedding graph (`has_time_embedding` False, likewise)."""
     if config.policy == "fbcache" and not getattr(dit, "has_first_block_steps", True):
         raise ValueError("this DiT export has no first-block graphs, which the fbcache cache runs: it predates "
                          "them; export it again (or use teacache or magcache)")
+    if config.policy == "teacache" and not getattr(dit, "has_time_embedding", True):
+        raise ValueError("this DiT export has no time-embedding graph, which teacache measures its signal on: it "
+                         "predates it; export it again (or use magcache or fbcache)")
 
 
 def check_cache_for_experts(cache: CacheConfig | None) -> None:

@@ -36,6 +36,22 @@ from .weights import BlockWeights, ContextWeights, build_stores, official_slots
 FP32 = torch.float32
 
 
+def timestep_features(freq_dim: int, t: torch.Tensor) -> torch.Tensor:
+    """The fp32 sinusoid features [B, k, freq_dim] the time embedding takes, of timesteps t [B]
+    (k = 1) or [B, 2] (k = 2, TI2V: latent frame 0's timestep, the rest's): computed in float64 and
+    rounded once, as the official. A tensor of features (ndim 3) is returned as it is: what the
+    exported graphs take, so that no graph holds float64 (TensorRT has none, and onnxruntime's CPU
+    float64 Cos came only in 1.29)."""
+    if t.ndim == 3:
+        if t.shape[2] != freq_dim or t.dtype != FP32:
+            raise ValueError(f"timestep features must be fp32 [B, k, {freq_dim}]; got {t.dtype} {list(t.shape)}")
+        return t
+    if t.ndim not in (1, 2):
+        raise ValueError(f"timesteps must be [B] or [B, 2] (or their features [B, k, {freq_dim}]); got "
+                         f"{list(t.shape)}")
+    return sinusoidal_embedding_1d(freq_dim, t.reshape(-1)).float().unflatten(0, (t.shape[0], -1))
+
+
 class WanExecutor(nn.Module, TokenIO):
     """The Wan2.1 DiT on fused ops. Build it with `build_executor(reference_dit, engine_config)`.
 
@@ -197,11 +213,11 @@ class WanExecutor(nn.Module, TokenIO):
         cos, sin = rope.cos, rope.sin
         if self.shard_plan is not None:
             cos, sin = self.shard_plan.shard(cos, dim=0), self.shard_plan.shard(sin, dim=0)
-        if t.ndim == 1:
-            mods, head_shift, head_scale = self._modulation(t, self._globals())
+        features = timestep_features(self.config.freq_dim, t)
+        mods, head_shift, head_scale = self._modulation(features.flatten(0, 1), self._globals())
+        if features.shape[1] == 1:
             return TokenStream(x, normed, mods, head_shift, head_scale, cos, sin, rope, block)
         # t [B, 2]: latent frame 0's tokens (the first grid h*w) at t[:, 0], the rest at t[:, 1].
-        mods, head_shift, head_scale = self._modulation(t.reshape(-1), self._globals())
         first_mods, mods = mods.unflatten(2, (-1, 2)).unbind(3)
         (first_shift, head_shift), (first_scale, head_scale) = (v.unflatten(0, (-1, 2)).unbind(1)
                                                                 for v in (head_shift, head_scale))
@@ -292,22 +308,26 @@ class WanExecutor(nn.Module, TokenIO):
         return dict(self.globals.named_buffers())
 
     def time_embedding(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """fp32 e [B, dim] (the head's modulation input) and e0 = time_projection(e) [B, 6, dim]
-        (the blocks') of timesteps t [B]: what TeaCache's signal is measured on."""
+        """fp32 e [N, dim] (the head's modulation input) and e0 = time_projection(e) [N, 6, dim]
+        (the blocks') of timesteps t [N]: what TeaCache's signal is measured on."""
+        return self.embed_time(timestep_features(self.config.freq_dim, t.reshape(-1)).flatten(0, 1))
+
+    def embed_time(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`time_embedding` from the sinusoid features [N, freq_dim] (`timestep_features`)."""
         g = self._globals()
-        sinusoid = sinusoidal_embedding_1d(self.config.freq_dim, t).float()
-        e = F.linear(F.silu(F.linear(sinusoid, g["time_fc1_weight"], g["time_fc1_bias"])),
+        e = F.linear(F.silu(F.linear(features, g["time_fc1_weight"], g["time_fc1_bias"])),
                      g["time_fc2_weight"], g["time_fc2_bias"])
         e0 = F.linear(F.silu(e), g["time_proj_weight"], g["time_proj_bias"]).unflatten(1, (6, -1))
         return e, e0
 
-    def _modulation(self, t: torch.Tensor, g: dict[str, torch.Tensor]):
-        """Time embedding and every block's modulation for the whole batch, once per step (fp32).
+    def _modulation(self, features: torch.Tensor, g: dict[str, torch.Tensor]):
+        """Time embedding and every block's modulation for the whole batch, once per step (fp32),
+        from the timesteps' sinusoid features [B, freq_dim].
 
         Returns mods [num_layers, 6, B, dim] (shift1, scale1, gate1, shift2, scale2, gate2 per
         block) and the head's shift, scale [B, dim]. The head is modulated by e, not e0.
         """
-        e, e0 = self.time_embedding(t)
+        e, e0 = self.embed_time(features)
         mods = g["modulation"][:, :, None, :] + e0.transpose(0, 1)[None]
         head = g["head_modulation"][:, None, :] + e[None]
         return mods, head[0], head[1]

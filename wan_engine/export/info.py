@@ -42,11 +42,20 @@ def _caches(manifest: Manifest) -> str:
     roles = set(manifest.files)
     split = set(FIRST_BLOCK_KINDS) <= roles
     runs = ["uncached"] if split or "full" in roles else []
+    missing = []
     if "reuse" in roles and (split or "full_residual" in roles):
         # TeaCache's polynomial belongs to one DiT: refused for two experts, exported or not.
-        runs += ["magcache"] if manifest.expert else ["teacache", "magcache"]
-    runs.append("fbcache" if split else "not fbcache (an export from before the split step: export it again)")
-    return ", ".join(runs)
+        if manifest.expert is None:
+            if "time_embedding" in roles:
+                runs.append("teacache")
+            else:
+                missing.append("not teacache (an export from before the time-embedding graph: export it again)")
+        runs.append("magcache")
+    if split:
+        runs.append("fbcache")
+    else:
+        missing.append("not fbcache (an export from before the split step: export it again)")
+    return ", ".join(runs + missing)
 
 
 def _describe(folder: Path, manifest: Manifest) -> list[str]:

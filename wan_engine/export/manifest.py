@@ -67,6 +67,10 @@ class Manifest:
     expert: str | None = None  # a two-expert model's DiT: "high_noise" or "low_noise"
     loras: tuple = ()  # the LoRAs merged into the exported weights: {"file", "strength", "sha256"} each
     frame0_timestep: bool = False  # TI2V: the step graphs take t [B, 2] and frame 0's rows (image-to-video)
+    # The step graphs take the timesteps' fp32 sinusoid features [B, k, freq_dim], computed on the host
+    # in float64 (no graph holds float64); False: an export made before, whose graphs take t and
+    # compute the sinusoid in float64 themselves.
+    timestep_features: bool = False
     # The fingerprint of the weights it was made from (loading/fingerprint.py): a DiT's checkpoint folder
     # (before any LoRA; None: a preset's seeded random weights), a VAE's loaded state. None as well in an
     # export made before fingerprints.

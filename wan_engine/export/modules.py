@@ -1,6 +1,7 @@
 """The exported functions as modules: fixed-shape tensor functions of the executor and the VAE.
 
-Everything that varies is an input: the patches, timesteps, the RoPE rows as real cos/sin tables
+Everything that varies is an input: the patches, the timesteps' fp32 sinusoid features (computed
+on the host in float64, as the official: no graph holds float64), the RoPE rows as real cos/sin tables
 (nothing complex-valued), the text K/V (and for i2v/flf2v the CLIP-token K/V), the stored residual
 of a cached step, and the VAE's feature-cache slots (in and out). Shapes are dynamic where the
 video size is: batch 1-2, tokens, latent rows and columns.
@@ -41,8 +42,10 @@ class DiTStep(nn.Module):
     """One whole-step function of the executor (executor/steps.py names their inputs and outputs),
     by export `kind`: the split step's "first_block", "rest_residual", "rest_reuse", the reused
     whole step "reuse", and on request the whole computed steps "full", "full_residual". `frame0`
-    (TI2V): t is [B, 2] and an input after sin gives frame 0's token count by its length. kv is (k, v), and (k, v, k_img, v_img) for an i2v/flf2v DiT
-    (whose patches carry the conditioning channels)."""
+    (TI2V): t is [B, 2] and an input after sin gives frame 0's token count by its length. t may be
+    given as its features ([B, k, freq_dim], executor/model.py `timestep_features`), as exports
+    take it. kv is (k, v), and (k, v, k_img, v_img) for an i2v/flf2v DiT (whose patches carry the
+    conditioning channels)."""
 
     def __init__(self, executor, kind: str, frame0: bool = False):
         super().__init__()
@@ -59,6 +62,18 @@ class DiTStep(nn.Module):
             self._steps.frame0_rows = marker.shape[0]
             inputs = inputs[:self._frame0_at] + inputs[self._frame0_at + 1:]
         return self._fn(*inputs)
+
+
+class TimeEmbeddingStep(nn.Module):
+    """One timestep's sinusoid features [1, freq_dim] -> the time embedding e [1, dim] and e0
+    [1, 6, dim] (fp32): TeaCache measures its signal on them, once per request and timestep."""
+
+    def __init__(self, executor):
+        super().__init__()
+        self.executor = executor
+
+    def forward(self, features):
+        return self.executor.embed_time(features)
 
 
 class TextKVStep(nn.Module):

@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 
 from ..configs import VAEConfig
+from ..executor.model import timestep_features
 from ..loading.fingerprint import dit_fingerprint, state_fingerprint
 from ..reference.vae import ENCODE_CHUNK_FRAMES
 from ..vae.static import decoder_chunks, encoder_chunks
 from .manifest import COMPONENTS, EXPERT_FOLDERS, Manifest, ShapeRange
-from .modules import DIT_KINDS, DiTStep, TextKVStep, VAEChunk
+from .modules import DIT_KINDS, DiTStep, TextKVStep, TimeEmbeddingStep, VAEChunk
 
 OPSET = 20
 EXTERNAL_DATA_BYTES = 1 << 31  # the protobuf limit: larger models keep their weights beside the graph
@@ -64,11 +65,14 @@ def token_range(shapes: ShapeRange, vae: VAEConfig, patch=(1, 2, 2), frames=None
 
 @torch.no_grad()
 def export_dit(executor, vae_config: VAEConfig, out_dir: Path, shapes: ShapeRange, model_name: str,
-               dtype: str, kinds: tuple[str, ...] = DIT_KINDS) -> Manifest:
-    """The text K/V graph and one graph per step kind (`kinds`: `DIT_KINDS` by default). A TI2V
-    DiT's step graphs take t [B, 2] (latent frame 0's timestep, the rest's) and, after sin, a
-    tensor whose length is frame 0's token count (its values unused): image-to-video runs frame 0,
-    the conditioning image, at t = 0, and the token count is a dynamic dim only as a shape."""
+               dtype: str, kinds: tuple[str, ...] = DIT_KINDS, features: bool = True) -> Manifest:
+    """The text K/V graph, the time-embedding graph (TeaCache's signal) and one graph per step kind
+    (`kinds`: `DIT_KINDS` by default). The step graphs take the timesteps as their sinusoid
+    features (`features` False: as t, the layout of exports made before, kept to test that the
+    runners still read those). A TI2V DiT's step graphs take t [B, 2] (latent frame 0's timestep,
+    the rest's) and, after sin, a tensor whose length is frame 0's token count (its values unused):
+    image-to-video runs frame 0, the conditioning image, at t = 0, and the token count is a dynamic
+    dim only as a shape."""
     cfg = executor.config
     frame0 = cfg.task == "ti2v"
     lo, hi = token_range(shapes, vae_config, cfg.patch_size)
@@ -91,6 +95,8 @@ def export_dit(executor, vae_config: VAEConfig, out_dir: Path, shapes: ShapeRang
     t = torch.tensor([700.0, 300.0][:b], device=device)
     if frame0:
         t = torch.stack([torch.zeros_like(t), t], 1)  # frame 0 at t = 0, as image-to-video runs it
+    if features:
+        t = timestep_features(cfg.freq_dim, t)
     cos = torch.randn(s, cfg.head_dim // 2, generator=gen).to(device)
     sin = torch.randn(s, cfg.head_dim // 2, generator=gen).to(device)
     context = torch.randn(b, cfg.text_len, cfg.text_dim, generator=gen).to(device, cd)
@@ -104,6 +110,10 @@ def export_dit(executor, vae_config: VAEConfig, out_dir: Path, shapes: ShapeRang
     files = {"text_kv": "dit_text_kv.onnx"}
     text_dyn = ({0: batch},) + ((({0: batch},),) if clip_fea else ())  # the module's *clip_fea is one tuple
     _save(TextKVStep(executor).eval(), (context, *clip_fea), text_dyn, out_dir / files["text_kv"], weight_bytes)
+    if features:  # one timestep per call: a static graph
+        files["time_embedding"] = "dit_time_embedding.onnx"
+        one = timestep_features(cfg.freq_dim, torch.tensor([700.0], device=device))[:, 0]  # [1, freq_dim]
+        _save(TimeEmbeddingStep(executor).eval(), (one,), None, out_dir / files["time_embedding"], weight_bytes)
     rows, rope = {0: batch, 1: tokens}, {0: tokens}
     # What each kind takes before (t, cos, sin): the patches, or FBCache's stream after block 0 (and
     # its normed input to block 1, in whatever dtype block 0 forms it); the reusing kinds take the
@@ -119,7 +129,7 @@ def export_dit(executor, vae_config: VAEConfig, out_dir: Path, shapes: ShapeRang
         files[kind] = f"dit_{kind}.onnx"
         _save(DiTStep(executor, kind, frame0).eval(), args, dyn, out_dir / files[kind], weight_bytes)
     return Manifest(model_name, "dit", "onnx", dtype, shapes, dataclasses.asdict(cfg), files, OPSET, _versions(),
-                    frame0_timestep=frame0)
+                    frame0_timestep=frame0, timestep_features=features)
 
 
 @torch.no_grad()

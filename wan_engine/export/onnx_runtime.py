@@ -10,22 +10,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .manifest import Manifest
 from .runners import ExportedDiT, ExportedVAEDecoder, ExportedVAEEncoder
 
 
-# The DiT graphs compute the official timestep embedding in float64 (reference/dit.py). onnxruntime's
-# CPU provider has a float64 Cos kernel from 1.29 on (microsoft/onnxruntime#28975; checked here: 1.28
-# fails, 1.29 runs); before it, creating the session fails with NOT_IMPLEMENTED for Cos.
+# A DiT export made before the step graphs took the timesteps' sinusoid features computes the
+# official timestep embedding in float64 inside its graphs. onnxruntime's CPU provider has a float64
+# Cos kernel from 1.29 on (microsoft/onnxruntime#28975; checked here: 1.28 fails, 1.29 runs); before
+# it, creating the session fails with NOT_IMPLEMENTED for Cos. Newer exports run on any release.
 DIT_MIN_ONNXRUNTIME = (1, 29)
 
 
-def check_onnxruntime_for_dit(version: str, folder) -> None:
+def check_onnxruntime_for_dit(version: str, folder, timestep_features: bool = False) -> None:
+    """Refuse by name an onnxruntime too old for an export whose graphs hold float64."""
     release = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
-    if release < DIT_MIN_ONNXRUNTIME:
+    if not timestep_features and release < DIT_MIN_ONNXRUNTIME:
         need = ".".join(map(str, DIT_MIN_ONNXRUNTIME))
         raise ValueError(f"onnxruntime {version} cannot run the DiT export {folder}: its graphs compute the "
-                         f"official timestep embedding in float64, and onnxruntime's CPU provider has float64 Cos "
-                         f"from {need} on: pip install 'onnxruntime>={need}' (Python 3.11+)")
+                         f"official timestep embedding in float64 (an export from before the graphs took its "
+                         f"features), and onnxruntime's CPU provider has float64 Cos from {need} on: export it "
+                         f"again, or pip install 'onnxruntime>={need}' (Python 3.11+)")
 
 
 def _onnxruntime():
@@ -52,7 +56,8 @@ class OnnxGraph:
 
 class OnnxDiT(ExportedDiT):
     def __init__(self, folder, config, expert=None):
-        check_onnxruntime_for_dit(_onnxruntime().__version__, folder)
+        manifest = Manifest.load(folder)  # read (and refused if it does not read) before any session
+        check_onnxruntime_for_dit(_onnxruntime().__version__, folder, manifest.timestep_features)
         super().__init__(folder, config, "onnx", OnnxGraph, expert)
         if self.manifest.dtype == "bf16":
             raise ValueError(f"export {self.folder} is bf16, which onnxruntime cannot feed from numpy: use "

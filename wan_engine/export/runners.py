@@ -16,6 +16,7 @@ import torch
 
 from ..configs import latent_strides
 from ..engine_config import EngineConfig
+from ..executor.model import timestep_features
 from ..executor.rope_cache import RopeCache, RopeTable
 from ..executor.steps import text_tensors
 from ..executor.text_cache import TextKV
@@ -28,7 +29,8 @@ TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 
 class ExportedSteps:
     """The whole-step functions of an exported DiT (the same signatures as `StepFunctions`).
-    Timesteps enter as fp32, as exported (the solver's may be integers). A whole computed step is
+    Timesteps enter as their fp32 sinusoid features of `freq_dim` columns, computed here in float64
+    (`freq_dim` None: an export from before, whose graphs take t in fp32). A whole computed step is
     block 0 then the rest (two graphs that hold each block's weights once); an export made before
     the split step has "full" and "full_residual" graphs instead, which run when present.
 
@@ -36,8 +38,8 @@ class ExportedSteps:
     length of an input after sin, with t as [B, 2] (frame 0's timestep, the rest's); a one-timestep
     t [B] (text-to-video) runs as both, which is the same math."""
 
-    def __init__(self, graphs: dict[str, Callable], frame0_rows: int | None = None):
-        self.graphs, self.frame0_rows = graphs, frame0_rows
+    def __init__(self, graphs: dict[str, Callable], frame0_rows: int | None = None, freq_dim: int | None = None):
+        self.graphs, self.frame0_rows, self.freq_dim = graphs, frame0_rows, freq_dim
 
     def key(self, kind, patches, text):
         return kind
@@ -47,7 +49,8 @@ class ExportedSteps:
         if self.frame0_rows is not None:
             t = torch.stack([t, t], 1) if t.ndim == 1 else t
             extra = (torch.zeros(self.frame0_rows, device=cos.device),)
-        return self.graphs[kind](*lead, t.float(), cos, sin, *extra, *rest)
+        t = t.float() if self.freq_dim is None else timestep_features(self.freq_dim, t)
+        return self.graphs[kind](*lead, t, cos, sin, *extra, *rest)
 
     def full(self, patches, t, cos, sin, *kv):
         if "full" in self.graphs:
@@ -99,8 +102,10 @@ class ExportedDiT(TokenIO):
         self.shard_plan = None
         self.rope_cache = RopeCache(config.head_dim)
         self.graphs = {role: run_graph(self.folder / name) for role, name in self.manifest.files.items()}
-        self.steps = ExportedSteps(self.graphs)
+        self.freq_dim = config.freq_dim if self.manifest.timestep_features else None
+        self.steps = ExportedSteps(self.graphs, freq_dim=self.freq_dim)
         self.has_first_block_steps = "first_block" in self.graphs  # FBCache runs on this export
+        self.has_time_embedding = "time_embedding" in self.graphs  # TeaCache runs on this export
         # TI2V image-to-video (frame 0 at its own timestep): exports made before it take t [B] only.
         self.frame0_timestep = self.manifest.frame0_timestep
 
@@ -111,8 +116,17 @@ class ExportedDiT(TokenIO):
 
     def step_functions(self, rope: RopeTable, text: TextKV) -> ExportedSteps:
         if self.frame0_timestep:
-            return ExportedSteps(self.graphs, rope.grid[1] * rope.grid[2])
+            return ExportedSteps(self.graphs, rope.grid[1] * rope.grid[2], self.freq_dim)
         return self.steps
+
+    def time_embedding(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """e [N, dim] and e0 [N, 6, dim] of timesteps t [N], as the executor's (TeaCache's signal)."""
+        if not self.has_time_embedding:
+            raise ValueError(f"export {self.folder} has no time-embedding graph, which teacache measures its signal "
+                             f"on: it predates it; export it again (or use magcache or fbcache)")
+        features = timestep_features(self.config.freq_dim, t.reshape(-1))
+        outs = [self.graphs["time_embedding"](row) for row in features]  # row: [1, freq_dim]
+        return torch.cat([e for e, _ in outs]), torch.cat([e0 for _, e0 in outs])
 
     def tokens_in(self, x, t, seq_len=None, y=None):
         if seq_len is not None:
