@@ -53,6 +53,29 @@ def test_cfg_default_runs_both_branches_and_guidance_1_is_not_cfg_free(pipe, mon
     assert np.array_equal(free, pipe.generate("a cat", cfg=False, guidance=7.0, **kw))  # guidance unused
 
 
+@pytest.mark.parametrize("policy,options,calibration", [("teacache:0.3", "", "t2v-14B"),
+                                                        ("magcache:0.3", ",K=3,retention=0.1", "t2v-1.3B"),
+                                                        ("fbcache:1.0", "", None)])
+def test_a_step_cache_without_cfg_reports_the_cond_branch(pipe, monkeypatch, policy, options, calibration):
+    """A cached request without CFG runs and reports the cond branch alone (it failed at the report,
+    which waited for the uncond branch's decisions). Threshold 0 gives the uncached video bit for
+    bit; the loose threshold reuses steps, and (TeaCache, MagCache) runs the blocks once per computed step."""
+    from wan_engine.cache import CacheConfig
+
+    kw = dict(size=(48, 32), num_frames=9, steps=6, seed=3, cfg=False)
+    plain = pipe.run("a red kite", cache=None, **kw).frames
+    name = policy.split(":")[0]
+    exact = pipe.run("a red kite", cache=CacheConfig.parse(f"{name}:0{options}", calibration=calibration), **kw)
+    assert np.array_equal(exact.frames, plain) and exact.cache.computed == ((True,) * 6,)
+    calls = count_forwards(pipe, monkeypatch)
+    loose = pipe.run("a red kite", cache=CacheConfig.parse(policy + options, calibration=calibration), **kw)
+    monkeypatch.undo()
+    assert len(loose.cache.computed) == 1 and 0 < loose.cache.counts()[0] < 6
+    assert loose.cache.summary() == f"computed {loose.cache.counts()[0]}/6 (cond only, no CFG)"
+    if name != "fbcache":  # FBCache runs block 0 on every step to decide
+        assert calls == [1] * loose.cache.counts()[0]
+
+
 def test_reference_engine_and_cfg_parallel_refusal(pipe):
     ref = wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine="reference")
     kw = dict(size=(32, 32), num_frames=1, steps=2, seed=5, cfg=False)

@@ -68,8 +68,9 @@ def build_step_cache(config: CacheConfig, calibration: Calibration | None, dit, 
 
 @dataclass(frozen=True)
 class CacheReport:
-    """What a cached request computed: per branch (0 cond, 1 uncond) and step, True = the block
-    stack ran, False = the cached residual was reused."""
+    """What a cached request computed: per branch (0 cond, 1 uncond; the cond branch alone for a
+    request run without CFG) and step, True = the block stack ran, False = the cached residual was
+    reused."""
 
     policy: str
     calibration: str | None
@@ -83,14 +84,15 @@ class CacheReport:
         return tuple(sum(branch) for branch in self.computed)
 
     def summary(self) -> str:
-        """`computed C/N`, or per branch when they differ."""
-        cond, uncond = self.counts()
-        if cond == uncond:
-            return f"computed {cond}/{self.steps}"
+        """`computed C/N`, or per branch when they differ (a request without CFG: the cond branch's)."""
+        counts = self.counts()
+        if len(set(counts)) == 1:
+            return f"computed {counts[0]}/{self.steps}" + ("" if len(counts) == BRANCHES else " (cond only, no CFG)")
+        cond, uncond = counts
         return f"computed cond {cond}/{self.steps}, uncond {uncond}/{self.steps}"
 
     def schedule_text(self) -> str:
-        """One character per step and branch: C computed, r reused."""
+        """One character per step and branch (cond / uncond): C computed, r reused."""
         return " / ".join("".join("C" if c else "r" for c in branch) for branch in self.computed)
 
     def to_json(self) -> dict:
@@ -99,11 +101,12 @@ class CacheReport:
 
 
 def cache_report(cache: StepCache, config: CacheConfig, calibration: Calibration | None, cfg_group=None,
-                 image: bool = False) -> CacheReport:
+                 image: bool = False, cfg: bool = True) -> CacheReport:
     """The report of a finished request (`image`: it had an image condition, so MagCache may have
-    taken the calibration's image-request ratios). Under CFG parallelism a rank ran only its own
-    branch; the decisions of both are joined over `cfg_group` (one small collective, after the loop)."""
-    decisions = cache.decisions
+    taken the calibration's image-request ratios; `cfg` False: it ran the cond branch alone, which
+    is all the report holds). Under CFG parallelism a rank ran only its own branch; the decisions of
+    both are joined over `cfg_group` (one small collective, after the loop)."""
+    decisions = cache.decisions[:BRANCHES if cfg else 1]
     if any(d is None for branch in decisions for d in branch):
         if cfg_group is None:
             raise ValueError("the cache ran only some branches and no cfg group was given to join them")
@@ -114,7 +117,7 @@ def cache_report(cache: StepCache, config: CacheConfig, calibration: Calibration
     used = None if not config.needs_calibration or calibration is None else calibration.source
     if used is not None and image and config.policy == "magcache" and calibration.magcache_image is not None:
         used += " (image-request ratios)"
-    return CacheReport(config.describe(), used, tuple(tuple(bool(d) for d in branch) for branch in decisions[:BRANCHES]))
+    return CacheReport(config.describe(), used, tuple(tuple(bool(d) for d in branch) for branch in decisions))
 
 
 def _group_device(group) -> torch.device:

@@ -283,7 +283,8 @@ def _write_outputs(args, result, load_s: float, parallel, attention: str, notes=
     if result.cache is not None:
         calibration = f", calibration {result.cache.calibration}" if result.cache.calibration else ""
         print(f"  cache: {result.cache.summary()} ({result.cache.policy}{calibration})")
-        print(f"  cache schedule: {result.cache.schedule_text()}  (C computed, r reused; cond / uncond)")
+        branches = "cond / uncond" if len(result.cache.computed) == 2 else "cond"
+        print(f"  cache schedule: {result.cache.schedule_text()}  (C computed, r reused; {branches})")
     print(f"  load           {load_s:8.2f} s")
     for stage, seconds in result.timings.items():
         print(f"  {stage:<14} {seconds:8.2f} s")

@@ -292,7 +292,7 @@ class WanPipeline:
                 report = None
                 if step_cache is not None:
                     report = cache_report(step_cache, req.cache, calibration, cfg_group=self.mesh.cfg_group,
-                                          image=req.image is not None)
+                                          image=req.image is not None, cfg=req.cfg)
                     log.info("step cache %s: %s [%s]", report.policy, report.summary(), report.schedule_text())
             with self._timed(timings, "vae_decode"):
                 self._place("vae_decode")
