@@ -255,12 +255,21 @@ def test_cli_ti2v(tmp_path, capsys):
     assert "--last-image: a TI2V model (Wan2.2 TI2V-5B) takes a first frame only" in capsys.readouterr().err
 
 
-def test_engine_reports_the_task():
-    from wan_engine.engine import Engine
+def test_engine_reports_the_task_and_refuses_a_size_off_the_32_pixel_grid(pipe):
+    """The Wan2.2 VAE's stride 16 times the patch 2: sides are multiples of 32 pixels (a multiple of
+    16 off that grid failed inside the DiT, naming its latent width)."""
+    from wan_engine.engine import Engine, GenerationRequest, RequestError
 
-    engine = Engine(wan_engine.WanPipeline.from_pretrained("tiny-ti2v", device="cpu"))
+    assert pipe.config.size_multiple == 32 and get_preset("tiny").size_multiple == 16
+    with pytest.raises(ValueError, match="size must be positive multiples of 32 .*got 48x32; e.g. 832x480 or "
+                                         "1280x704"):
+        pipe.run(PROMPT, size=(48, 32), num_frames=5, steps=1)
+    engine = Engine(pipe)
     try:
         assert engine.model_type == "ti2v"
+        with pytest.raises(RequestError, match="multiples of 32") as err:
+            engine.submit(GenerationRequest(PROMPT, size=(48, 32)))
+        assert err.value.field == "size" and engine.queue_depth == 0
     finally:
         engine.close()
 

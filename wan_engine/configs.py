@@ -7,6 +7,7 @@ published values and the toy-sized `tiny` preset that runs anywhere.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 # Per-channel statistics of the Wan2.1 VAE latent space (from the official release).
@@ -274,6 +275,12 @@ class ModelConfig:
         if self.experts is not None and self.dit.uses_clip:
             raise ValueError(f"model {self.name!r}: two-expert models condition on the latents alone (Wan2.2 "
                              f"I2V-A14B has no CLIP); a {self.dit.model_type} DiT with CLIP features has one expert")
+
+    @property
+    def size_multiple(self) -> int:
+        """What a video's width and height must be multiples of, in pixels: the VAE's spatial stride
+        times the DiT's patch (16 for Wan2.1's VAE, 32 for TI2V-5B's Wan2.2 VAE)."""
+        return math.lcm(*(self.vae.spatial_stride * p for p in self.dit.patch_size[1:]))
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

@@ -10,16 +10,19 @@ SOLVERS = ("unipc", "dpm++", "euler")
 SEED_BOUND = 2**63  # seeds are in [0, 2**63), the official range (sys.maxsize) and the parallel broadcast's
 
 
-def check_size(size) -> tuple[int, int]:
+def check_size(size, multiple: int = 16) -> tuple[int, int]:
+    """(width, height), each a positive multiple of `multiple` pixels: the model's VAE stride x
+    patch size (16 for Wan2.1's VAE, 32 for Wan2.2's TI2V-5B VAE, `ModelConfig.size_multiple`)."""
     try:
         # operator.index refuses floats, so (832.5, 480) is an error rather than a silent 832.
         width, height = (operator.index(v) for v in size)
     except (TypeError, ValueError):
         raise ValueError(f"size must be two integers (width, height), got {size!r}") from None
-    if width <= 0 or height <= 0 or width % 16 or height % 16:
+    if width <= 0 or height <= 0 or width % multiple or height % multiple:
+        examples = "832x480 or 1280x720" if 720 % multiple == 0 else "832x480 or 1280x704"
         raise ValueError(
-            f"size must be positive multiples of 16 (VAE stride 8 x patch 2), got {width}x{height}; "
-            f"e.g. 832x480 or 1280x720"
+            f"size must be positive multiples of {multiple} (the VAE's stride x the DiT's patch), got "
+            f"{width}x{height}; e.g. {examples}"
         )
     return width, height
 

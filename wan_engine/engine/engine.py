@@ -90,7 +90,8 @@ class Engine:
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
         """The request with every field checked (RequestError names the bad one) and every default
         filled in, the seed included (drawn here when unset, so the job reports it from the start)."""
-        return self._refuse_unrunnable(resolve_request(request, self.pipeline.config.sample, self.limits))
+        return self._refuse_unrunnable(resolve_request(request, self.pipeline.config.sample, self.limits,
+                                                       size_multiple=self.pipeline.config.size_multiple))
 
     def _refuse_unrunnable(self, req: GenerationRequest) -> GenerationRequest:
         # Refused at submit (a 422 from the server) instead of failing on every rank once the job runs.
@@ -122,7 +123,8 @@ class Engine:
         if self.channel is not None and self._worker is not None:
             raise RuntimeError("generate() under a launch cannot run beside the queue's worker; use submit()")
         req = self._refuse_unrunnable(resolve_request(request, self.pipeline.config.sample, self.limits,
-                                                      draw_seed=not self.pipeline.is_parallel))
+                                                      draw_seed=not self.pipeline.is_parallel,
+                                                      size_multiple=self.pipeline.config.size_multiple))
         return self._run(req, on_step, progress=progress)
 
     def submit(self, request: GenerationRequest, *, job_id: str | None = None,

@@ -113,9 +113,10 @@ def _low_noise_guidance(req: GenerationRequest, defaults: SampleDefaults) -> flo
 
 
 def resolve_request(req: GenerationRequest, defaults: SampleDefaults, limits: RequestLimits,
-                    draw_seed: bool = True) -> GenerationRequest:
+                    draw_seed: bool = True, size_multiple: int = 16) -> GenerationRequest:
     """`req` with every field checked and every default filled in (the seed drawn when
-    `draw_seed`, so the job can report it before it runs); raises RequestError naming the field."""
+    `draw_seed`, so the job can report it before it runs); raises RequestError naming the field.
+    `size_multiple`: the model's (`ModelConfig.size_multiple`)."""
     if not isinstance(req, GenerationRequest):
         raise TypeError(f"expected a GenerationRequest, got {type(req).__name__}")
     preset = None if req.sampling is None else _checked("sampling", get_sampling_preset, req.sampling)
@@ -136,7 +137,8 @@ def resolve_request(req: GenerationRequest, defaults: SampleDefaults, limits: Re
     if negative is not None and (not isinstance(negative, str) or len(negative) > limits.max_prompt_chars):
         raise RequestError("negative_prompt", f"negative_prompt must be a string of at most "
                                               f"{limits.max_prompt_chars} characters")
-    width, height = _checked("size", validation.check_size, defaults.size if req.size is None else req.size)
+    width, height = _checked("size", lambda size: validation.check_size(size, size_multiple),
+                             defaults.size if req.size is None else req.size)
     _at_most("size", width, limits.max_width)  # message names the size; the bound is per side
     _at_most("size", height, limits.max_height)
     frames = _checked("num_frames", validation.check_num_frames,

@@ -226,7 +226,7 @@ class WanPipeline:
             raise ValueError("prompt must be a non-empty string")
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise ValueError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
-        width, height = validation.check_size(d.size if size is None else size)
+        width, height = validation.check_size(d.size if size is None else size, self.config.size_multiple)
         condition = None
         task = self.config.dit.task
         if task not in IMAGE_OPTIONAL or image is not None or last_image is not None:
