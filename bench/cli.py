@@ -143,8 +143,8 @@ def make_context(args):
         _positive(f"--{name}", getattr(args, name))
     _positive("--warmup", args.warmup, allow_zero=True)
     defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
-    # The pipeline's own rules (multiples of 16, 4n+1 frames), so no suite fails on them midway.
-    width, height = validation.check_size(args.size or model.sample.size)
+    # The pipeline's own rules (the model's size grid, 4n+1 frames), so no suite fails on them midway.
+    width, height = validation.check_size(args.size or model.sample.size, model.size_multiple)
     validation.check_num_frames(args.frames or model.sample.num_frames)
     return BenchContext(
         preset=args.model, model=model, width=width, height=height,

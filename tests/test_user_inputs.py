@@ -182,6 +182,9 @@ def test_bench_refuses_bad_size_and_out_before_running(tmp_path, capsys):
     (tmp_path / "afile").write_text("")
     bench = ["bench", "--suite", "roofline", "--model", "t2v-1.3B"]
     cli_refuses(capsys, [*bench, "--size", "840x480", "--no-write"], "size must be positive multiples of 16")
+    # TI2V-5B's grid is 32 pixels (Wan2.2 VAE stride 16 x patch 2): 48x32 failed inside the step suite.
+    cli_refuses(capsys, ["bench", "--suite", "step", "--model", "tiny-ti2v", "--size", "48x32", "--no-write"],
+                "size must be positive multiples of 32")
     cli_refuses(capsys, [*bench, "--out", str(tmp_path / "afile")], "--out .* is a file")
     cli_refuses(capsys, [*bench, "--out", str(tmp_path / "afile" / "sub")], "--out .* cannot be written")
     assert cli_main([*bench, "--out", str(tmp_path / "new" / "dir")]) == 0
