@@ -386,13 +386,14 @@ def test_cli_refuses_bad_images_before_the_model_loads(tmp_path, capsys, monkeyp
 
 
 def test_bench_suites_run_image_conditioned_models(tmp_path, capsys):
-    """The DiT, step and e2e suites give an i2v/flf2v model its conditioning, and every row passes
-    against the fp32 reference (the bench exits non-zero on a FAIL row or a failed suite)."""
+    """The DiT, step, e2e and cache suites give an i2v/flf2v model its conditioning (the cache suite
+    failed: "image is required"), and every row passes against the fp32 reference (the bench exits
+    non-zero on a FAIL row or a failed suite)."""
     from wan_engine.cli import main
 
-    for suite in ("dit", "step", "e2e"):
+    for suite, extra in (("dit", []), ("step", []), ("e2e", []), ("cache", ["--steps", "4"])):
         code = main(["bench", "--suite", suite, "--model", "tiny-flf2v", "--device", "cpu", "--repeats", "1",
-                     "--warmup", "0", "--out", str(tmp_path / suite)])
+                     "--warmup", "0", "--out", str(tmp_path / suite), *extra])
         assert code == 0, capsys.readouterr().out[-2000:]
 
 
