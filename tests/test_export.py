@@ -153,6 +153,10 @@ def test_a_generation_through_onnxruntime_is_the_executors(tiny, exported, cache
     assert psnr >= 40 and diff.max() <= 1
     if cache is not None:
         assert a.cache.computed == b.cache.computed and not all(a.cache.computed[0])
+    if cache is not None and cache.policy == "teacache":  # its signal: the time graph's e and e0, as eager's
+        t = torch.tensor([999.0, 640.0, 20.0])
+        for got, expected in zip(onnx_pipe.dit.time_embedding(t), tiny.dit.time_embedding(t)):
+            assert got.shape == expected.shape and _rel_l2(got, expected) <= 1e-5
 
 
 def test_info_describes_an_export_directory(exported, capsys):
