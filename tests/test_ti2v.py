@@ -255,6 +255,24 @@ def test_cli_ti2v(tmp_path, capsys):
     assert "--last-image: a TI2V model (Wan2.2 TI2V-5B) takes a first frame only" in capsys.readouterr().err
 
 
+def test_cli_refuses_a_size_off_the_32_pixel_grid_before_loading(tmp_path, capsys, monkeypatch):
+    """A 16-multiple off TI2V's grid used to pass the CLI's checks and be refused only after the
+    model load (minutes at 5B): the grid now comes from the checkpoint's headers, preset or folder."""
+    from wan_engine.cli import main
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before --size was checked")
+
+    monkeypatch.setattr(wan_engine.WanPipeline, "from_pretrained", no_load)
+    folder = write_original(tmp_path / "m", get_preset("tiny-ti2v"))
+    for model in ("tiny-ti2v", str(folder)):
+        assert main(["generate", "--model", model, "--prompt", "p", "--size", "48x32",
+                     "--output", str(tmp_path / "v.mp4")]) == 2
+        err = capsys.readouterr().err
+        assert "size must be positive multiples of 32" in err and "Traceback" not in err
+    assert not (tmp_path / "v.mp4").exists()
+
+
 def test_engine_reports_the_task_and_refuses_a_size_off_the_32_pixel_grid(pipe):
     """The Wan2.2 VAE's stride 16 times the patch 2: sides are multiples of 32 pixels (a multiple of
     16 off that grid failed inside the DiT, naming its latent width)."""

@@ -156,6 +156,12 @@ WAN22_VAE = VAEConfig(base_dim=160, z_dim=48, latent_mean=WAN22_LATENT_MEAN, lat
                       decoder_base_dim=256, patch_size=2, residual=True)
 
 
+def size_multiple(spatial_stride: int, patch_size: tuple[int, int, int]) -> int:
+    """What a video's sides must be multiples of, in pixels: a VAE's `spatial_stride` times the
+    DiT's (frames, height, width) `patch_size` on each side."""
+    return math.lcm(*(spatial_stride * p for p in patch_size[1:]))
+
+
 def latent_strides(z_dim: int) -> tuple[int, int]:
     """(frames, pixels per side) per latent cell for latents of `z_dim` channels: the Wan2.1 VAE's
     (4, 8) for 16, the Wan2.2 VAE's (4, 16) for 48 (a DiT's channels name its VAE)."""
@@ -280,7 +286,7 @@ class ModelConfig:
     def size_multiple(self) -> int:
         """What a video's width and height must be multiples of, in pixels: the VAE's spatial stride
         times the DiT's patch (16 for Wan2.1's VAE, 32 for TI2V-5B's Wan2.2 VAE)."""
-        return math.lcm(*(self.vae.spatial_stride * p for p in self.dit.patch_size[1:]))
+        return size_multiple(self.vae.spatial_stride, self.dit.patch_size)
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

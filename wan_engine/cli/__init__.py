@@ -172,7 +172,7 @@ def _parse_cache(args):
 def _check_given(args) -> None:
     from .. import validation
 
-    checks = [(args.size, validation.check_size), (args.frames, validation.check_num_frames),
+    checks = [(args.frames, validation.check_num_frames),
               (args.steps, validation.check_steps), (args.guidance, validation.check_guidance),
               (args.low_noise_guidance, lambda g: validation.check_guidance(g, "--low-noise-guidance")),
               (args.shift, validation.check_shift), (args.solver, validation.check_solver)]
@@ -195,13 +195,18 @@ def _check_given(args) -> None:
 
 
 def _check_model_options(args) -> None:
-    """Check what depends on the model before the load (its type, experts and default size come
-    from the preset or the checkpoint's headers): --low-noise-guidance, and --image/--last-image
-    read and sized against the model's type, stating any conversion."""
+    """Check what depends on the model before the load (its type, experts, grid and default size
+    come from the preset or the checkpoint's headers): --size on the model's pixel grid,
+    --low-noise-guidance, and --image/--last-image read and sized against the model's type,
+    stating any conversion."""
+    from .. import validation
     from ..assembly import peek_model
+    from ..configs import latent_strides, size_multiple
     from ..pipelines.image_prompt import IMAGE_OPTIONAL, image_prompt
 
     dit, sample = peek_model(args.model)
+    if args.size is not None:  # the DiT's output channels name its VAE, hence the VAE's stride
+        validation.check_size(args.size, size_multiple(latent_strides(dit.out_dim)[1], dit.patch_size))
     two_experts = sample.low_noise_guidance is not None
     if args.low_noise_guidance is not None and not two_experts:
         raise ValueError(f"--low-noise-guidance applies to two-expert models (Wan2.2 A14B); {args.model} has one DiT")
