@@ -16,6 +16,7 @@ def pytest_configure(config):
         ("slow", "slow on CPU; deselect with -m 'not slow'"),
         ("onnx_dit", "runs a DiT export of the layout before timestep features (float64 inside) in onnxruntime, "
                      "which needs onnxruntime >= 1.29 (float64 Cos)"),
+        ("onnx_export", "exports to ONNX, which needs torch >= 2.10 (wan_engine.export.versions)"),
     ]:
         config.addinivalue_line("markers", f"{name}: {why}")
 
@@ -29,9 +30,14 @@ def pytest_collection_modifyitems(config, items):
     old_ort = _onnxruntime_too_old_for_dit()
     skip_ort = pytest.mark.skip(reason=f"onnxruntime {old_ort} runs no DiT graph holding float64 (float64 Cos from "
                                        "1.29 on; Python 3.10 has at most 1.23)")
+    old_torch = _torch_too_old_for_export()
+    skip_export = pytest.mark.skip(reason=f"torch {old_torch} cannot export to ONNX (pytorch/pytorch#172903; "
+                                          "export needs torch >= 2.10, refused by name below that)")
     for item in items:
         if "onnx_dit" in item.keywords and old_ort:
             item.add_marker(skip_ort)
+        if "onnx_export" in item.keywords and old_torch:
+            item.add_marker(skip_export)
         if "gpu" in item.keywords and n == 0:
             item.add_marker(skip_gpu)
         if "multigpu" in item.keywords and n < 2:
@@ -50,6 +56,19 @@ def _onnxruntime_too_old_for_dit() -> str | None:
         check_onnxruntime_for_dit(onnxruntime.__version__, "")
     except ValueError:
         return onnxruntime.__version__
+    return None
+
+
+def _torch_too_old_for_export() -> str | None:
+    """The installed torch's version when its ONNX exporter cannot trace our graphs, else None."""
+    import torch
+
+    from wan_engine.export.versions import check_torch_for_export
+
+    try:
+        check_torch_for_export(torch.__version__)
+    except ValueError:
+        return torch.__version__
     return None
 
 

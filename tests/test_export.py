@@ -27,6 +27,8 @@ from wan_engine.export.onnx_runtime import OnnxGraph, OnnxVAEEncoder, check_onnx
 from wan_engine.export.runners import ExportedSteps
 from wan_engine.vae.static import decoder_chunks
 
+pytestmark = pytest.mark.onnx_export  # every test here exports (conftest skips them on a torch that cannot)
+
 SHAPES = ShapeRange(batch=(1, 2), frames=(5, 9), height=(32, 64), width=(32, 64))
 REQUEST = dict(prompt="a red kite above a grey sea", size=(48, 32), num_frames=9, steps=6, seed=3)
 
@@ -157,6 +159,25 @@ def test_a_generation_through_onnxruntime_is_the_executors(tiny, exported, cache
         t = torch.tensor([999.0, 640.0, 20.0])
         for got, expected in zip(onnx_pipe.dit.time_embedding(t), tiny.dit.time_embedding(t)):
             assert got.shape == expected.shape and _rel_l2(got, expected) <= 1e-5
+
+
+def test_cli_generates_through_an_exported_decoder_and_refuses_decode_options_it_cannot_apply(exported, tmp_path,
+                                                                                             capsys):
+    """`generate --engine onnx:DIR` with a vae-decoder/ export failed after the whole generation,
+    writing nothing ('OnnxVAEDecoder' object has no attribute 'last_plan'), and --vae-tiling or
+    --vae-dtype with such an export were silently not applied."""
+    from wan_engine.cli import main
+
+    out = tmp_path / "v.mp4"
+    run = ["generate", "--model", "tiny", "--engine", f"onnx:{exported}", "--prompt", "a cat", "--size", "48x32",
+           "--frames", "5", "--steps", "2", "--output", str(out)]
+    assert main(run) == 0 and out.is_file()
+    assert f"vae decode: onnx export {exported / 'vae-decoder'} (fp32, untiled)" in capsys.readouterr().out
+    for option in (["--vae-tiling", "16x16"], ["--vae-dtype", "bf16"], ["--vae-speed", "channels-last"]):
+        assert main([*run, "--output", str(tmp_path / "x.mp4"), *option]) == 2
+        err = capsys.readouterr().err
+        assert "vae_decode: the VAE decoder is an exported engine (onnx export" in err and "Traceback" not in err
+    assert not (tmp_path / "x.mp4").exists()
 
 
 def test_info_describes_an_export_directory(exported, capsys):

@@ -20,6 +20,8 @@ import wan_engine
 from wan_engine.cache import CacheConfig
 from wan_engine.export.manifest import Manifest, ShapeRange
 
+pytestmark = pytest.mark.onnx_export  # every test here exports (conftest skips them on a torch that cannot)
+
 SHAPES = ShapeRange(batch=(1, 2), frames=(5, 9), height=(32, 64), width=(32, 64))
 RANGES = ["--frames", "5-9", "--height", "32-64", "--width", "32-64"]
 REQUEST = dict(prompt="a red kite above a grey sea", size=(48, 32), num_frames=9, steps=6, seed=3)

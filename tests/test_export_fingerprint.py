@@ -103,6 +103,7 @@ def exported(folders, tmp_path_factory):
     return folder, manifest
 
 
+@pytest.mark.onnx_export
 def test_an_export_runs_only_with_the_weights_it_was_made_from(folders, exported, tmp_path):
     folder, manifest = exported
     assert Manifest.load(folder).weights == manifest.weights == dit_fingerprint(folders["original"])
@@ -123,6 +124,7 @@ def test_an_export_runs_only_with_the_weights_it_was_made_from(folders, exported
         wan_engine.WanPipeline.from_pretrained(str(folders["other"]), device="cpu", engine=f"onnx:{old}")
 
 
+@pytest.mark.onnx_export
 def test_each_expert_export_records_and_checks_its_own_weights(tmp_path):
     model = write_two_experts(tmp_path / "a14b", get_preset("tiny-a14b"), "original")
     pipe = wan_engine.WanPipeline.from_pretrained(str(model), device="cpu")
@@ -136,6 +138,7 @@ def test_each_expert_export_records_and_checks_its_own_weights(tmp_path):
         wan_engine.WanPipeline.from_pretrained(str(model), device="cpu", engine=engine)
 
 
+@pytest.mark.onnx_export
 def test_info_prints_the_same_fingerprint_for_the_model_and_its_export(folders, exported, capsys):
     from wan_engine.cli import main
 
@@ -145,6 +148,7 @@ def test_info_prints_the_same_fingerprint_for_the_model_and_its_export(folders, 
         assert f"fingerprint {short}" in capsys.readouterr().out
 
 
+@pytest.mark.onnx_export
 def test_the_vae_exports_check_the_loaded_vae(folders, exported, tmp_path):
     """A VAE export records its VAE's fingerprint (of the loaded state: the run loads the VAE anyway)."""
     engine = tmp_path / "engine"

@@ -9,6 +9,8 @@ import sys
 import onnx
 import pytest
 
+pytestmark = pytest.mark.onnx_export  # every test here exports (conftest skips them on a torch that cannot)
+
 CI_MEMORY_BYTES = 24 * 2**30
 
 

@@ -293,6 +293,7 @@ def test_engine_reports_the_task_and_refuses_a_size_off_the_32_pixel_grid(pipe):
 
 
 @pytest.mark.slow
+@pytest.mark.onnx_export
 def test_onnx_exports_of_a_ti2v_model(tmp_path):
     """The DiT and the Wan2.2 VAE's static chunks through ONNX (onnxruntime): text-to-video and
     image-to-video (frame 0 at its own timestep) give the eager video (fp32: a few uint8 levels at

@@ -236,3 +236,30 @@ def test_damaged_metadata_files_are_named(tmp_path, capsys, damage, match):
     (root / damage).write_text('{"weight_map": 5}' if damage.endswith("index.json") else "{garbage")
     cli_refuses(capsys, ["generate", "--prompt", "p", "--model", str(root), "--output", str(tmp_path / "x.mp4")],
                 match)
+
+
+def test_export_on_a_torch_that_cannot_is_refused_by_name_before_the_load(tmp_path, capsys, monkeypatch):
+    """torch 2.9's exporter failed on every graph with "NameError: name 'L' is not defined" deep in
+    its decomposition, after the model load; the export now names the release it needs first."""
+    import torch
+
+    from wan_engine.export.onnx_export import export_onnx
+    from wan_engine.export.versions import check_torch_for_export
+
+    for fine in ("2.10.0", "2.13.0+cpu", "2.11.0+cu128", "3.0.0.dev20270101"):
+        check_torch_for_export(fine)
+    for old in ("2.9.1+cu128", "2.4.0", "1.13.1"):
+        with pytest.raises(ValueError, match=rf"exporting to ONNX needs torch >= 2.10; this is torch {re.escape(old)}"):
+            check_torch_for_export(old)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the torch release was checked")
+
+    monkeypatch.setattr(torch, "__version__", "2.9.1+cu128")
+    monkeypatch.setattr(wan_engine.WanPipeline, "from_pretrained", no_load)
+    out = tmp_path / "export"
+    cli_refuses(capsys, ["export", "--model", "tiny", "--component", "dit", "--out", str(out)],
+                r"exporting to ONNX needs torch >= 2.10; this is torch 2.9.1\+cu128.*pytorch/pytorch#172903")
+    with pytest.raises(ValueError, match="needs torch >= 2.10"):
+        export_onnx(object(), "vae-decoder", out)  # the API checks first too
+    assert not out.exists()

@@ -18,6 +18,8 @@ from wan_engine.cache import CacheConfig
 from wan_engine.parallel import ParallelConfig, ParallelMesh
 from wan_engine.pipelines.t2v import WanPipeline
 
+pytestmark = pytest.mark.onnx_export  # every test here exports (conftest skips them on a torch that cannot)
+
 REQUEST = dict(prompt="a red kite above a grey sea", size=(48, 32), num_frames=9, steps=5, seed=3)
 CACHES = {"uncached": None, "magcache": "magcache:0.3,K=3,retention=0.1"}
 

@@ -251,13 +251,7 @@ def cmd_generate(args) -> int:
 def _run_notes(pipe) -> list[str]:
     """How the steps and the decode ran: graphs (or why not), the VAE tiling and precision."""
     graphs = "on" if pipe.graphs.active else f"off ({pipe.graphs.disabled_reason})"
-    plan = pipe.vae_decoder.last_plan
-    tiles = "off" if plan is None or plan.tile is None else f"{plan.tile[0]}x{plan.tile[1]} latent tiles, overlap {plan.overlap}"
-    o = pipe.vae_decoder.options
-    levers = [name for name, on in (("fused-norm-silu", o.fused_norm_silu), ("channels-last", o.channels_last),
-                                    ("cudnn-benchmark", o.cudnn_benchmark)) if on]
-    notes = [f"cuda graphs: {graphs}",
-             f"vae decode: {o.dtype}, tiling {tiles}" + (f", {', '.join(levers)}" if levers else "")]
+    notes = [f"cuda graphs: {graphs}", f"vae decode: {pipe.vae_decoder.describe()}"]
     shards = getattr(pipe.dit, "weight_shards", None)  # an exported DiT has none
     if shards is not None:
         held = sum(s.shard_bytes + s.buffer_bytes for s in shards)

@@ -39,11 +39,15 @@ def add_export_parser(sub) -> None:
 
 
 def cmd_export(args) -> int:
+    import torch
+
     from ..assembly.experts import has_experts
     from ..export.manifest import ShapeRange
     from ..export.onnx_export import export_onnx
+    from ..export.versions import check_torch_for_export
     from ..pipelines.t2v import WanPipeline
 
+    check_torch_for_export(torch.__version__)  # before the model load
     shapes = ShapeRange(batch=args.batch, frames=args.frames, height=args.height, width=args.width)
     out = Path(args.out).expanduser()
     if out.exists() and any(out.iterdir()):

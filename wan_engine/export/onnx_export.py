@@ -23,6 +23,7 @@ from ..reference.vae import ENCODE_CHUNK_FRAMES
 from ..vae.static import decoder_chunks, encoder_chunks
 from .manifest import COMPONENTS, EXPERT_FOLDERS, Manifest, ShapeRange
 from .modules import DIT_KINDS, DiTStep, TextKVStep, TimeEmbeddingStep, VAEChunk
+from .versions import check_torch_for_export
 
 OPSET = 20
 EXTERNAL_DATA_BYTES = 1 << 31  # the protobuf limit: larger models keep their weights beside the graph
@@ -204,6 +205,7 @@ def export_onnx(pipe, component: str, out_dir: str | Path, shapes: ShapeRange | 
     the folders written, each with its manifest. A two-expert model's DiT is two complete exports,
     `out_dir/high_noise` and `out_dir/low_noise`; everything else is `out_dir` itself. `kinds`: the
     DiT's step graphs (`DIT_KINDS`, what every step cache runs; ("full",) runs uncached only)."""
+    check_torch_for_export(torch.__version__)
     shapes = ShapeRange() if shapes is None else shapes
     if component not in COMPONENTS:
         raise ValueError(f"component must be dit, vae-decoder or vae-encoder; got {component!r}")

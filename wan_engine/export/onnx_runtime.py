@@ -4,7 +4,6 @@ Tensors cross into onnxruntime as numpy arrays: fp32 (and fp16) exports; bf16 ne
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 
 from .manifest import Manifest
 from .runners import ExportedDiT, ExportedVAEDecoder, ExportedVAEEncoder
+from .versions import release
 
 
 # A DiT export made before the step graphs took the timesteps' sinusoid features computes the
@@ -23,8 +23,7 @@ DIT_MIN_ONNXRUNTIME = (1, 29)
 
 def check_onnxruntime_for_dit(version: str, folder, timestep_features: bool = False) -> None:
     """Refuse by name an onnxruntime too old for an export whose graphs hold float64."""
-    release = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
-    if not timestep_features and release < DIT_MIN_ONNXRUNTIME:
+    if not timestep_features and release(version) < DIT_MIN_ONNXRUNTIME:
         need = ".".join(map(str, DIT_MIN_ONNXRUNTIME))
         raise ValueError(f"onnxruntime {version} cannot run the DiT export {folder}: its graphs compute the "
                          f"official timestep embedding in float64 (an export from before the graphs took its "

@@ -167,6 +167,10 @@ class ExportedVAEDecoder(_ExportedVAEChunks):
 
     component = "vae-decoder"
 
+    def describe(self) -> str:
+        """For a run's summary, as `VAEDecoder.describe`."""
+        return f"{self.manifest.format} export {self.folder} ({self.manifest.dtype}, untiled)"
+
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor, graphs=None) -> torch.Tensor:
         vae = self.vae

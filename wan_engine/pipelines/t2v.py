@@ -116,6 +116,10 @@ class WanPipeline:
         # DiT steps and VAE chunks replayed as CUDA graphs (on CUDA; elsewhere off, with the reason).
         self.graphs = GraphReplayer(device, enabled=cuda_graphs)
         # An exported engine brings its own decoder (the ONNX/TensorRT chunks); else the static loop.
+        if vae_decoder is not None and vae_decode != VAEDecodeOptions():
+            raise ValueError(f"vae_decode: the VAE decoder is an exported engine ({vae_decoder.describe()}), whose "
+                             f"decode is fixed in its graphs; drop the decode options (--vae-tiling, --vae-dtype, "
+                             f"--vae-speed) or use an export folder without vae-decoder/")
         self.vae_decoder = VAEDecoder(vae, vae_decode) if vae_decoder is None else vae_decoder
         self.vae_encoder = vae_encoder  # an exported encoder (i2v/flf2v conditioning); None: vae.encode
         _check_cache(cache)

@@ -80,6 +80,14 @@ class VAEDecoder:
             return static_decode(self.vae, latents, self._chunks, call).float()
         return tiled_decode(self.vae, latents, plan, self.parts())
 
+    def describe(self) -> str:
+        """How the last decode ran, for a run's summary: dtype, tiling and speed levers."""
+        plan, o = self.last_plan, self.options
+        tiles = "off" if plan is None or plan.tile is None else f"{plan.tile[0]}x{plan.tile[1]} latent tiles, overlap {plan.overlap}"
+        levers = [name for name, on in (("fused-norm-silu", o.fused_norm_silu), ("channels-last", o.channels_last),
+                                        ("cudnn-benchmark", o.cudnn_benchmark)) if on]
+        return f"{o.dtype}, tiling {tiles}" + (f", {', '.join(levers)}" if levers else "")
+
     def parts(self):
         """The decoder's (trunk, tail) static chunks, built once."""
         if self._parts is None:
