@@ -167,6 +167,17 @@ def test_warmup_and_close(pipe):
         engine.submit(GenerationRequest("late", **SMALL))
 
 
+@pytest.mark.parametrize("model", ["tiny-i2v", "tiny-flf2v"])
+def test_an_image_conditioned_model_warms_up(model):
+    """The warm-up (on by default in `serve`) was a text-only, one-frame request: an i2v server
+    failed to start ("image is required") and an flf2v one too ("num_frames must be >= 2")."""
+    engine = Engine(WanPipeline.from_pretrained(model, device="cpu", dtype="fp32"))
+    try:
+        assert engine.warmup() > 0
+    finally:
+        engine.close()
+
+
 def test_max_queue_is_checked():
     with pytest.raises(ValueError, match="max_queue must be an integer >= 1"):
         Engine(object(), max_queue=0)
@@ -179,7 +190,8 @@ def test_cfg_is_resolved_and_cfg_false_is_refused_at_submit_under_cfg_parallelis
     assert engine.resolve(GenerationRequest("x")).cfg is True
     assert engine.resolve(GenerationRequest("x", sampling="distill-4step")).cfg is False
     assert engine.resolve(GenerationRequest("x", sampling="distill-4step", cfg=True)).cfg is True
-    cfg_parallel = SimpleNamespace(mesh=SimpleNamespace(rank=0, cfg_size=2), is_parallel=False, config=pipe.config)
+    cfg_parallel = SimpleNamespace(mesh=SimpleNamespace(rank=0, cfg_size=2), is_parallel=False, config=pipe.config,
+                                   export_limits=None)
     engine = Engine(cfg_parallel)  # only resolve is called: a stand-in for a rank of a --cfg-parallel launch
     for request in (GenerationRequest("x", cfg=False), GenerationRequest("x", sampling="distill-4step")):
         with pytest.raises(RequestError, match="cfg-parallel") as err:
@@ -192,6 +204,7 @@ def test_fbcache_on_an_export_without_its_graphs_is_refused_at_submit(pipe):
     """An export from before the split step cannot run FBCache: the server refuses the request
     with a 422 naming `cache`, instead of failing the job once it runs."""
     exported = SimpleNamespace(mesh=SimpleNamespace(rank=0, cfg_size=1), is_parallel=False, config=pipe.config,
+                               export_limits=None,
                                dit=SimpleNamespace(has_first_block_steps=False))
     engine = Engine(exported)  # only resolve is called: a stand-in for a pipeline on such an export
     with pytest.raises(RequestError, match="predates them; export it again") as err:

@@ -180,6 +180,32 @@ def test_cli_generates_through_an_exported_decoder_and_refuses_decode_options_it
     assert not (tmp_path / "x.mp4").exists()
 
 
+def test_requests_outside_the_exported_range_are_refused_before_any_compute_and_the_warmup_fits(exported):
+    """A server on an export failed to start: its warm-up asked for 1 frame of a 5-9 frame export;
+    and a job outside the range was accepted, then failed when it ran."""
+    from wan_engine.engine import Engine, GenerationRequest, RequestError
+
+    pipe = wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{exported}")
+    assert pipe.export_limits == SHAPES
+    with pytest.raises(ValueError, match=r"num_frames: frames 13 is outside the exported engine's range \[5, 9\]"):
+        pipe.run("a cat", size=(48, 32), num_frames=13, steps=2)
+    with pytest.raises(ValueError, match=r"size: width 96 is outside the exported engine's range \[32, 64\]"):
+        pipe.run("a cat", size=(96, 32), num_frames=5, steps=2)
+    engine = Engine(pipe)
+    try:
+        assert engine.warmup() > 0  # the smallest video the export runs: 32x32, 5 frames
+        for request, field in ((GenerationRequest("p", size=(48, 32), num_frames=13), "num_frames"),
+                               (GenerationRequest("p", size=(48, 80), num_frames=5), "size")):
+            with pytest.raises(RequestError) as err:
+                engine.submit(request)
+            assert err.value.field == field and engine.queue_depth == 0
+    finally:
+        engine.close()
+    with pytest.raises(ValueError, match=r"the exported components hold no common frames: \[5, 9\] and \[13, 21\]"):
+        SHAPES.overlap(dataclasses.replace(SHAPES, frames=(13, 21)))
+    assert SHAPES.overlap(dataclasses.replace(SHAPES, height=(48, 96))).height == (48, 64)
+
+
 def test_info_describes_an_export_directory(exported, capsys):
     from wan_engine.cli import main
 
@@ -209,7 +235,7 @@ def test_directories_that_do_not_fit_are_refused_by_name(tiny, exported, tmp_pat
     with pytest.raises(ValueError, match="exported from another model: dim differ"):
         wan_engine.WanPipeline.from_pretrained(other, device="cpu", engine=f"onnx:{exported}")
     onnx_pipe = wan_engine.WanPipeline.from_pretrained("tiny", device="cpu", engine=f"onnx:{exported}")
-    with pytest.raises(ValueError, match="height 128 is outside the exported range"):
+    with pytest.raises(ValueError, match="size: height 128 is outside the exported engine.s range"):
         onnx_pipe.run(prompt="x", size=(64, 128), num_frames=9, steps=2)
     # An export from before the split step: FBCache is refused before any compute, by name.
     onnx_pipe.dit.has_first_block_steps = False

@@ -53,10 +53,11 @@ ALLOWED = {
                             "wan_engine.export"},
     # The toy world (torch only) and the training of the `shapes` model on it.
     "wan_engine.shapes": {"wan_engine.assembly", "wan_engine.reference", "wan_engine.loading"},
+    # (export: an exported engine's shape ranges bound the requests a pipeline accepts)
     "wan_engine.pipelines": {"wan_engine.assembly", "wan_engine.runner", "wan_engine.parallel", "wan_engine.lora",
                              "wan_engine.sampling",
                              "wan_engine.reference", "wan_engine.executor", "wan_engine.cache", "wan_engine.vae",
-                             "wan_engine.graphs"},
+                             "wan_engine.graphs", "wan_engine.export"},
     # Load once, queue, run one job at a time per GPU group (rank 0 leads the other ranks).
     "wan_engine.engine": {"wan_engine.pipelines", "wan_engine.cache", "wan_engine.parallel", "wan_engine.sampling"},
 }

@@ -20,8 +20,11 @@ import threading
 import time
 from collections import deque
 
+import numpy as np
+
 from ..cache import check_cache_runs_on
 from ..parallel.runtime import DEFAULT_TIMEOUT_S, PeerFailure, peer_failure_guard
+from ..pipelines.image_prompt import IMAGE_OPTIONAL
 from .job import (
     CANCELLED, COMPLETED, FAILED, EngineClosed, GenerationCancelled, Job, JobError, JobListener, QueueFull,
 )
@@ -98,6 +101,12 @@ class Engine:
         if req.cfg is False and self.pipeline.mesh.cfg_size == 2:
             raise RequestError("cfg", "cfg false runs one branch; this server runs the two CFG branches on "
                                       "different ranks (--cfg-parallel)")
+        limits = self.pipeline.export_limits
+        if limits is not None:  # an image-conditioned video's size follows its image, checked when it runs
+            with_images = req.image is not None or req.last_image is not None
+            refused = limits.refusal(req.num_frames, *((None, None) if with_images else req.size))
+            if refused is not None:
+                raise RequestError(*refused)
         cache = check_cache_spec(req.cache)
         if cache is not None:
             try:
@@ -107,13 +116,35 @@ class Engine:
         return req
 
     def warmup(self) -> float:
-        """One short generation (the default size, 1 frame, 2 steps) so that compilation, attention
-        probing and allocator growth happen before the first real job. Every rank calls it."""
+        """One short generation (the default size, 1 frame (flf2v: 5), 2 steps, gray frames for an
+        image-conditioned model; with an exported engine, the smallest video it runs) so that compilation, attention probing and allocator growth happen
+        before the first real job. Every rank calls it."""
         start = time.perf_counter()
-        self._run(GenerationRequest("warm-up", num_frames=1, num_inference_steps=2, seed=0), None)
+        req = self._warmup_request()
+        self._run(req, None, images=self._warmup_images(req))
         self.warmup_seconds = time.perf_counter() - start
         log.info("warm-up took %.2f s", self.warmup_seconds)
         return self.warmup_seconds
+
+    def _warmup_request(self) -> GenerationRequest:
+        limits = self.pipeline.export_limits
+        if limits is None:  # an flf2v video holds its two given frames: 5 frames, the least above 1
+            frames = 5 if self.pipeline.config.dit.task == "flf2v" else 1
+            return GenerationRequest("warm-up", num_frames=frames, num_inference_steps=2, seed=0)
+        multiple = self.pipeline.config.size_multiple
+        width, height = (-(-lo // multiple) * multiple for lo in (limits.width[0], limits.height[0]))
+        return GenerationRequest("warm-up", size=(width, height), num_frames=limits.frames[0],
+                                 num_inference_steps=2, seed=0)
+
+    def _warmup_images(self, req: GenerationRequest):
+        """Mid-gray frames of the warm-up's size for a model that needs them (i2v: the first frame;
+        flf2v: both); None for the others, which warm up on text alone."""
+        task = self.pipeline.config.dit.task
+        if task in IMAGE_OPTIONAL:
+            return None
+        width, height = self.pipeline.config.sample.size if req.size is None else req.size
+        frame = np.full((height, width, 3), 128, dtype=np.uint8)
+        return frame, (frame if task == "flf2v" else None)
 
     def generate(self, request: GenerationRequest, *, progress: bool = False, on_step=None):
         """Run `request` now in the caller's thread (every rank of a launch calls it alike) and
@@ -329,13 +360,15 @@ class Engine:
         if self.channel.agree(False):
             raise GenerationCancelled()
 
-    def _run(self, req: GenerationRequest, on_step, progress: bool = False):
+    def _run(self, req: GenerationRequest, on_step, progress: bool = False, images=None):
+        """`images`: (first, last) frames as arrays in place of the request's files (the warm-up's)."""
+        image, last_image = (req.image, req.last_image) if images is None else images
         cache = check_cache_spec(req.cache) if req.cache is not None else "default"
         with self._gpu, peer_failure_guard(self.pipeline.mesh, self.dist_timeout_s):
             return self.pipeline.run(req.prompt, req.negative_prompt, req.size, req.num_frames,
                                      req.num_inference_steps, req.guidance_scale, req.shift, req.seed, req.solver,
                                      progress=progress, cache=cache, on_step=on_step, cfg=req.cfg,
-                                     sampling=req.sampling, image=req.image, last_image=req.last_image,
+                                     sampling=req.sampling, image=image, last_image=last_image,
                                      low_noise_guidance=req.guidance_scale_2)
 
 

@@ -45,6 +45,30 @@ class ShapeRange:
                 if v % 16:
                     raise ValueError(f"export {name} must be multiples of 16 pixels; got {getattr(self, name)}")
 
+    def overlap(self, other: "ShapeRange") -> "ShapeRange":
+        """The shapes both ranges hold (a pipeline's exported components must all run a request)."""
+        spans = {}
+        for name in ("batch", "frames", "height", "width"):
+            (lo, hi), (other_lo, other_hi) = getattr(self, name), getattr(other, name)
+            spans[name] = (max(lo, other_lo), min(hi, other_hi))
+            if spans[name][0] > spans[name][1]:
+                raise ValueError(f"the exported components hold no common {name}: [{lo}, {hi}] and "
+                                 f"[{other_lo}, {other_hi}]; export them with overlapping ranges")
+        return ShapeRange(**spans)
+
+    def refusal(self, num_frames: int, width: int | None = None, height: int | None = None):
+        """(request field, message) for a video these graphs cannot run, else None."""
+        checks = [("num_frames", "frames", num_frames)]
+        if width is not None:
+            checks += [("size", "width", width), ("size", "height", height)]
+        for field, name, value in checks:
+            lo, hi = getattr(self, name)
+            if not lo <= value <= hi:
+                return field, (f"{field}: {name} {value} is outside the exported engine's range [{lo}, {hi}] "
+                               f"(frames {self.frames[0]}-{self.frames[1]}, width {self.width[0]}-{self.width[1]}, "
+                               f"height {self.height[0]}-{self.height[1]} pixels)")
+        return None
+
     def check(self, batch: int, frames: int, height: int, width: int, where: str) -> None:
         for name, value in (("batch", batch), ("frames", frames), ("height", height), ("width", width)):
             lo, hi = getattr(self, name)

@@ -20,6 +20,7 @@ result with `frames=None`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import random
 import time
@@ -36,6 +37,8 @@ from ..cache import (
     check_cache_runs_on, resolve_calibration,
 )
 from ..device import synchronize
+from ..export.manifest import ShapeRange
+from ..export.runners import ExportedDiT, ExportedVAEDecoder, ExportedVAEEncoder
 from ..graphs import GraphReplayer
 from ..lora import ExpertLoraMergers, LoraMerger, LoraReport
 from ..vae.decode import VAEDecodeOptions, VAEDecoder
@@ -79,6 +82,13 @@ class Request:
     cfg: bool = True  # False: the conditional branch alone, one forward per step (distilled models)
     image: ImagePrompt | None = None  # i2v/flf2v/ti2v: the first (and last) frame; width/height follow from it
     low_noise_guidance: float | None = None  # two-expert models: the low-noise expert's steps (else None)
+
+
+def _export_limits(*components) -> ShapeRange | None:
+    """The overlap of the exported components' shape ranges (None when none is exported)."""
+    ranges = [c.manifest.shapes for c in components
+              if isinstance(c, (ExportedDiT, ExportedVAEDecoder, ExportedVAEEncoder))]
+    return functools.reduce(ShapeRange.overlap, ranges) if ranges else None
 
 
 def _check_cache(cache):
@@ -139,6 +149,8 @@ class WanPipeline:
             raise ValueError(f"low_noise_dit: model {config.name!r} "
                              f"{'is a two-expert model and needs one' if low_noise_dit is None else 'has one DiT'}")
         self.low_noise_dit = low_noise_dit  # a two-expert model's low-noise DiT (`dit` is then the high-noise one)
+        # The videos every exported component can run (None: nothing is exported); others are refused by name.
+        self.export_limits = _export_limits(dit, low_noise_dit, self.vae_decoder, vae_encoder)
         self.device = device
         self.dtype = dtype
         self.text_device = text_device or device
@@ -242,6 +254,10 @@ class WanPipeline:
             width, height = condition.width, condition.height
             for note in condition.conversions():
                 log.warning("converted %s", note)
+        num_frames = validation.check_num_frames(d.num_frames if num_frames is None else num_frames)
+        refused = None if self.export_limits is None else self.export_limits.refusal(num_frames, width, height)
+        if refused is not None:
+            raise ValueError(refused[1])
         low_noise_guidance = self._low_noise_guidance(low_noise_guidance, guidance)
         guidance = validation.check_guidance(d.guidance if guidance is None else guidance)
         if seed is not None:
@@ -256,7 +272,7 @@ class WanPipeline:
             negative_prompt=negative_prompt or d.negative_prompt,
             width=width,
             height=height,
-            num_frames=validation.check_num_frames(d.num_frames if num_frames is None else num_frames),
+            num_frames=num_frames,
             steps=validation.check_steps(d.steps if steps is None else steps),
             guidance=guidance,
             shift=validation.check_shift(d.shift if shift is None else shift),
