@@ -60,6 +60,15 @@ class ConditionImage:
         return self.pixels.shape[2]
 
 
+def _reason(err: Exception) -> str:
+    """Pillow's reason, without the in-memory buffer's repr it names when it knows no format."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(err, UnidentifiedImageError):
+        return "not in an image format Pillow reads: PNG, JPEG, WebP, BMP, ..."
+    return str(err)
+
+
 def read_image(value, name: str) -> ConditionImage:
     """A path, PIL image or uint8 [H, W, 3] array -> ConditionImage; errors name `name`."""
     from PIL import Image, UnidentifiedImageError
@@ -81,12 +90,12 @@ def read_image(value, name: str) -> ConditionImage:
                 probe.verify()  # a truncated or corrupt file fails here, not halfway into a run
             image = Image.open(io.BytesIO(data))
         except unreadable as e:
-            raise ValueError(f"{name}: {path} is not a readable image ({e})") from None
+            raise ValueError(f"{name}: {path} is not a readable image ({_reason(e)})") from None
         _check_sides(image, name)  # from the header: a huge image is refused before its pixels are decoded
         try:
             image.load()
         except unreadable as e:
-            raise ValueError(f"{name}: {path} is not a readable image ({e})") from None
+            raise ValueError(f"{name}: {path} is not a readable image ({_reason(e)})") from None
         source = str(path)
     elif isinstance(value, Image.Image):
         image, source = value, f"{name} (PIL image)"
