@@ -116,9 +116,10 @@ class Engine:
         return req
 
     def warmup(self) -> float:
-        """One short generation (the default size, 1 frame (flf2v: 5), 2 steps, gray frames for an
-        image-conditioned model; with an exported engine, the smallest video it runs) so that compilation, attention probing and allocator growth happen
-        before the first real job. Every rank calls it."""
+        """One short generation so that compilation, attention probing and allocator growth happen
+        before the first real job: the default size, 1 frame (flf2v: 5), 2 steps, gray frames for an
+        image-conditioned model; with an exported engine, the smallest video it runs. Every rank
+        calls it."""
         start = time.perf_counter()
         req = self._warmup_request()
         self._run(req, None, images=self._warmup_images(req))
